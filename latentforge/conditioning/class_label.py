@@ -1,0 +1,34 @@
+"""Class-label conditioning: one embedding token per example."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from latentforge.conditioning.base import Conditioner, ConditionerConfig, Context
+from latentforge.registry import register
+
+
+@dataclass
+class ClassConfig(ConditionerConfig):
+    name: str = "class"
+    num_classes: int = 10
+
+
+@register("conditioner", "class", ClassConfig)
+class ClassConditioner(Conditioner):
+    keys = ("label",)
+
+    def __init__(self, config: ClassConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Embedding(config.num_classes, config.dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, cond: dict[str, Tensor]) -> Context:
+        label = cond["label"]  # [B]
+        if label.min() < 0 or label.max() >= self.config.num_classes:
+            raise ValueError(f"labels must be in [0, {self.config.num_classes}), got {label.min()}..{label.max()}")
+        tokens = self.embed(label)[:, None]  # [B, 1, D]
+        return Context(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))

@@ -1,0 +1,1 @@
+"""Data sets. `shapes` is the embedded, procedurally generated default."""

@@ -1,0 +1,1 @@
+"""Evaluation: judges that score generated samples without a learned network."""

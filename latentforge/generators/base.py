@@ -1,0 +1,78 @@
+"""The generator contract: `loss(z, context)` for training, `sample(n, context)` for latents.
+
+A generator owns its conditioner (if any), so a saved generator folder holds everything needed
+to go from a condition to latents. Classifier-free guidance: during training the context of a
+random fraction `p_uncond` of examples is swapped for the conditioner's learned null context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from latentforge.conditioning.base import Conditioner, ConditionerConfig, Context
+from latentforge.config import ModelConfig
+
+
+@dataclass
+class GeneratorConfig(ModelConfig):
+    kind = "generator"
+    grid: tuple[int, ...] = (8, 8)           # latent grid, from the tokenizer's LatentSpec
+    conditioner: ConditionerConfig | None = None
+    p_uncond: float = 0.1                    # condition dropout for classifier-free guidance
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+
+class Generator(nn.Module):
+    config: GeneratorConfig
+    conditioner: Conditioner | None
+
+    def build_conditioner(self) -> None:
+        from latentforge import registry
+
+        cfg = self.config.conditioner
+        self.conditioner = None if cfg is None else registry.lookup("conditioner", cfg.name)[1](cfg)
+
+    @property
+    def context_dim(self) -> int | None:
+        return None if self.conditioner is None else self.conditioner.dim
+
+    def encode_condition(self, batch: dict[str, Tensor] | None) -> Context | None:
+        """Run the conditioner on the condition entries of a batch (None if unconditional)."""
+        if self.conditioner is None:
+            return None
+        if batch is None:
+            raise ValueError(f"{type(self).__name__} is conditional ({self.config.conditioner.name}): "
+                             "pass a condition")
+        return self.conditioner(self.conditioner.select(batch))
+
+    def drop_condition(self, context: Context | None) -> Context | None:
+        """Classifier-free guidance training: replace a random p_uncond of contexts by the null one."""
+        if context is None or not self.training or self.config.p_uncond == 0:
+            return context
+        keep = torch.rand(len(context), device=context.tokens.device) >= self.config.p_uncond
+        return context.where(keep, self.conditioner.null(len(context)))
+
+    def guidance_context(self, context: Context | None, cfg_scale: float) -> Context | None:
+        """For guided sampling, append the null context: the batch becomes [cond; uncond]."""
+        if context is None or cfg_scale == 1.0:
+            return context
+        return Context.cat(context, self.conditioner.null(len(context)))
+
+    def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
+               **sampling) -> Tensor:
+        raise NotImplementedError

@@ -1,0 +1,91 @@
+"""Multi-head attention on `F.scaled_dot_product_attention`, with an optional KV cache.
+
+Legend: B batch, T query length, S key length, H heads, Dh head size, D model width.
+One module serves self-attention (causal or not) and cross-attention to a context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class KVCache:
+    """Pre-allocated keys/values of one self-attention layer, filled left to right."""
+
+    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.k = torch.zeros(batch, heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v [B, H, T, Dh] after the cached ones; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.k.shape[2]}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention. `context_dim` set means cross-attention (keys from the context)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, bias: bool = True) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.is_cross = context_dim is not None
+        if self.is_cross:
+            self.q = nn.Linear(dim, dim, bias=bias)
+            self.kv = nn.Linear(context_dim, 2 * dim, bias=bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+
+    def _split(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of a context [B, S, Dc]; computed once per sampling run and reused."""
+        k, v = self.kv(context).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
+                context: Tensor | None = None, context_kv: tuple[Tensor, Tensor] | None = None,
+                cache: KVCache | None = None) -> Tensor:
+        """x [B, T, D] -> [B, T, D].
+
+        Args:
+            causal: self-attention only sees earlier positions (and cached ones).
+            key_mask: [B, S] bool, True where a key may be attended (padding mask).
+            context / context_kv: the context [B, S, Dc] or its precomputed keys and values.
+            cache: self-attention KV cache; new keys are appended, queries see all cached keys.
+        """
+        B, T, D = x.shape
+        if self.is_cross:
+            q = self._split(self.q(x))
+            k, v = context_kv if context_kv is not None else self.context_kv(context)
+            offset = 0
+        else:
+            q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
+            offset = cache.length if cache is not None else 0
+            if cache is not None:
+                k, v = cache.append(k, v)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, S]
+        is_causal = False
+        if causal and T > 1:
+            if offset == 0 and mask is None:
+                is_causal = True  # lets SDPA pick its fused causal kernel
+            else:
+                S = k.shape[2]
+                allowed = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=offset)
+                mask = allowed if mask is None else mask & allowed
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return self.proj(out.transpose(1, 2).reshape(B, T, D))

@@ -1,0 +1,95 @@
+"""Pre-norm transformer block (self-attention, optional cross-attention, MLP) and a stack of them.
+
+Every generator and conditioning encoder is built from these; families differ in masking
+(causal or bidirectional), conditioning (cross-attention now; adaLN comes with DiT) and heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from latentforge.nn.attention import Attention, KVCache
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.proj = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class TransformerBlock(nn.Module):
+    """x += SelfAttn(LN x); [x += CrossAttn(LN x, context)]; x += MLP(LN x)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.cross_norm = nn.LayerNorm(dim) if context_dim else None
+        self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim else None
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None,
+                context_kv: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), causal=causal, key_mask=key_mask, cache=cache)
+        if self.cross is not None:
+            if context is None and context_kv is None:
+                raise ValueError("this block cross-attends: pass a context")
+            x = x + self.cross(self.cross_norm(x), key_mask=context_mask, context=context, context_kv=context_kv)
+        return x + self.mlp(self.norm2(x))
+
+
+@dataclass
+class TransformerSize:
+    """Width, depth and heads of a transformer stack; shared by every transformer config."""
+
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+class Transformer(nn.Module):
+    """A stack of `TransformerBlock`s with a final LayerNorm. x [B, T, D] -> [B, T, D]."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0,
+                 context_dim: int | None = None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio, context_dim) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def new_caches(self, batch: int, max_len: int, like: Tensor) -> list[KVCache]:
+        return [KVCache(batch, b.attn.heads, max_len, b.attn.head_dim, like.device, like.dtype) for b in self.blocks]
+
+    def context_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per-block cross-attention keys/values of a fixed context, for repeated decoding steps."""
+        return [b.cross.context_kv(context) for b in self.blocks]
+
+    def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None,
+                context_kv: list[tuple[Tensor, Tensor]] | None = None,
+                caches: list[KVCache] | None = None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, causal=causal, key_mask=key_mask, context=context, context_mask=context_mask,
+                      context_kv=None if context_kv is None else context_kv[i],
+                      cache=None if caches is None else caches[i])
+        return self.norm(x)
+
+
+def init_transformer_weights(module: nn.Module, depth: int) -> None:
+    """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2*depth)."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2 and "norm" not in name:
+            std = 0.02 / math.sqrt(2 * depth) if name.endswith("proj.weight") else 0.02
+            nn.init.normal_(p, std=std)
+        elif name.endswith(".bias"):
+            nn.init.zeros_(p)

@@ -1,0 +1,1 @@
+"""Reporting: figures (image grids, captioned samples) written as PNG files."""

@@ -1,0 +1,75 @@
+"""A saved model is a folder: `config.json` + `model.safetensors`. Never pickle.
+
+`config.json` records the registry kind and name and the model's config dataclass, so
+`from_pretrained(path)` rebuilds the same module and loads its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from latentforge.atomic import atomic_path, write_json
+from latentforge.config import from_dict, to_dict
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write `model` (a registered module with a `.config`) to folder `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    kind = getattr(model, "registry_kind", None)
+    if kind is None or not hasattr(model, "config"):
+        raise TypeError(f"{type(model).__name__} is not a registered model with a .config")
+    save_state_dict(model.state_dict(), path / WEIGHTS_NAME)
+    meta = {"kind": kind, "name": model.registry_name, "config": to_dict(model.config)}
+    if extra:
+        meta["extra"] = extra
+    write_json(path / CONFIG_NAME, meta)
+    return path
+
+
+def from_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved with `save_pretrained` (weights and config) in eval mode."""
+    from latentforge import registry
+
+    path = Path(path)
+    cfg_file = path / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path} is not a saved model: {CONFIG_NAME} is missing")
+    meta = json.loads(cfg_file.read_text())
+    for key in ("kind", "name", "config"):
+        if key not in meta:
+            raise ValueError(f"{cfg_file}: missing key {key!r}")
+    config_cls, model_cls = registry.lookup(meta["kind"], meta["name"])
+    model = model_cls(from_dict(config_cls, meta["config"], path=str(cfg_file)))
+    state = load_state_dict(path / WEIGHTS_NAME, map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not fit the config "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.to(map_location).eval()
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Atomic safetensors write; tensors that share storage are cloned (safetensors forbids it)."""
+    owners = Counter(v.untyped_storage().data_ptr() for v in state.values())
+    tensors = {k: v.detach().clone() if owners[v.untyped_storage().data_ptr()] > 1 else v.detach().contiguous()
+               for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    return load_file(str(path), device=str(map_location))
+

@@ -1,0 +1,143 @@
+"""Convolutional VQ autoencoder for images (VQ-VAE with a ViT-VQGAN style codebook).
+
+x [B, 3, H, W] in [-1, 1]
+  -> pixel-unshuffle by `patch` (cheap first downsampling that loses nothing)
+  -> conv stem, residual blocks, strided downsampling between levels
+  -> 1x1 projection to the code size -> VQ -> codes [B, H/f, W/f],  f = patch * 2**(levels-1)
+and the mirror image back. Pixel-unshuffle keeps the costly full-resolution convolutions out
+of the network, which matters most on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentforge.nn.conv import Downsample, ResBlock, Upsample
+from latentforge.quantize.vq import VectorQuantizer, VQConfig
+from latentforge.registry import register
+from latentforge.tokenizers.base import LatentSpec, Tokenizer, TokenizerConfig
+
+
+@dataclass
+class ConvVQConfig(TokenizerConfig):
+    name: str = "conv_vq"
+    image_size: int = 32
+    in_channels: int = 3
+    patch: int = 2                              # pixel-unshuffle factor at the input
+    channels: tuple[int, ...] = (64, 128)       # one entry per resolution level
+    blocks_per_level: int = 1
+    recon_loss: Literal["l1", "l2", "l1+l2"] = "l2"
+    quantizer: VQConfig = field(default_factory=VQConfig)
+
+    def __post_init__(self) -> None:
+        f = self.downsample_factor
+        if self.image_size % f:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the downsampling factor {f} "
+                             f"(patch {self.patch} x 2^{len(self.channels) - 1})")
+        if not self.channels:
+            raise ValueError("channels must name at least one level")
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.patch * 2 ** (len(self.channels) - 1)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ConvVQConfig) -> None:
+        super().__init__()
+        self.patch = cfg.patch
+        ch = cfg.channels
+        self.stem = nn.Conv2d(cfg.in_channels * cfg.patch**2, ch[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        for i, c in enumerate(ch):
+            cin = ch[max(i - 1, 0)]
+            layers += [ResBlock(cin if j == 0 else c, c) for j in range(cfg.blocks_per_level)]
+            if i < len(ch) - 1:
+                layers.append(Downsample(c))
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Sequential(nn.GroupNorm(min(32, ch[-1] // 4), ch[-1]), nn.SiLU(),
+                                 nn.Conv2d(ch[-1], cfg.quantizer.dim, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
+        return self.out(self.body(self.stem(x)))  # [B, dim, h, w]
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ConvVQConfig) -> None:
+        super().__init__()
+        self.patch = cfg.patch
+        ch = cfg.channels[::-1]
+        self.stem = nn.Conv2d(cfg.quantizer.dim, ch[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        for i, c in enumerate(ch):
+            cin = ch[max(i - 1, 0)]
+            layers += [ResBlock(cin if j == 0 else c, c) for j in range(cfg.blocks_per_level)]
+            if i < len(ch) - 1:
+                layers.append(Upsample(c))
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Sequential(nn.GroupNorm(min(32, ch[-1] // 4), ch[-1]), nn.SiLU(),
+                                 nn.Conv2d(ch[-1], cfg.in_channels * cfg.patch**2, 3, padding=1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.out(self.body(self.stem(z)))
+        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
+
+
+@register("tokenizer", "conv_vq", ConvVQConfig)
+class ConvVQTokenizer(Tokenizer):
+    def __init__(self, config: ConvVQConfig) -> None:
+        super().__init__()
+        self.config = config
+        side = config.image_size // config.downsample_factor
+        self.spec = LatentSpec(grid=(side, side), kind="discrete", vocab_size=config.quantizer.codebook_size)
+        self.encoder = Encoder(config)
+        self.quantizer = VectorQuantizer(config.quantizer)
+        self.decoder = Decoder(config)
+
+    def _check(self, x: Tensor) -> None:
+        c, s = self.config.in_channels, self.config.image_size
+        if x.dim() != 4 or x.shape[1:] != (c, s, s):
+            raise ValueError(f"expected images [B, {c}, {s}, {s}], got {list(x.shape)}")
+
+    def quantize(self, x: Tensor):
+        """x [B, C, H, W] -> Quantized (z_q [B, h, w, dim], codes [B, h, w], losses, stats)."""
+        self._check(x)
+        z = self.encoder(x).permute(0, 2, 3, 1)  # channels-last [B, h, w, dim]
+        return self.quantizer(z)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.quantize(x).codes
+
+    def decode_latents(self, z_q: Tensor) -> Tensor:
+        """Quantized vectors [B, h, w, dim] -> images [B, C, H, W]."""
+        return self.decoder(z_q.permute(0, 3, 1, 2))
+
+    def decode(self, codes: Tensor) -> Tensor:
+        if codes.dtype != torch.long or tuple(codes.shape[1:]) != self.spec.grid:
+            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, self.spec.grid))}], "
+                             f"got {codes.dtype} {list(codes.shape)}")
+        return self.decode_latents(self.quantizer.lookup(codes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode_latents(self.quantize(x).z_q)
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        x = batch["image"]
+        q = self.quantize(x)
+        x_hat = self.decode_latents(q.z_q)
+        terms = {}
+        if self.config.recon_loss in ("l2", "l1+l2"):
+            terms["l2"] = F.mse_loss(x_hat.float(), x.float())
+        if self.config.recon_loss in ("l1", "l1+l2"):
+            terms["l1"] = F.l1_loss(x_hat.float(), x.float())
+        terms.update(q.losses)
+        loss = sum(terms.values())
+        # PSNR of images in [-1, 1] rescaled to [0, 1]: MSE/4
+        psnr = 10 * torch.log10(4.0 / F.mse_loss(x_hat.detach().float().clamp(-1, 1), x.float()).clamp_min(1e-10))
+        return {"loss": loss, **terms, "psnr": psnr, **q.stats}

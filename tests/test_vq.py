@@ -1,0 +1,116 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from latentforge.quantize.base import codebook_stats
+from latentforge.quantize.vq import VectorQuantizer, VQConfig
+from latentforge.tokenizers.conv_vq import ConvVQConfig, ConvVQTokenizer
+
+
+def test_codes_are_nearest_neighbours():
+    for l2 in (True, False):
+        vq = VectorQuantizer(VQConfig(codebook_size=16, dim=4, l2_normalize=l2, kmeans_init=False)).eval()
+        z = torch.randn(3, 5, 5, 4)
+        q = vq(z)
+        zz = F.normalize(z, dim=-1) if l2 else z
+        e = F.normalize(vq.codebook, dim=-1) if l2 else vq.codebook
+        brute = torch.cdist(zz.reshape(-1, 4), e).argmin(1).view(3, 5, 5)
+        assert torch.equal(q.codes, brute)
+        assert torch.allclose(q.z_q, e[brute], atol=1e-6)
+        assert torch.allclose(vq.lookup(q.codes), q.z_q, atol=1e-6)
+
+
+def test_straight_through_gradient_reaches_the_input():
+    vq = VectorQuantizer(VQConfig(codebook_size=8, dim=4, l2_normalize=False, kmeans_init=False))
+    z = torch.randn(2, 3, 3, 4, requires_grad=True)
+    q = vq(z)
+    weights = torch.randn_like(q.z_q)
+    (q.z_q * weights).sum().backward()
+    # straight-through: d z_q / d z is the identity
+    assert torch.allclose(z.grad, weights)
+    q = vq(z)
+    sum(q.losses.values()).backward()
+    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+
+
+def test_losses_match_their_formulas():
+    vq = VectorQuantizer(VQConfig(codebook_size=8, dim=4, l2_normalize=False, kmeans_init=False, commitment=0.25))
+    z = torch.randn(2, 3, 3, 4)
+    q = vq(z)
+    e = vq.codebook[q.codes]
+    assert torch.allclose(q.losses["codebook"], ((e - z) ** 2).mean())
+    assert torch.allclose(q.losses["commitment"], 0.25 * ((z - e) ** 2).mean())
+
+
+def test_kmeans_init_puts_codes_on_the_data():
+    torch.manual_seed(0)
+    centres = torch.randn(8, 4) * 5
+    data = (centres[torch.randint(8, (2048,))] + 0.01 * torch.randn(2048, 4)).view(2, 32, 32, 4)
+    vq = VectorQuantizer(VQConfig(codebook_size=8, dim=4, l2_normalize=False, kmeans_iters=20)).train()
+    assert not bool(vq.initialized)
+    q = vq(data)
+    assert bool(vq.initialized)
+    # every true centre has a code within the noise level, and reconstruction error is tiny
+    assert torch.cdist(centres, vq.codebook.detach()).min(1).values.max() < 0.5
+    assert F.mse_loss(q.z_q, data) < 0.05
+
+
+def test_dead_codes_are_revived_onto_data():
+    cfg = VQConfig(codebook_size=32, dim=4, l2_normalize=False, kmeans_init=False, usage_decay=0.5, dead_threshold=0.5)
+    vq = VectorQuantizer(cfg).train()
+    with torch.no_grad():
+        vq.codebook.fill_(100.0)          # all codes far away ...
+        vq.codebook[0] = 0.0               # ... but one, which takes every vector
+    z = torch.randn(1, 16, 16, 4)
+    vq(z)                                  # usage of unused codes: 1 -> 0.5, not dead yet
+    assert (vq.codebook.detach() == 100.0).all(dim=1).sum() == 31
+    vq(z)                                  # 0.25 < 0.5: revived
+    revived = vq.codebook.detach()[1:]
+    assert (revived.abs() < 10).all(), "dead codes should move onto encoder outputs"
+    assert codebook_stats(torch.bincount(vq(z).codes.flatten(), minlength=32))["codebook_usage"] > 0.25
+
+
+def test_codebook_stats_known_values():
+    s = codebook_stats(torch.tensor([5, 5, 0, 0]))
+    assert s["codebook_usage"] == 0.5 and abs(s["perplexity"] - 2.0) < 1e-9 and s["dead_codes"] == 2
+    s = codebook_stats(torch.tensor([1, 1, 1, 1]))
+    assert abs(s["perplexity"] - 4.0) < 1e-9
+
+
+def test_conv_tokenizer_shapes_spec_and_errors():
+    cfg = ConvVQConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=64, dim=8))
+    tok = ConvVQTokenizer(cfg)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert tok.spec.grid == (8, 8) and tok.spec.kind == "discrete" and tok.spec.vocab_size == 64
+    codes = tok.encode(x)
+    assert codes.shape == (2, 8, 8) and codes.dtype == torch.long
+    assert tok.decode(codes).shape == x.shape
+    out = tok.loss({"image": x})
+    assert {"loss", "l2", "codebook", "commitment", "psnr", "usage", "perplexity"} <= set(out)
+    out["loss"].backward()
+    assert all(p.grad is not None for n, p in tok.named_parameters()), "every parameter gets a gradient"
+    import pytest
+    with pytest.raises(ValueError, match=r"expected images \[B, 3, 32, 32\]"):
+        tok.encode(torch.rand(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="int64 codes"):
+        tok.decode(codes.float())
+
+
+def test_tokenizer_learns_to_reconstruct():
+    """A tiny conv VQ autoencoder must fit 8 fixed images to PSNR > 22 dB in 150 steps."""
+    torch.manual_seed(0)
+    from latentforge.data.shapes import ShapesConfig, render_batch
+    from latentforge.pipeline import to_float
+
+    x = to_float(render_batch(ShapesConfig(), "train", range(8)))
+    tok = ConvVQTokenizer(ConvVQConfig(channels=(32, 64), quantizer=VQConfig(codebook_size=64, dim=16)))
+    opt = torch.optim.Adam(tok.parameters(), 2e-3)
+    for _ in range(150):
+        out = tok.loss({"image": x})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    tok.eval()
+    mse = F.mse_loss(tok(x).clamp(-1, 1), x) / 4  # in [0, 1] units
+    assert 10 * math.log10(1 / float(mse)) > 22
