@@ -42,8 +42,9 @@ def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
         return F.conv2d(t, kernel, groups=c)
 
     mu_x, mu_y = blur(x), blur(y)
-    # unbiased (co)variances over the window, as scikit-image's use_sample_covariance
-    cov_norm = 1.0 / (1.0 - (kernel[0, 0] ** 2).sum())
+    # scikit-image's use_sample_covariance factor NP / (NP - 1), NP = pixels in the window,
+    # applied even with Gaussian weights; kept so our numbers match the reference's
+    cov_norm = win * win / (win * win - 1.0)
     var_x = cov_norm * (blur(x * x) - mu_x**2)
     var_y = cov_norm * (blur(y * y) - mu_y**2)
     cov = cov_norm * (blur(x * y) - mu_x * mu_y)

@@ -32,7 +32,7 @@ class VQConfig:
     commitment: float = 0.25       # beta
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    usage_decay: float = 0.99      # running per-step usage count of each code
+    usage_decay: float = 0.95      # running per-step usage count of each code
     dead_threshold: float = 0.05   # revive a code whose running usage falls below this
 
     def __post_init__(self) -> None:

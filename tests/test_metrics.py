@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from latentforge.eval.diversity import diversity
+from latentforge.eval.image_metrics import psnr, ssim, to_unit
+
+
+def images(seed, n=3, size=32):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    noisy = np.clip(base.astype(int) + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
+    return base, noisy
+
+
+def test_psnr_and_ssim_match_scikit_image():
+    a, b = images(0)
+    x, y = to_unit(a), to_unit(b)
+    ours_psnr, ours_ssim = psnr(x, y), ssim(x, y)
+    for i in range(len(a)):
+        ref_p = peak_signal_noise_ratio(a[i], b[i], data_range=255)
+        ref_s = structural_similarity(a[i].astype(np.float64) / 255, b[i].astype(np.float64) / 255,
+                                      gaussian_weights=True, sigma=1.5, use_sample_covariance=True,
+                                      data_range=1.0, channel_axis=-1)
+        assert float(ours_psnr[i]) == pytest.approx(ref_p, rel=1e-9)
+        assert float(ours_ssim[i]) == pytest.approx(ref_s, abs=1e-9)
+
+
+def test_known_answers():
+    x = torch.full((1, 3, 16, 16), 0.5, dtype=torch.float64)
+    assert torch.isinf(psnr(x, x)).all()
+    assert float(psnr(x, x + 0.1)) == pytest.approx(20.0)
+    assert float(ssim(x, x)) == pytest.approx(1.0)
+    # float input in [-1, 1] and uint8 input agree
+    u8 = np.full((1, 4, 4, 3), 255, np.uint8)
+    assert torch.allclose(to_unit(u8), to_unit(torch.ones(1, 3, 4, 4)))
+
+
+def test_diversity_known_answers():
+    black = np.zeros((4, 2, 2, 3), np.uint8)
+    imgs = black.copy()
+    imgs[1] = 255                    # group 0: black and white -> distance 1
+    imgs[3] = imgs[2]                # group 1: two identical -> distance 0, not unique
+    out = diversity(imgs, np.array([0, 0, 1, 1]))
+    assert out["diversity"] == pytest.approx(0.5)
+    assert out["unique_frac"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least two samples"):
+        diversity(imgs[:2], np.array([0, 1]))

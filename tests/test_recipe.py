@@ -1,0 +1,119 @@
+"""A tiny end-to-end run of the default recipe: every stage, every output file, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from latentforge.cli import main
+from latentforge.config import ConfigError
+from latentforge.recipes import Run, load_recipe
+
+TINY = [
+    "data.train_size=256", "data.val_size=32",
+    "tokenizer.channels=[16, 32]", "tokenizer.quantizer.codebook_size=64", "tokenizer.quantizer.dim=8",
+    "tokenizer_train.steps=6", "tokenizer_train.batch_size=16", "tokenizer_train.log_every=3",
+    "tokenizer_train.ckpt_every=3",
+    "generator.dim=32", "generator.depth=1", "generator.heads=2",
+    "generator.conditioner.dim=32", "generator.conditioner.depth=1", "generator.conditioner.heads=2",
+    "generator_train.steps=6", "generator_train.batch_size=16", "generator_train.log_every=3",
+    "sample.graphs=4", "sample.per_graph=2", "eval.recon_images=32", "eval.show=8",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["run", "configs/shapes_sg2im.yaml", "--no-progress", f"out_dir={out}", "name=tiny", *TINY]) == 0
+    return out / "tiny"
+
+
+@pytest.mark.slow
+def test_run_writes_every_output(run_dir):
+    for name in ["config.yaml", "stages.json", "samples.npz", "metrics.json", "reconstructions.png",
+                 "samples.png", "curves.png", "report.html", "tokenizer/config.json",
+                 "tokenizer/model.safetensors", "generator/config.json", "generator/model.safetensors"]:
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ["psnr", "ssim", "codebook_usage", "perplexity"]:
+        assert key in metrics["tokenizer"]
+    for key in ["bits_per_token", "scene_exact", "count_acc", "shape_acc", "color_acc", "size_acc",
+                "relation_acc", "diversity", "unique_frac", "images_per_s"]:
+        assert key in metrics["generator"]
+        if key not in ("bits_per_token", "images_per_s"):
+            assert 0.0 <= metrics["generator"][key] <= 1.0
+    assert metrics["generator"]["real_images_scene_exact"] == 1.0
+    with np.load(run_dir / "samples.npz") as f:
+        assert f["images"].dtype == np.uint8 and f["images"].shape == (8, 32, 32, 3)
+        assert len(f["graphs"]) == 8 and "objects" in json.loads(f["graphs"][0])
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and 'id="metric-generator-scene_exact"' in html
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages_and_refuses_changed_training(run_dir, capsys):
+    cfg = load_recipe("configs/shapes_sg2im.yaml", [f"out_dir={run_dir.parent}", "name=tiny", *TINY])
+    before = (run_dir / "generator" / "model.safetensors").stat().st_mtime_ns
+    Run(cfg, progress=False).run()
+    assert "stage generator: done already, skipped" in capsys.readouterr().err
+    assert (run_dir / "generator" / "model.safetensors").stat().st_mtime_ns == before
+    changed = load_recipe("configs/shapes_sg2im.yaml",
+                          [f"out_dir={run_dir.parent}", "name=tiny", *TINY, "generator_train.lr=0.5"])
+    with pytest.raises(ConfigError, match="already holds a generator trained with another config"):
+        Run(changed, progress=False).run()
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes(tmp_path, capsys, monkeypatch):
+    import latentforge.train.trainer as trainer_mod
+
+    cfg = load_recipe("configs/shapes_sg2im.yaml", [f"out_dir={tmp_path}", "name=r", *TINY])
+    real_save = trainer_mod.save_checkpoint
+
+    def save_then_die(*args, **kwargs):  # the process is killed right after the step-3 checkpoint
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Run(cfg, progress=False).run(stages=("data", "tokenizer"))
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    Run(cfg, progress=False).run(stages=("data", "tokenizer"))
+    err = capsys.readouterr().err
+    assert "stage data: done already, skipped" in err and "resumed from ckpt-00000003 (step 3)" in err
+    steps = [json.loads(l)["step"] for l in (tmp_path / "r/tokenizer/train/log.jsonl").read_text().splitlines()]
+    assert steps == [3, 6]
+    assert (tmp_path / "r/tokenizer/model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_sample_and_eval_commands(run_dir, tmp_path, capsys):
+    graph = tmp_path / "g.json"
+    graph.write_text(json.dumps({"objects": [{"shape": "circle", "color": "red", "size": "large"},
+                                             {"shape": "square", "color": "blue", "size": "small"}],
+                                 "relations": [[0, "left of", 1]]}))
+    out = tmp_path / "x.png"
+    assert main(["sample", str(run_dir), "--graph", str(graph), "--n", "3", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"objects": [{"shape": "hexagon", "color": "red", "size": "large"}]}))
+    assert main(["sample", str(run_dir), "--graph", str(bad), "--out", str(out)]) == 2
+    assert "objects[0].shape: 'hexagon' is not one of" in capsys.readouterr().err
+    assert main(["eval", str(run_dir)]) == 0
+    assert "scene_exact" in capsys.readouterr().out
+
+
+def test_cli_config_errors(tmp_path, capsys):
+    assert main(["run", "configs/shapes_sg2im.yaml", f"out_dir={tmp_path}", "tokenizer.chanels=[8]"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'tokenizer.chanels'" in err and "channels" in err
+    assert main(["run", "configs/shapes_sg2im.yaml", f"out_dir={tmp_path}", "data.max_objects=9"]) == 2
+    assert "max_objects" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["eval", str(tmp_path)]) == 2
+
+
+def test_data_command_writes_a_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["data", "shapes", "--n", "6", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
