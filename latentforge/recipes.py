@@ -28,7 +28,7 @@ from latentforge.atomic import atomic_path, write_json, write_text
 from latentforge.config import (ConfigError, apply_overrides, from_dict, load_yaml, to_dict)
 from latentforge.data.shapes import SceneGraph, ShapesConfig, encode_graphs, render_batch, sample_scene
 from latentforge.generators.base import GeneratorConfig
-from latentforge.pipeline import Pipeline, to_float, to_uint8
+from latentforge.pipeline import Pipeline, to_float
 from latentforge.registry import lookup
 from latentforge.serialization import from_pretrained, save_pretrained
 from latentforge.tokenizers.base import TokenizerConfig

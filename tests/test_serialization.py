@@ -49,3 +49,22 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "tok" / "config.json").write_text(json.dumps(meta))
     with pytest.raises((ValueError, RuntimeError)):
         from_pretrained(tmp_path / "tok")
+
+
+def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path):
+    import os
+
+    from latentforge.atomic import atomic_path, write_text
+
+    target = tmp_path / "a.txt"
+    write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    write_text(target, "new")
+    assert target.read_text() == "new"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

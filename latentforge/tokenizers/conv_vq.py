@@ -47,19 +47,24 @@ class ConvVQConfig(TokenizerConfig):
         return self.patch * 2 ** (len(self.channels) - 1)
 
 
+def _levels(channels: tuple[int, ...], blocks: int, resample: type[nn.Module]) -> nn.Sequential:
+    """Residual blocks per level, with `resample` (Downsample or Upsample) between levels."""
+    layers: list[nn.Module] = []
+    for i, c in enumerate(channels):
+        cin = channels[max(i - 1, 0)]
+        layers += [ResBlock(cin if j == 0 else c, c) for j in range(blocks)]
+        if i < len(channels) - 1:
+            layers.append(resample(c))
+    return nn.Sequential(*layers)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: ConvVQConfig) -> None:
         super().__init__()
         self.patch = cfg.patch
         ch = cfg.channels
         self.stem = nn.Conv2d(cfg.in_channels * cfg.patch**2, ch[0], 3, padding=1)
-        layers: list[nn.Module] = []
-        for i, c in enumerate(ch):
-            cin = ch[max(i - 1, 0)]
-            layers += [ResBlock(cin if j == 0 else c, c) for j in range(cfg.blocks_per_level)]
-            if i < len(ch) - 1:
-                layers.append(Downsample(c))
-        self.body = nn.Sequential(*layers)
+        self.body = _levels(ch, cfg.blocks_per_level, Downsample)
         self.out = nn.Sequential(nn.GroupNorm(min(32, ch[-1] // 4), ch[-1]), nn.SiLU(),
                                  nn.Conv2d(ch[-1], cfg.quantizer.dim, 1))
 
@@ -74,13 +79,7 @@ class Decoder(nn.Module):
         self.patch = cfg.patch
         ch = cfg.channels[::-1]
         self.stem = nn.Conv2d(cfg.quantizer.dim, ch[0], 3, padding=1)
-        layers: list[nn.Module] = []
-        for i, c in enumerate(ch):
-            cin = ch[max(i - 1, 0)]
-            layers += [ResBlock(cin if j == 0 else c, c) for j in range(cfg.blocks_per_level)]
-            if i < len(ch) - 1:
-                layers.append(Upsample(c))
-        self.body = nn.Sequential(*layers)
+        self.body = _levels(ch, cfg.blocks_per_level, Upsample)
         self.out = nn.Sequential(nn.GroupNorm(min(32, ch[-1] // 4), ch[-1]), nn.SiLU(),
                                  nn.Conv2d(ch[-1], cfg.in_channels * cfg.patch**2, 3, padding=1))
 

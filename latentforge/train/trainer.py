@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -176,11 +176,3 @@ class Trainer:
         self.logger.truncate_after(step)
         self._say(f"resumed from {ckpts[-1].name} (step {step})")
         return step
-
-    @property
-    def finished(self) -> bool:
-        ckpts = list_checkpoints(self.folder / "checkpoints")
-        return bool(ckpts) and int(ckpts[-1].name.split("-")[1]) >= self.config.steps
-
-    def summary(self) -> dict[str, Any]:
-        return {"precision": self.precision.name, "precision_reason": self.precision.reason}
