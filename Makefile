@@ -1,14 +1,17 @@
 # Two commands on a fresh machine:
 #   make demo    venv + install + the default recipe end to end (runs/demo/report.html)
-#   make test    the test suite
+#   make test    the test suite (adds the dev extras to the same venv)
 # GPU users pick their torch build: make demo TORCH="torch==2.5.1"
 
 PYTHON ?= python3
 TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 # one stamp per torch choice, so changing TORCH reinstalls it
-STAMP  := $(VENV)/.installed-$(subst <,_,$(subst >,_,$(subst =,_,$(TORCH))))
+TAG    := $(subst <,_,$(subst >,_,$(subst =,_,$(TORCH))))
+STAMP  := $(VENV)/.installed-$(TAG)
+DEV    := $(VENV)/.dev-$(TAG)
 
 .PHONY: demo quick test install clean
 
@@ -16,9 +19,13 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-	rm -f $(VENV)/.installed-*
+	$(PIP) "$(TORCH)"
+	$(PIP) -e .
+	rm -f $(VENV)/.installed-* $(VENV)/.dev-*
+	touch $@
+
+$(DEV): $(STAMP)
+	$(PIP) -e ".[dev]"
 	touch $@
 
 demo: $(STAMP)
@@ -27,7 +34,7 @@ demo: $(STAMP)
 quick: $(STAMP)
 	$(VENV)/bin/latentforge run configs/shapes_sg2im.yaml --quick
 
-test: $(STAMP)
+test: $(DEV)
 	$(PY) -m pytest -q
 
 clean:
