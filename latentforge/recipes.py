@@ -163,17 +163,12 @@ class Run:
 
     # -- bookkeeping -----------------------------------------------------------------
     def _sections(self, stage: str) -> dict[str, Any]:
+        """The config sections a stage depends on: its own and those of every stage before it."""
+        own = {"data": ["data"], "tokenizer": ["tokenizer", "tokenizer_train"],
+               "generator": ["generator", "generator_train"], "sample": ["sample"], "eval": ["eval"]}
         c = to_dict(self.cfg)
-        upto = {
-            "data": ["data"],
-            "tokenizer": ["data", "tokenizer", "tokenizer_train"],
-            "encode": ["data", "tokenizer", "tokenizer_train"],
-            "generator": ["data", "tokenizer", "tokenizer_train", "generator", "generator_train"],
-            "sample": ["data", "tokenizer", "tokenizer_train", "generator", "generator_train", "sample"],
-            "eval": ["data", "tokenizer", "tokenizer_train", "generator", "generator_train", "sample", "eval"],
-            "report": ["data", "tokenizer", "tokenizer_train", "generator", "generator_train", "sample", "eval"],
-        }[stage]
-        return {k: c[k] for k in upto}
+        upto = STAGES[: STAGES.index(stage) + 1]
+        return {k: c[k] for s in upto for k in own.get(s, [])}
 
     def fingerprint(self, stage: str) -> str:
         blob = json.dumps(self._sections(stage), sort_keys=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentforge.nn.conv import Downsample, ResBlock, Upsample
+from latentforge.nn.conv import Downsample, ResBlock, Upsample, group_norm
 from latentforge.quantize.vq import VectorQuantizer, VQConfig
 from latentforge.registry import register
 from latentforge.tokenizers.base import LatentSpec, Tokenizer, TokenizerConfig
@@ -65,7 +65,7 @@ class Encoder(nn.Module):
         ch = cfg.channels
         self.stem = nn.Conv2d(cfg.in_channels * cfg.patch**2, ch[0], 3, padding=1)
         self.body = _levels(ch, cfg.blocks_per_level, Downsample)
-        self.out = nn.Sequential(nn.GroupNorm(min(32, ch[-1] // 4), ch[-1]), nn.SiLU(),
+        self.out = nn.Sequential(group_norm(ch[-1]), nn.SiLU(),
                                  nn.Conv2d(ch[-1], cfg.quantizer.dim, 1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,7 +80,7 @@ class Decoder(nn.Module):
         ch = cfg.channels[::-1]
         self.stem = nn.Conv2d(cfg.quantizer.dim, ch[0], 3, padding=1)
         self.body = _levels(ch, cfg.blocks_per_level, Upsample)
-        self.out = nn.Sequential(nn.GroupNorm(min(32, ch[-1] // 4), ch[-1]), nn.SiLU(),
+        self.out = nn.Sequential(group_norm(ch[-1]), nn.SiLU(),
                                  nn.Conv2d(ch[-1], cfg.in_channels * cfg.patch**2, 3, padding=1))
 
     def forward(self, z: Tensor) -> Tensor:

@@ -119,7 +119,7 @@ class Trainer:
         write_json(self.folder / "train_info.json", {
             "precision": self.precision.name, "precision_reason": self.precision.reason,
             "parameters": sum(p.numel() for p in model.parameters()), "device": str(self.device),
-            "threads": torch.get_num_threads(), "config": vars(cfg) | {},
+            "threads": torch.get_num_threads(), "config": vars(cfg),
         })
         model.train()
         sums: dict[str, float] = {}
