@@ -57,7 +57,7 @@ class Pipeline:
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             part = None if cond is None else {k: v[start:stop].to(device) for k, v in cond.items()}
-            context = self.generator.encode_condition(part)
+            context = self.generator.encode_condition(part, generator=generator)
             z = self.generator.sample(stop - start, context, generator=generator, **sampling)
             out.append(to_uint8(self.tokenizer.decode(z)))
         return np.concatenate(out)

@@ -296,14 +296,19 @@ class Run:
         s = self.cfg.sample
         val = self.load_split("val")
         n_graphs = min(s.graphs, len(val["images"]))
-        cond = {k: v[:n_graphs].repeat_interleave(s.per_graph, 0) for k, v in self.condition("val", val).items()}
+        # the graphs only: the true object centres stay hidden, so layouts are the model's own (P1)
+        cond = {k: v[:n_graphs].repeat_interleave(s.per_graph, 0) for k, v in self.condition("val", val).items()
+                if k not in ("obj_x", "obj_y")}
         pipe = Pipeline.from_run(self.dir, str(self.device))
         gen = torch.Generator(device=self.device).manual_seed(s.seed)
         t = time.perf_counter()
         images = pipe.generate(cond, generator=gen, batch_size=s.batch_size, temperature=s.temperature,
                                top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale)
         seconds = time.perf_counter() - t
-        graphs = np.repeat(val["graphs"][:n_graphs], s.per_graph)
+        # as conditioned on: without the true centres
+        hidden = [json.dumps(SceneGraph.from_json(json.loads(g)).without_positions().to_json())
+                  for g in val["graphs"][:n_graphs]]
+        graphs = np.repeat(np.array(hidden), s.per_graph)
         groups = np.repeat(np.arange(n_graphs), s.per_graph)
         with atomic_path(self.dir / "samples.npz") as tmp:
             with open(tmp, "wb") as f:

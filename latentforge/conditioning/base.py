@@ -2,11 +2,16 @@
 
 Every conditioner also owns a learned *null* context, the "no condition" input that
 classifier-free guidance trains (by dropping conditions) and contrasts against at sampling.
+
+A context is a set of tokens that generators read by cross-attention (or as a prefix or through
+adaLN) and, optionally, a *spatial map* aligned with the latent grid that they add to their token
+inputs (P1's scene layout). A conditioner with a training objective of its own (P1's layout
+predictor) hands its loss terms to the generator in `losses`, which adds them to its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +22,10 @@ from latentforge.config import ModelConfig
 
 @dataclass
 class Context:
-    tokens: Tensor  # [B, L, D]
-    mask: Tensor    # [B, L] bool, True where a token is real
+    tokens: Tensor                   # [B, L, D]
+    mask: Tensor                     # [B, L] bool, True where a token is real
+    spatial: Tensor | None = None    # [B, N, D] on the latent grid (raster order), or None
+    losses: dict[str, Tensor] = field(default_factory=dict)  # conditioner training terms
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -27,21 +34,38 @@ class Context:
         extra = length - self.tokens.shape[1]
         if extra <= 0:
             return self
-        return Context(F.pad(self.tokens, (0, 0, 0, extra)), F.pad(self.mask, (0, extra), value=False))
+        return Context(F.pad(self.tokens, (0, 0, 0, extra)), F.pad(self.mask, (0, extra), value=False),
+                       self.spatial, self.losses)
+
+    def _spatial_or_zeros(self, like: Tensor | None) -> Tensor | None:
+        if self.spatial is not None or like is None:
+            return self.spatial
+        return like.new_zeros(len(self), *like.shape[1:])  # "no layout" is the zero map
 
     def where(self, keep: Tensor, other: "Context") -> "Context":
-        """Per example: self where keep [B] is True, else other (e.g. the null context)."""
+        """Per example: self where keep [B] is True, else other (e.g. the null context).
+
+        The result keeps self's losses: dropping a condition does not drop its training terms.
+        """
         L = max(self.tokens.shape[1], other.tokens.shape[1])
         a, b = self.pad_to(L), other.pad_to(L)
+        spatial = None
+        if a.spatial is not None or b.spatial is not None:
+            like = a.spatial if a.spatial is not None else b.spatial
+            spatial = torch.where(keep[:, None, None], a._spatial_or_zeros(like), b._spatial_or_zeros(like))
         return Context(torch.where(keep[:, None, None], a.tokens, b.tokens),
-                       torch.where(keep[:, None], a.mask, b.mask))
+                       torch.where(keep[:, None], a.mask, b.mask), spatial, self.losses)
 
     @staticmethod
     def cat(first: "Context", second: "Context") -> "Context":
         """Concatenate along the batch (padding the shorter one)."""
         L = max(first.tokens.shape[1], second.tokens.shape[1])
         a, b = first.pad_to(L), second.pad_to(L)
-        return Context(torch.cat([a.tokens, b.tokens]), torch.cat([a.mask, b.mask]))
+        spatial = None
+        if a.spatial is not None or b.spatial is not None:
+            like = a.spatial if a.spatial is not None else b.spatial
+            spatial = torch.cat([a._spatial_or_zeros(like), b._spatial_or_zeros(like)])
+        return Context(torch.cat([a.tokens, b.tokens]), torch.cat([a.mask, b.mask]), spatial)
 
 
 @dataclass
@@ -51,10 +75,15 @@ class ConditionerConfig(ModelConfig):
 
 
 class Conditioner(nn.Module):
-    """Subclasses implement `forward(cond) -> Context`; `keys` names the batch entries they read."""
+    """Subclasses implement `forward(cond, generator=None) -> Context`.
+
+    `keys` names the batch entries they need, `optional_keys` those they read when present. The
+    random generator serves conditioners that sample part of the condition (P1's layout).
+    """
 
     config: ConditionerConfig
     keys: tuple[str, ...] = ()
+    optional_keys: tuple[str, ...] = ()
 
     def __init__(self, config: ConditionerConfig) -> None:
         super().__init__()
@@ -73,7 +102,7 @@ class Conditioner(nn.Module):
         missing = [k for k in self.keys if k not in batch]
         if missing:
             raise KeyError(f"{type(self).__name__} needs batch keys {list(self.keys)}; missing {missing}")
-        return {k: batch[k] for k in self.keys}
+        return {k: batch[k] for k in self.keys + self.optional_keys if k in batch}
 
-    def forward(self, cond: dict[str, Tensor]) -> Context:
+    def forward(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Context:
         raise NotImplementedError

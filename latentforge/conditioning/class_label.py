@@ -26,7 +26,7 @@ class ClassConditioner(Conditioner):
         self.embed = nn.Embedding(config.num_classes, config.dim)
         nn.init.normal_(self.embed.weight, std=0.02)
 
-    def forward(self, cond: dict[str, Tensor]) -> Context:
+    def forward(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Context:
         label = cond["label"]  # [B]
         if label.min() < 0 or label.max() >= self.config.num_classes:
             raise ValueError(f"labels must be in [0, {self.config.num_classes}), got {label.min()}..{label.max()}")

@@ -3,9 +3,13 @@
 object token   = shape_emb + color_emb + size_emb + slot_emb[i]          (one per object slot)
 relation token = subject_slot_emb[s] + predicate_emb[p] + object_slot_emb[o]
 The slot embeddings tie relations to objects; bidirectional self-attention (padding masked)
-lets each object token learn where it must sit relative to the others, which is the layout
-reasoning P1 does with its graph transformer. Output: context [B, M + R, D] and its mask,
-M object slots and R = M (M - 1) relation slots.
+lets each object token learn where it must sit relative to the others. Output: context
+[B, M + R, D] and its mask, M object slots and R = M (M - 1) relation slots.
+
+With `layout` on (the default, as in P1) the encoded objects are also placed: a layout predictor
+(`conditioning/layout.py`) is trained on the data's object centres (`obj_x`, `obj_y`; its
+cross-entropy is handed to the generator as `layout_nll`) and, when centres are not given,
+samples them; the layout is painted on the latent grid as the context's spatial map.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Conditioner, ConditionerConfig, Context
+from latentforge.conditioning.layout import LayoutPainter, LayoutPredictor, bin_centres, centre_bins
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
 
@@ -31,11 +37,19 @@ class SceneGraphConfig(ConditionerConfig):
     num_colors: int = 6
     num_sizes: int = 2
     num_predicates: int = 4
+    layout: bool = True              # P1: predict object centres and paint them on the grid
+    grid: tuple[int, ...] = (8, 8)   # latent grid the layout is painted on (set from the generator)
+    layout_bins: int = 16            # centres are categorical over layout_bins x layout_bins cells
+    layout_depth: int = 2
+    layout_reach: float = 0.25       # cells within this distance (image fractions, per axis) of a centre
+    layout_temperature: float = 1.0
+    layout_candidates: int = 1       # draw this many layouts per graph, keep the most likely
 
 
 @register("conditioner", "scene_graph", SceneGraphConfig)
 class SceneGraphConditioner(Conditioner):
     keys = ("obj_shape", "obj_color", "obj_size", "obj_mask", "rel_subj", "rel_pred", "rel_obj", "rel_mask")
+    optional_keys = ("obj_x", "obj_y")  # object centres (nan where unknown)
 
     def __init__(self, config: SceneGraphConfig) -> None:
         super().__init__(config)
@@ -50,8 +64,16 @@ class SceneGraphConditioner(Conditioner):
         self.kind_emb = nn.Embedding(2, D)  # 0 = object token, 1 = relation token
         self.encoder = Transformer(D, config.depth, config.heads)
         init_transformer_weights(self, config.depth)
+        self.layout = self.painter = None
+        if config.layout:
+            self.layout = LayoutPredictor(D, config.layout_bins, config.layout_depth, config.heads)
+            self.pair_row = nn.Linear(D, D)  # the object being placed
+            self.pair_col = nn.Linear(D, D)  # an object placed before it
+            self.predicate_as_subject = nn.Embedding(config.num_predicates, D)
+            self.predicate_as_object = nn.Embedding(config.num_predicates, D)
+            self.painter = LayoutPainter(D, tuple(config.grid), config.layout_reach)
 
-    def forward(self, cond: dict[str, Tensor]) -> Context:
+    def forward(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Context:
         M = self.config.max_objects
         if cond["obj_shape"].shape[1] != M:
             raise ValueError(f"scene graphs padded to {cond['obj_shape'].shape[1]} objects; "
@@ -63,4 +85,45 @@ class SceneGraphConditioner(Conditioner):
                      + self.object_slot(cond["rel_obj"]) + self.kind_emb.weight[1])            # [B, R, D]
         tokens = torch.cat([objects, relations], dim=1)                                      # [B, M+R, D]
         mask = torch.cat([cond["obj_mask"], cond["rel_mask"]], dim=1).bool()
-        return Context(self.encoder(tokens, key_mask=mask), mask)
+        encoded = self.encoder(tokens, key_mask=mask)
+        if self.layout is None:
+            return Context(encoded, mask)
+        objects, obj_mask = encoded[:, :M], cond["obj_mask"].bool()
+        known = self._known_centres(cond, obj_mask)
+        pair = self._pair_features(objects, cond)
+        losses = {}
+        if self.training:
+            if not torch.isfinite(known[obj_mask]).all():
+                raise ValueError("training the layout predictor needs every object's centre (obj_x, obj_y)")
+            centres = torch.nan_to_num(known, nan=0.5)
+            losses["layout_nll"] = self.layout.nll(objects, obj_mask, centres, pair)
+        else:
+            centres = self.layout.sample(objects, obj_mask, pair, known, generator=generator,
+                                         temperature=self.config.layout_temperature,
+                                         candidates=self.config.layout_candidates)
+        # paint from bin centres, in training and sampling alike
+        bins = self.config.layout_bins
+        centres = bin_centres(centre_bins(centres, bins), bins)
+        return Context(encoded, mask, self.painter(objects, obj_mask, centres), losses)
+
+    def _pair_features(self, objects: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """[B, M, M, D]: row k, column j = both objects plus the predicates relating them.
+
+        A relation (s, p, o) adds predicate_as_subject[p] at (s, o) and predicate_as_object[p]
+        at (o, s), so each ordered pair reads its relations from its own side.
+        """
+        M = objects.shape[1]
+        subj = F.one_hot(cond["rel_subj"], M).to(objects.dtype)                            # [B, R, M]
+        obj = F.one_hot(cond["rel_obj"], M).to(objects.dtype)
+        real = cond["rel_mask"].to(objects.dtype)[..., None]
+        as_subject = self.predicate_as_subject(cond["rel_pred"]) * real                      # [B, R, D]
+        as_object = self.predicate_as_object(cond["rel_pred"]) * real
+        relations = (torch.einsum("brk,brj,brd->bkjd", subj, obj, as_subject)
+                     + torch.einsum("brk,brj,brd->bkjd", obj, subj, as_object))
+        return self.pair_row(objects)[:, :, None] + self.pair_col(objects)[:, None] + relations
+
+    def _known_centres(self, cond: dict[str, Tensor], obj_mask: Tensor) -> Tensor:
+        """Given object centres [B, M, 2]: nan where unknown (no obj_x/obj_y, or nan in them)."""
+        if "obj_x" not in cond or "obj_y" not in cond:
+            return torch.full((*obj_mask.shape, 2), float("nan"), device=obj_mask.device)
+        return torch.stack([cond["obj_x"], cond["obj_y"]], dim=-1).float()

@@ -197,6 +197,10 @@ class SceneGraph:
                 raise ValueError(f"objects[{i}] has no position; relations need x and y")
         return cls(objects, _relations_from_positions(objects))
 
+    def without_positions(self) -> SceneGraph:
+        """The same objects and relations with the object centres forgotten."""
+        return SceneGraph(tuple(ShapeObject(o.shape, o.color, o.size) for o in self.objects), self.relations)
+
     def caption(self) -> str:
         """Deterministic English description, e.g.
 
@@ -501,7 +505,9 @@ def encode_graphs(graphs: Sequence[SceneGraph], max_objects: int) -> dict[str, t
         obj_shape, obj_color, obj_size: int64 [B, M] indices into SHAPES, COLORS, SIZES
             (0 where padded); obj_mask: bool [B, M];
         rel_subj, rel_pred, rel_obj: int64 [B, R] with R = M * (M - 1), predicate
-            indices into PREDICATES (0 where padded); rel_mask: bool [B, R].
+            indices into PREDICATES (0 where padded); rel_mask: bool [B, R];
+        obj_x, obj_y: float32 [B, M] object centres in image fractions (nan where unknown
+            or padded).
 
     Raises:
         ValueError: if a graph has more than `max_objects` objects or R relations.
@@ -511,6 +517,7 @@ def encode_graphs(graphs: Sequence[SceneGraph], max_objects: int) -> dict[str, t
     b = len(graphs)
     obj = np.zeros((3, b, m), np.int64)  # shape, colour, size
     obj_mask = np.zeros((b, m), bool)
+    centres = np.full((2, b, m), np.nan, np.float32)
     rel = np.zeros((3, b, r), np.int64)  # subject, predicate, object
     rel_mask = np.zeros((b, r), bool)
     colors = tuple(COLORS)
@@ -521,6 +528,7 @@ def encode_graphs(graphs: Sequence[SceneGraph], max_objects: int) -> dict[str, t
             raise ValueError(f"graphs[{g}] has {len(graph.relations)} relations, more than {r} = M * (M - 1)")
         for k, o in enumerate(graph.objects):
             obj[:, g, k] = SHAPES.index(o.shape), colors.index(o.color), SIZES.index(o.size)
+            centres[:, g, k] = o.x, o.y
         obj_mask[g, : len(graph.objects)] = True
         for k, (s, p, o) in enumerate(graph.relations):
             rel[:, g, k] = s, PREDICATES.index(p), o
@@ -530,6 +538,8 @@ def encode_graphs(graphs: Sequence[SceneGraph], max_objects: int) -> dict[str, t
         "obj_color": torch.from_numpy(obj[1]),
         "obj_size": torch.from_numpy(obj[2]),
         "obj_mask": torch.from_numpy(obj_mask),
+        "obj_x": torch.from_numpy(centres[0]),
+        "obj_y": torch.from_numpy(centres[1]),
         "rel_subj": torch.from_numpy(rel[0]),
         "rel_pred": torch.from_numpy(rel[1]),
         "rel_obj": torch.from_numpy(rel[2]),

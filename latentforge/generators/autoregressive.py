@@ -65,6 +65,8 @@ class ARGenerator(Generator):
         B, N = codes.shape
         x = torch.cat([self.bos.expand(B, 1, -1), self.token_emb(codes[:, :-1])], dim=1)
         x = x + self.pos()[:N]
+        if context is not None and context.spatial is not None:
+            x = x + context.spatial[:, :N]  # the condition's map of the token being predicted
         h = self.transformer(x, causal=True, context=None if context is None else context.tokens,
                              context_mask=None if context is None else context.mask)
         return self.head(h)
@@ -73,7 +75,7 @@ class ARGenerator(Generator):
         codes = self._flatten(z)
         logits = self.logits(codes, self.drop_condition(context))
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1))
-        return {"loss": nll, "bits_per_token": nll.detach() / math.log(2)}
+        return self.add_condition_losses({"loss": nll, "bits_per_token": nll.detach() / math.log(2)}, context)
 
     @torch.no_grad()
     def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
@@ -88,21 +90,23 @@ class ARGenerator(Generator):
         rows = n if ctx is None else len(ctx)
         N = self.config.num_tokens
         pos = self.pos()
+        if ctx is not None and ctx.spatial is not None:
+            pos = pos + ctx.spatial  # per-row inputs [rows, N, D] from here on
         codes = torch.zeros(n, N, dtype=torch.long, device=pos.device)
         ctx_kv = None if ctx is None else self.transformer.context_kv(ctx.tokens)
         ctx_mask = None if ctx is None else ctx.mask
         caches = self.transformer.new_caches(rows, N, pos) if use_cache else None
-        x = self.bos.expand(rows, 1, -1) + pos[:1]  # input of step 0, [rows, 1, D]
+        x = self.bos.expand(rows, 1, -1) + pos[..., :1, :]  # input of step 0, [rows, 1, D]
         for i in range(N):
             if use_cache:
                 h = self.transformer(x, causal=True, context_kv=ctx_kv, context_mask=ctx_mask, caches=caches)
             else:
                 prefix = torch.cat([self.bos.expand(rows, 1, -1),
-                                    self.token_emb(codes[:, :i].repeat(rows // n, 1))], dim=1) + pos[: i + 1]
+                                    self.token_emb(codes[:, :i].repeat(rows // n, 1))], dim=1) + pos[..., : i + 1, :]
                 h = self.transformer(prefix, causal=True, context_kv=ctx_kv, context_mask=ctx_mask)
             logits = guide(self.head(h[:, -1]).float(), cfg_scale)  # [n, V]
             codes[:, i] = sample_tokens(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                         generator=generator)
             if i + 1 < N:
-                x = (self.token_emb(codes[:, i]).repeat(rows // n, 1) + pos[i + 1])[:, None]
+                x = self.token_emb(codes[:, i]).repeat(rows // n, 1)[:, None] + pos[..., i + 1 : i + 2, :]
         return codes.view(n, *self.config.grid)

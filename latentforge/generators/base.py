@@ -7,6 +7,7 @@ random fraction `p_uncond` of examples is swapped for the conditioner's learned 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -41,20 +42,27 @@ class Generator(nn.Module):
         from latentforge import registry
 
         cfg = self.config.conditioner
+        if cfg is not None and hasattr(cfg, "grid") and tuple(cfg.grid) != tuple(self.config.grid):
+            # a conditioner that paints on the latent grid must use the generator's grid
+            cfg = self.config.conditioner = dataclasses.replace(cfg, grid=tuple(self.config.grid))
         self.conditioner = None if cfg is None else registry.lookup("conditioner", cfg.name)[1](cfg)
 
     @property
     def context_dim(self) -> int | None:
         return None if self.conditioner is None else self.conditioner.dim
 
-    def encode_condition(self, batch: dict[str, Tensor] | None) -> Context | None:
-        """Run the conditioner on the condition entries of a batch (None if unconditional)."""
+    def encode_condition(self, batch: dict[str, Tensor] | None,
+                         generator: torch.Generator | None = None) -> Context | None:
+        """Run the conditioner on the condition entries of a batch (None if unconditional).
+
+        `generator` seeds the parts of the condition a conditioner samples (P1's layout).
+        """
         if self.conditioner is None:
             return None
         if batch is None:
             raise ValueError(f"{type(self).__name__} is conditional ({self.config.conditioner.name}): "
                              "pass a condition")
-        return self.conditioner(self.conditioner.select(batch))
+        return self.conditioner(self.conditioner.select(batch), generator=generator)
 
     def drop_condition(self, context: Context | None) -> Context | None:
         """Classifier-free guidance training: replace a random p_uncond of contexts by the null one."""
@@ -68,6 +76,14 @@ class Generator(nn.Module):
         if context is None or cfg_scale == 1.0:
             return context
         return Context.cat(context, self.conditioner.null(len(context)))
+
+    @staticmethod
+    def add_condition_losses(out: dict[str, Tensor], context: Context | None) -> dict[str, Tensor]:
+        """Add the conditioner's own training terms (e.g. P1's layout NLL) to a generator's loss."""
+        if context is not None and context.losses:
+            out["loss"] = out["loss"] + sum(context.losses.values())
+            out.update({k: v.detach() for k, v in context.losses.items()})
+        return out
 
     def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         raise NotImplementedError
