@@ -3,7 +3,7 @@
 Every config in the library is a plain `@dataclass`. `from_dict(cls, d)` builds one from a
 nested dict and stops on the first problem with a message that names the dotted key and lists
 what is valid there. A field whose type is a `ModelConfig` subclass is polymorphic: its `name`
-key picks the concrete config class from the registry (e.g. `tokenizer.name: conv_vq`).
+key picks the concrete config class from the registry (e.g. `tokenizer.name: conv`).
 """
 
 from __future__ import annotations

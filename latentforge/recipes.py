@@ -88,7 +88,7 @@ class RecipeConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads; 0 keeps torch's default
     data: ShapesDataConfig = field(default_factory=ShapesDataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=lambda: lookup("tokenizer", "conv_vq")[0]())
+    tokenizer: TokenizerConfig = field(default_factory=lambda: lookup("tokenizer", "conv")[0]())
     tokenizer_train: TrainConfig = field(default_factory=TrainConfig)
     generator: GeneratorConfig = field(default_factory=lambda: lookup("generator", "autoregressive")[0]())
     generator_train: TrainConfig = field(default_factory=TrainConfig)

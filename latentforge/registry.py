@@ -1,6 +1,6 @@
 """Name -> (config class, model class) tables, one per kind of model.
 
-A recipe picks a tokenizer, generator or conditioner by `name`; a saved model records the
+A recipe picks a tokenizer, generator, conditioner or quantizer by `name`; a saved model records the
 name in its `config.json` so `from_pretrained` can rebuild it. Each model file registers
 itself with the decorator below, so adding a model is adding a file.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-KINDS = ("tokenizer", "generator", "conditioner")
+KINDS = ("tokenizer", "generator", "conditioner", "quantizer")
 _TABLES: dict[str, dict[str, tuple[type, type]]] = {kind: {} for kind in KINDS}
 
 M = TypeVar("M", bound=type)
@@ -48,4 +48,5 @@ def _import_all() -> None:
     # Importing the packages runs their @register decorators.
     import latentforge.conditioning  # noqa: F401
     import latentforge.generators  # noqa: F401
+    import latentforge.quantize  # noqa: F401
     import latentforge.tokenizers  # noqa: F401

@@ -62,9 +62,9 @@ def test_overrides_parse_yaml_values():
 
 
 def test_registry_picks_config_class_by_name():
-    cfg = from_dict(RecipeConfig, {"tokenizer": {"name": "conv_vq", "channels": [16, 32]}})
-    assert type(cfg.tokenizer).__name__ == "ConvVQConfig" and cfg.tokenizer.channels == (16, 32)
-    with pytest.raises(ConfigError, match=r"tokenizer.name: unknown tokenizer 'nope'; available: .*conv_vq"):
+    cfg = from_dict(RecipeConfig, {"tokenizer": {"name": "conv", "channels": [16, 32]}})
+    assert type(cfg.tokenizer).__name__ == "ConvConfig" and cfg.tokenizer.channels == (16, 32)
+    with pytest.raises(ConfigError, match=r"tokenizer.name: unknown tokenizer 'nope'; available: .*conv"):
         from_dict(RecipeConfig, {"tokenizer": {"name": "nope"}})
     with pytest.raises(ConfigError, match="generator.conditioner.depht"):
         from_dict(RecipeConfig, {"generator": {"conditioner": {"name": "scene_graph", "depht": 2}}})

@@ -7,16 +7,16 @@ from latentforge import from_pretrained, save_pretrained
 from latentforge.conditioning.scene_graph import SceneGraphConfig
 from latentforge.generators.autoregressive import ARConfig, ARGenerator
 from latentforge.quantize.vq import VQConfig
-from latentforge.tokenizers.conv_vq import ConvVQConfig, ConvVQTokenizer
+from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer
 
 
 def test_tokenizer_round_trip(tmp_path):
-    tok = ConvVQTokenizer(ConvVQConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=32, dim=8))).eval()
+    tok = ConvTokenizer(ConvConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=32, dim=8))).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     save_pretrained(tok, tmp_path / "tok")
     assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
     meta = json.loads((tmp_path / "tok" / "config.json").read_text())
-    assert meta["kind"] == "tokenizer" and meta["name"] == "conv_vq" and meta["config"]["channels"] == [8, 16]
+    assert meta["kind"] == "tokenizer" and meta["name"] == "conv" and meta["config"]["channels"] == [8, 16]
     loaded = from_pretrained(tmp_path / "tok")
     assert torch.equal(loaded(x), tok(x))
     assert torch.equal(loaded.encode(x), tok.encode(x))
@@ -46,7 +46,7 @@ def test_generator_round_trip_keeps_conditioner(tmp_path):
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         from_pretrained(tmp_path)
-    tok = ConvVQTokenizer(ConvVQConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=32, dim=8)))
+    tok = ConvTokenizer(ConvConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=32, dim=8)))
     save_pretrained(tok, tmp_path / "tok")
     meta = json.loads((tmp_path / "tok" / "config.json").read_text())
     meta["config"]["channels"] = [8, 32]

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from latentforge.quantize.base import codebook_stats
 from latentforge.quantize.vq import VectorQuantizer, VQConfig
-from latentforge.tokenizers.conv_vq import ConvVQConfig, ConvVQTokenizer
+from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer
 
 
 def test_codes_are_nearest_neighbours():
@@ -79,8 +79,8 @@ def test_codebook_stats_known_values():
 
 
 def test_conv_tokenizer_shapes_spec_and_errors():
-    cfg = ConvVQConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=64, dim=8))
-    tok = ConvVQTokenizer(cfg)
+    cfg = ConvConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=64, dim=8))
+    tok = ConvTokenizer(cfg)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert tok.spec.grid == (8, 8) and tok.spec.kind == "discrete" and tok.spec.vocab_size == 64
     codes = tok.encode(x)
@@ -104,7 +104,7 @@ def test_tokenizer_learns_to_reconstruct():
     from latentforge.pipeline import to_float
 
     x = to_float(render_batch(ShapesConfig(), "train", range(8)))
-    tok = ConvVQTokenizer(ConvVQConfig(channels=(32, 64), quantizer=VQConfig(codebook_size=64, dim=16)))
+    tok = ConvTokenizer(ConvConfig(channels=(32, 64), quantizer=VQConfig(codebook_size=64, dim=16)))
     opt = torch.optim.Adam(tok.parameters(), 2e-3)
     for _ in range(150):
         out = tok.loss({"image": x})

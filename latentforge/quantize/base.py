@@ -1,11 +1,21 @@
-"""The shared bottleneck interface and codebook statistics."""
+"""The shared bottleneck interface and codebook statistics.
+
+Every bottleneck maps encoder outputs z [B, *grid, dim] to a `Quantized`: the latents the decoder
+reads (straight-through or reparameterised in training), the codes a generator models (int64
+indices for discrete bottlenecks, `[B, *grid, depth]` for residual ones; the latent vectors
+themselves for continuous ones), weighted loss terms and detached statistics. A recipe picks a
+bottleneck by `name` (`tokenizer.quantizer.name: fsq`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from latentforge.config import ModelConfig
 
 
 class Quantized(NamedTuple):
@@ -13,6 +23,41 @@ class Quantized(NamedTuple):
     codes: Tensor                # [B, *grid] int64 (or [B, *grid, depth] for residual VQ)
     losses: dict[str, Tensor]    # weighted terms to add to the training loss
     stats: dict[str, Tensor]     # detached diagnostics: usage, perplexity, ...
+
+
+@dataclass
+class QuantizerConfig(ModelConfig):
+    kind = "quantizer"
+    dim: int = 32  # channels of the encoder output the bottleneck reads
+
+
+class Quantizer(nn.Module):
+    """Base class of every bottleneck. Discrete ones set `discrete = True` and `vocab_size`."""
+
+    config: QuantizerConfig
+    discrete: bool = True
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Codes per level (None for continuous bottlenecks)."""
+        return None
+
+    @property
+    def depth(self) -> int:
+        """Code levels per position (residual quantizers: more than one)."""
+        return 1
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents a continuous bottleneck hands to a generator."""
+        return self.config.dim
+
+    def forward(self, z: Tensor) -> Quantized:
+        raise NotImplementedError
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """Codes (as in `Quantized.codes`) -> the latents the decoder reads [B, *grid, dim]."""
+        raise NotImplementedError
 
 
 def codebook_stats(counts: Tensor) -> dict[str, float]:

@@ -21,11 +21,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentforge.quantize.base import Quantized, code_histogram
+from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, code_histogram
+from latentforge.registry import register
 
 
 @dataclass
-class VQConfig:
+class VQConfig(QuantizerConfig):
+    name: str = "vq"
     codebook_size: int = 512
     dim: int = 32                  # code vector size (the encoder projects down to it)
     l2_normalize: bool = True
@@ -42,7 +44,8 @@ class VQConfig:
             raise ValueError(f"usage_decay must be in (0, 1), got {self.usage_decay}")
 
 
-class VectorQuantizer(nn.Module):
+@register("quantizer", "vq", VQConfig)
+class VectorQuantizer(Quantizer):
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = config
@@ -52,6 +55,10 @@ class VectorQuantizer(nn.Module):
 
     @property
     def size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def vocab_size(self) -> int:
         return self.config.codebook_size
 
     def _embeddings(self) -> Tensor:

@@ -11,9 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from latentforge.config import ModelConfig
+from latentforge.quantize.base import Quantizer
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,27 @@ class LatentSpec:
     @property
     def num_tokens(self) -> int:
         return math.prod(self.grid)
+
+
+def latent_spec(quantizer: Quantizer, grid: tuple[int, ...]) -> LatentSpec:
+    """What a bottleneck on `grid` hands to generators."""
+    if quantizer.discrete:
+        return LatentSpec(grid=tuple(grid), kind="discrete", vocab_size=quantizer.vocab_size, depth=quantizer.depth)
+    return LatentSpec(grid=tuple(grid), kind="continuous", channels=quantizer.latent_channels)
+
+
+def check_latents(spec: LatentSpec, z: Tensor) -> None:
+    """Raise a ValueError naming the expected and the given shape/dtype when z does not fit spec."""
+    if spec.kind == "discrete":
+        shape = (*spec.grid, spec.depth) if spec.depth > 1 else spec.grid
+        ok = z.dtype == torch.long and tuple(z.shape[1:]) == tuple(shape)
+        want = f"int64 codes [B, {', '.join(map(str, shape))}]"
+    else:
+        shape = (*spec.grid, spec.channels)
+        ok = z.is_floating_point() and tuple(z.shape[1:]) == tuple(shape)
+        want = f"float latents [B, {', '.join(map(str, shape))}]"
+    if not ok:
+        raise ValueError(f"expected {want}, got {z.dtype} {list(z.shape)}")
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""Convolutional VQ autoencoder for images (VQ-VAE with a ViT-VQGAN style codebook).
+"""Convolutional autoencoder for images with any bottleneck (VQ-VAE by default).
 
 x [B, 3, H, W] in [-1, 1]
   -> pixel-unshuffle by `patch` (cheap first downsampling that loses nothing)
   -> conv stem, residual blocks, strided downsampling between levels
-  -> 1x1 projection to the code size -> VQ -> codes [B, H/f, W/f],  f = patch * 2**(levels-1)
+  -> 1x1 projection to the bottleneck's width -> bottleneck (`quantizer.name`: vq, fsq, ...)
+  -> latents on a [H/f, W/f] grid,  f = patch * 2**(levels-1)
 and the mirror image back. Pixel-unshuffle keeps the costly full-resolution convolutions out
 of the network, which matters most on CPU.
 """
@@ -18,21 +19,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.nn.conv import Downsample, ResBlock, Upsample, group_norm
-from latentforge.quantize.vq import VectorQuantizer, VQConfig
-from latentforge.registry import register
-from latentforge.tokenizers.base import LatentSpec, Tokenizer, TokenizerConfig
+from latentforge.quantize.base import Quantized, QuantizerConfig
+from latentforge.quantize.vq import VQConfig
+from latentforge.registry import lookup, register
+from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, check_latents, latent_spec
 
 
 @dataclass
-class ConvVQConfig(TokenizerConfig):
-    name: str = "conv_vq"
+class ConvConfig(TokenizerConfig):
+    name: str = "conv"
     image_size: int = 32
     in_channels: int = 3
     patch: int = 2                              # pixel-unshuffle factor at the input
     channels: tuple[int, ...] = (64, 128)       # one entry per resolution level
     blocks_per_level: int = 1
     recon_loss: Literal["l1", "l2", "l1+l2"] = "l2"
-    quantizer: VQConfig = field(default_factory=VQConfig)
+    quantizer: QuantizerConfig = field(default_factory=VQConfig)
 
     def __post_init__(self) -> None:
         f = self.downsample_factor
@@ -59,7 +61,7 @@ def _levels(channels: tuple[int, ...], blocks: int, resample: type[nn.Module]) -
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: ConvVQConfig) -> None:
+    def __init__(self, cfg: ConvConfig) -> None:
         super().__init__()
         self.patch = cfg.patch
         ch = cfg.channels
@@ -74,7 +76,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: ConvVQConfig) -> None:
+    def __init__(self, cfg: ConvConfig) -> None:
         super().__init__()
         self.patch = cfg.patch
         ch = cfg.channels[::-1]
@@ -88,23 +90,23 @@ class Decoder(nn.Module):
         return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
 
 
-@register("tokenizer", "conv_vq", ConvVQConfig)
-class ConvVQTokenizer(Tokenizer):
-    def __init__(self, config: ConvVQConfig) -> None:
+@register("tokenizer", "conv", ConvConfig)
+class ConvTokenizer(Tokenizer):
+    def __init__(self, config: ConvConfig) -> None:
         super().__init__()
         self.config = config
         side = config.image_size // config.downsample_factor
-        self.spec = LatentSpec(grid=(side, side), kind="discrete", vocab_size=config.quantizer.codebook_size)
         self.encoder = Encoder(config)
-        self.quantizer = VectorQuantizer(config.quantizer)
+        self.quantizer = lookup("quantizer", config.quantizer.name)[1](config.quantizer)
         self.decoder = Decoder(config)
+        self.spec = latent_spec(self.quantizer, (side, side))
 
     def _check(self, x: Tensor) -> None:
         c, s = self.config.in_channels, self.config.image_size
         if x.dim() != 4 or x.shape[1:] != (c, s, s):
             raise ValueError(f"expected images [B, {c}, {s}, {s}], got {list(x.shape)}")
 
-    def quantize(self, x: Tensor):
+    def quantize(self, x: Tensor) -> Quantized:
         """x [B, C, H, W] -> Quantized (z_q [B, h, w, dim], codes [B, h, w], losses, stats)."""
         self._check(x)
         z = self.encoder(x).permute(0, 2, 3, 1)  # channels-last [B, h, w, dim]
@@ -118,9 +120,7 @@ class ConvVQTokenizer(Tokenizer):
         return self.decoder(z_q.permute(0, 3, 1, 2))
 
     def decode(self, codes: Tensor) -> Tensor:
-        if codes.dtype != torch.long or tuple(codes.shape[1:]) != self.spec.grid:
-            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, self.spec.grid))}], "
-                             f"got {codes.dtype} {list(codes.shape)}")
+        check_latents(self.spec, codes)
         return self.decode_latents(self.quantizer.lookup(codes))
 
     def forward(self, x: Tensor) -> Tensor:
