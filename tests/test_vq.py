@@ -114,3 +114,126 @@ def test_tokenizer_learns_to_reconstruct():
     tok.eval()
     mse = F.mse_loss(tok(x).clamp(-1, 1), x) / 4  # in [0, 1] units
     assert 10 * math.log10(1 / float(mse)) > 22
+
+
+# ----------------------------------------------------------------------------------------------
+# Options: EMA codebook updates, rotation trick
+# ----------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_a_learned_codebook_with_straight_through():
+    cfg = VQConfig()
+    assert cfg.codebook_update == "learned" and not cfg.rotation_trick
+    vq = VectorQuantizer(VQConfig(codebook_size=8, dim=4))
+    assert [n for n, _ in vq.named_parameters()] == ["codebook"]
+    assert set(vq(torch.randn(2, 3, 4)).losses) == {"codebook", "commitment"}
+
+
+def _ema_vq(**kw):
+    cfg = {"codebook_size": 8, "dim": 3, "l2_normalize": False, "kmeans_init": False, "codebook_update": "ema",
+           "dead_threshold": 0.0}
+    return VectorQuantizer(VQConfig(**{**cfg, **kw})).train()
+
+
+def test_ema_with_decay_zero_moves_codes_to_the_mean_of_their_vectors():
+    vq = _ema_vq(ema_decay=0.0)
+    assert "codebook" not in dict(vq.named_parameters()) and "codebook" in vq.state_dict()
+    before = vq.codebook.clone()
+    z = torch.randn(4, 16, 3)
+    q = vq(z)
+    assert set(q.losses) == {"commitment"}
+    flat, codes = z.reshape(-1, 3), q.codes.reshape(-1)
+    for k in range(8):
+        if (codes == k).any():
+            assert torch.allclose(vq.codebook[k], flat[codes == k].mean(0), atol=1e-4)
+        else:
+            assert torch.equal(vq.codebook[k], before[k]), "a code nothing was assigned to stays put"
+    assert len(codes.unique()) >= 2
+
+
+def test_ema_laplace_smoothing_formula():
+    eps, decay = 0.1, 0.5
+    vq = _ema_vq(ema_decay=decay, ema_epsilon=eps)
+    z = torch.randn(1, 40, 3)
+    codes = vq(z).codes.reshape(-1)
+    n = torch.bincount(codes, minlength=8).float()
+    s = torch.zeros(8, 3).index_add_(0, codes, z.reshape(-1, 3))
+    count, total = (1 - decay) * n, (1 - decay) * n.sum()   # EMAs start at zero
+    smoothed = (count + eps) / (total + 8 * eps) * total
+    used = n > 0
+    assert torch.allclose(vq.codebook[used], ((1 - decay) * s / smoothed[:, None])[used], atol=1e-5)
+
+
+def test_ema_tracks_cluster_means_with_kmeans_init_l2_and_revival():
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(4, 4), dim=-1)
+    data = (centres[torch.randint(4, (512,))] + 0.05 * torch.randn(512, 4)).view(2, 256, 4)
+    vq = VectorQuantizer(VQConfig(codebook_size=4, dim=4, codebook_update="ema", ema_decay=0.5)).train()
+    for _ in range(5):
+        vq(data)
+    codes = F.normalize(vq.codebook, dim=-1)
+    # with l2_normalize, codes are the mean directions of their clusters
+    assert (codes @ centres.t()).max(0).values.min() > 0.99
+    # revival resets a dead code's averages, so the next update does not pull it back
+    vq = _ema_vq(usage_decay=0.5, dead_threshold=0.5, codebook_size=32)
+    with torch.no_grad():
+        vq.codebook.fill_(100.0)
+        vq.codebook[0] = 0.0
+        vq.ema_count[1:] = 1.0     # as if codes 1.. had a cluster far away, at 100
+        vq.ema_sum[1:] = 100.0
+    z = torch.randn(1, 64, 3)
+    vq(z)
+    assert (vq.codebook[1:] > 90).all()  # unused: still at their old cluster
+    vq(z)  # their usage 0.25 < 0.5: revived onto encoder outputs
+    assert (vq.codebook[1:].abs() < 10).all() and (vq.ema_count[1:] == 0).all()
+    vq(z)
+    assert (vq.codebook.abs() < 10).all()
+
+
+def test_rotation_matrix_is_a_rotation_taking_z_to_e():
+    from latentforge.quantize.vq import rotation_matrix
+
+    z, e = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    e[0] = -2 * z[0]  # antipodal: the case where r = 0
+    R = rotation_matrix(z, e)  # [6, 5, 5]
+    eye = torch.eye(5, dtype=torch.float64).expand(6, 5, 5)
+    assert torch.allclose(R.transpose(1, 2) @ R, eye, atol=1e-10)
+    # a proper rotation, except antipodal pairs, where it degenerates to a reflection
+    assert torch.allclose(torch.linalg.det(R[1:]), torch.ones(5, dtype=torch.float64))
+    u, q = F.normalize(z, dim=-1), F.normalize(e, dim=-1)
+    assert torch.allclose((R @ u[..., None])[..., 0], q, atol=1e-10)
+
+
+def test_rotation_trick_same_forward_rotated_gradient():
+    from latentforge.quantize.vq import rotation_matrix
+
+    cfg = {"codebook_size": 8, "dim": 4, "l2_normalize": False, "kmeans_init": False}
+    st = VectorQuantizer(VQConfig(**cfg))
+    rot = VectorQuantizer(VQConfig(**cfg, rotation_trick=True))
+    rot.load_state_dict(st.state_dict())
+    z = torch.randn(2, 3, 4, requires_grad=True)
+    w = torch.randn(2, 3, 4)
+    a, b = st(z), rot(z)
+    assert torch.equal(a.codes, b.codes) and torch.allclose(a.z_q, b.z_q, atol=1e-6)
+    (g_st,) = torch.autograd.grad((a.z_q * w).sum(), z)
+    (g_rot,) = torch.autograd.grad((b.z_q * w).sum(), z)
+    assert torch.allclose(g_st, w)
+    assert not torch.allclose(g_rot, w, atol=1e-3)
+    # known answer: the gradient is (|e| / |z|) R^T w at each position
+    e = rot.codebook[b.codes].detach()
+    zd = z.detach()
+    R = rotation_matrix(zd, e)  # [2, 3, 4, 4]
+    scale = e.norm(dim=-1, keepdim=True) / zd.norm(dim=-1, keepdim=True)
+    expected = scale * (R.transpose(-1, -2) @ w[..., None])[..., 0]
+    assert torch.allclose(g_rot, expected, atol=1e-5)
+    # losses are untouched by the option
+    assert all(torch.allclose(a.losses[k], b.losses[k]) for k in a.losses)
+
+
+def test_vq_config_errors_name_the_bad_option():
+    import pytest
+
+    with pytest.raises(ValueError, match="codebook_update"):
+        VQConfig(codebook_update="kmeans")
+    with pytest.raises(ValueError, match="ema_decay"):
+        VQConfig(ema_decay=1.0)

@@ -74,5 +74,14 @@ def codebook_stats(counts: Tensor) -> dict[str, float]:
     }
 
 
+def usage_stats(counts: Tensor) -> dict[str, Tensor]:
+    """Batch statistics from code counts [K]: fraction of codes used, perplexity exp(H(p))."""
+    p = counts.float() / counts.sum().clamp_min(1)
+    return {
+        "usage": (counts > 0).float().mean(),
+        "perplexity": torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum()),
+    }
+
+
 def code_histogram(codes: Tensor, size: int) -> Tensor:
     return torch.bincount(codes.reshape(-1), minlength=size)

@@ -9,19 +9,30 @@
 - straight-through gradients: the decoder's gradient is copied onto the encoder output;
 - losses: codebook term ||sg(z) - e||^2 and commitment beta * ||z - sg(e)||^2.
 
-All distances run in fp32, whatever the autocast context.
+Options:
+- `codebook_update: ema` (VQ-VAE appendix, van den Oord et al. 2017): codes are running means of
+  the vectors assigned to them (EMAs of cluster sizes and vector sums, Laplace-smoothed) instead
+  of being learned by gradient; no codebook loss, and the codebook is a buffer, not a parameter;
+- `rotation_trick` (Fifty et al. 2024, "Restructuring vector quantization with the rotation
+  trick"): the decoder still reads e, but the gradient reaches the encoder through a fixed
+  rotation and rescaling that takes z onto e, so it carries how z sits relative to its code
+  (straight-through copies it unchanged).
+
+All distances run in fp32, whatever the autocast context. Shapes: N = B * prod(grid) vectors,
+K = codebook_size, D = dim.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, code_histogram
+from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, code_histogram, usage_stats
 from latentforge.registry import register
 
 
@@ -36,12 +47,22 @@ class VQConfig(QuantizerConfig):
     kmeans_iters: int = 10
     usage_decay: float = 0.95      # running per-step usage count of each code
     dead_threshold: float = 0.05   # revive a code whose running usage falls below this
+    codebook_update: Literal["learned", "ema"] = "learned"
+    ema_decay: float = 0.99        # ema: weight of the past in the cluster-size and sum averages
+    ema_epsilon: float = 1e-5      # ema: Laplace smoothing of the cluster sizes
+    rotation_trick: bool = False
 
     def __post_init__(self) -> None:
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
         if not 0.0 < self.usage_decay < 1.0:
             raise ValueError(f"usage_decay must be in (0, 1), got {self.usage_decay}")
+        if self.codebook_update not in ("learned", "ema"):
+            raise ValueError(f"codebook_update must be 'learned' or 'ema', got {self.codebook_update!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.ema_epsilon <= 0:
+            raise ValueError(f"ema_epsilon must be > 0, got {self.ema_epsilon}")
 
 
 @register("quantizer", "vq", VQConfig)
@@ -49,7 +70,17 @@ class VectorQuantizer(Quantizer):
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = config
-        self.codebook = nn.Parameter(torch.randn(config.codebook_size, config.dim))
+        codebook = torch.randn(config.codebook_size, config.dim)  # [K, D]
+        if config.codebook_update == "ema":
+            # Moved by running means, not by the optimiser: a buffer, so no optimiser (or
+            # weight decay) touches it and "every parameter gets a gradient" still holds.
+            self.register_buffer("codebook", codebook)
+            # Both EMAs start at zero: their ratio is a weighted mean that needs no bias
+            # correction, and a code nothing was assigned to yet (count 0) keeps its place.
+            self.register_buffer("ema_count", torch.zeros(config.codebook_size))          # [K]
+            self.register_buffer("ema_sum", torch.zeros(config.codebook_size, config.dim))  # [K, D]
+        else:
+            self.codebook = nn.Parameter(codebook)
         self.register_buffer("initialized", torch.tensor(not config.kmeans_init))
         self.register_buffer("usage", torch.ones(config.codebook_size))
 
@@ -85,20 +116,20 @@ class VectorQuantizer(Quantizer):
             flat = z.reshape(-1, z.shape[-1])  # [N, dim]
             if self.training and not bool(self.initialized):
                 self._kmeans_init(flat.detach())
-            codes = self.nearest(flat)
-            z_q = self._embeddings()[codes].view_as(z)
-            codebook_loss = F.mse_loss(z_q, z.detach())
-            commit_loss = F.mse_loss(z, z_q.detach())
+            codes = self.nearest(flat)                   # [N]
+            e = self._embeddings()[codes].view_as(z)     # [B, *grid, D]
+            losses: dict[str, Tensor] = {}
+            if self.config.codebook_update == "learned":
+                losses["codebook"] = F.mse_loss(e, z.detach())
+            losses["commitment"] = self.config.commitment * F.mse_loss(z, e.detach())
             counts = code_histogram(codes, self.size)
             if self.training:
+                if self.config.codebook_update == "ema":
+                    self._ema_update(flat.detach(), codes, counts)
                 self._revive_dead(flat.detach(), counts)
-            z_q = z + (z_q - z).detach()  # straight-through
-            p = counts.float() / counts.sum()
-            stats = {
-                "usage": (counts > 0).float().mean(),
-                "perplexity": torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum()),
-            }
-        losses = {"codebook": codebook_loss, "commitment": self.config.commitment * commit_loss}
+            # The decoder reads e either way; only the gradient the encoder gets differs.
+            z_q = rotate_onto(z, e) if self.config.rotation_trick else z + (e - z).detach()
+            stats = usage_stats(counts)
         return Quantized(z_q.to(dtype), codes.view(z.shape[:-1]), losses, stats)
 
     @torch.no_grad()
@@ -130,19 +161,97 @@ class VectorQuantizer(Quantizer):
         self.initialized.fill_(True)
 
     @torch.no_grad()
+    def _ema_update(self, flat: Tensor, codes: Tensor, counts: Tensor) -> None:
+        """Move each code to the running mean of the vectors assigned to it.
+
+        flat [N, D] (normalised when l2_normalize: the codes become mean directions, which
+        `_embeddings` normalises again), codes [N], counts [K].
+        """
+        cfg = self.config
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat.to(self.ema_sum.dtype))  # [K, D]
+        counts = counts.to(self.ema_count.dtype)
+        # Data-parallel ranks average over the global batch, so their codebooks stay identical.
+        _all_reduce(counts)
+        _all_reduce(sums)
+        self.ema_count.mul_(cfg.ema_decay).add_(counts, alpha=1 - cfg.ema_decay)
+        self.ema_sum.mul_(cfg.ema_decay).add_(sums, alpha=1 - cfg.ema_decay)
+        # Laplace smoothing keeps the divisor away from zero for rarely used codes while
+        # preserving the total count n.
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + cfg.ema_epsilon) / (n + self.size * cfg.ema_epsilon) * n  # [K]
+        means = self.ema_sum / smoothed.clamp_min(1e-12)[:, None]  # [K, D]
+        assigned = self.ema_count[:, None] > 0
+        self.codebook.copy_(torch.where(assigned, means, self.codebook.float()).to(self.codebook.dtype))
+
+    @torch.no_grad()
     def _revive_dead(self, flat: Tensor, counts: Tensor) -> None:
         cfg = self.config
-        self.usage.mul_(cfg.usage_decay).add_(counts.float(), alpha=1 - cfg.usage_decay)
+        # Every rank must take the same decision, or a broadcast below would wait forever:
+        # usage is tracked on the counts summed over ranks (per-rank batch averaged).
+        counts = counts.float()
+        _all_reduce(counts)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.usage.mul_(cfg.usage_decay).add_(counts / world, alpha=1 - cfg.usage_decay)
         dead = (self.usage < cfg.dead_threshold).nonzero().squeeze(1)
         if dead.numel() == 0:
             return
         picks = torch.randint(flat.shape[0], (dead.numel(),), device=flat.device)
         self.codebook.data[dead] = flat[picks].to(self.codebook.dtype)
-        _broadcast(self.codebook.data)
+        _broadcast(self.codebook.data)  # rank 0's picks win everywhere
         self.usage[dead] = 1.0
+        if self.config.codebook_update == "ema":
+            # Forget the old cluster, or the next update would pull the code back to it.
+            self.ema_count[dead] = 0.0
+            self.ema_sum[dead] = 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotation trick
+# ----------------------------------------------------------------------------------------------
+# With u = z/|z|, q = e/|e| and r = (u + q)/|u + q|, the matrix R = I - 2 r r^T + 2 q u^T is the
+# product of two Householder reflections, (I - 2 q q^T)(I - 2 r r^T), hence a rotation, and
+# R u = q. When u = -q, r is 0 and R = I - 2 q q^T: a reflection, still orthogonal, still R u = q.
+
+
+def rotation_matrix(z: Tensor, e: Tensor) -> Tensor:
+    """The rotation taking z/|z| to e/|e|, as explicit matrices: z, e [..., D] -> R [..., D, D].
+
+    The quantizer applies it without building the matrix (`rotate_onto`); this is for checks.
+    """
+    u = F.normalize(z, dim=-1)
+    q = F.normalize(e, dim=-1)
+    r = F.normalize(u + q, dim=-1)
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+    return eye - 2 * r[..., :, None] * r[..., None, :] + 2 * q[..., :, None] * u[..., None, :]
+
+
+def rotate_onto(z: Tensor, e: Tensor) -> Tensor:
+    """z, e [..., D] -> a tensor equal to e whose gradient w.r.t. z is (|e|/|z|) R^T g.
+
+    The scale and R are treated as constants (stop-gradient), so the encoder gets the
+    decoder's gradient rotated the way z would have to turn to become e.
+    """
+    zd, ed = z.detach(), e.detach()
+    u = F.normalize(zd, dim=-1)
+    q = F.normalize(ed, dim=-1)
+    r = F.normalize(u + q, dim=-1)
+    z_norm = zd.norm(dim=-1, keepdim=True)  # [..., 1]
+    # |e|/|z| would explode for z ~ 0 (where no direction exists): fall back to scale 1 there.
+    scale = torch.where(z_norm > 1e-6, ed.norm(dim=-1, keepdim=True) / z_norm.clamp_min(1e-6), 1.0)
+    rz = z - 2 * r * (r * z).sum(-1, keepdim=True) + 2 * q * (u * z).sum(-1, keepdim=True)  # R z
+    out = scale * rz
+    # Forward value exactly e (float rounding, and z = 0 where no rotation exists); the
+    # correction is a constant, so the gradient is untouched.
+    return out + (ed - out).detach()
 
 
 def _broadcast(t: Tensor) -> None:
     """Keep codebooks identical across data-parallel ranks after a data-dependent reset."""
     if dist.is_available() and dist.is_initialized():
         dist.broadcast(t, src=0)
+
+
+def _all_reduce(t: Tensor) -> None:
+    """Sum t over data-parallel ranks in place (no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)

@@ -12,7 +12,6 @@ of the network, which matters most on CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from latentforge.nn.conv import Downsample, ResBlock, Upsample, group_norm
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
 from latentforge.registry import lookup, register
+from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, reconstruction_loss, wavelet_loss
 from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, check_latents, latent_spec
 
 
@@ -33,7 +33,8 @@ class ConvConfig(TokenizerConfig):
     patch: int = 2                              # pixel-unshuffle factor at the input
     channels: tuple[int, ...] = (64, 128)       # one entry per resolution level
     blocks_per_level: int = 1
-    recon_loss: Literal["l1", "l2", "l1+l2"] = "l2"
+    recon_loss: ReconKind = "l2"
+    wavelet: WaveletLossConfig | None = None    # P34's frequency-aware loss, added to recon_loss
     quantizer: QuantizerConfig = field(default_factory=VQConfig)
 
     def __post_init__(self) -> None:
@@ -130,11 +131,9 @@ class ConvTokenizer(Tokenizer):
         x = batch["image"]
         q = self.quantize(x)
         x_hat = self.decode_latents(q.z_q)
-        terms = {}
-        if self.config.recon_loss in ("l2", "l1+l2"):
-            terms["l2"] = F.mse_loss(x_hat.float(), x.float())
-        if self.config.recon_loss in ("l1", "l1+l2"):
-            terms["l1"] = F.l1_loss(x_hat.float(), x.float())
+        terms = reconstruction_loss(x_hat, x, self.config.recon_loss)
+        if self.config.wavelet is not None:
+            terms.update(wavelet_loss(x_hat, x, self.config.wavelet))
         terms.update(q.losses)
         loss = sum(terms.values())
         # PSNR of images in [-1, 1] rescaled to [0, 1]: MSE/4

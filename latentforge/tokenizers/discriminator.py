@@ -1,0 +1,113 @@
+"""Patch-GAN discriminator with the hinge loss, for adversarial tokenizer training.
+
+A stack of strided 4x4 convolutions (pix2pix / VQGAN's "NLayerDiscriminator" layout) gives
+one real-vs-fake logit per overlapping image patch rather than one per image, so the
+adversarial signal is about local texture, the detail pixel losses blur away.
+
+Losses (hinge, as in VQGAN):
+    d_loss = 1/2 * (mean relu(1 - D(x)) + mean relu(1 + D(x_hat)))
+    g_loss = -mean D(x_hat)
+Both are off (exact zeros, the discriminator is not even run) before `start_step`: an
+autoencoder that cannot reconstruct yet only gives the discriminator an easy win whose
+gradients destabilise the early fit.
+
+GroupNorm replaces BatchNorm so a logit never depends on the other images of the batch.
+The trainer owns the two optimisers; `d_loss` detaches the reconstruction so it only
+trains the discriminator, while `g_loss` leaves discriminator gradients for the trainer
+to discard (they are not stepped by the tokenizer's optimiser).
+
+Shapes: B batch, C image channels, H x W image; logits are [B, 1, h, w] patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentforge.nn.conv import group_norm
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Width, depth, and when and how strongly the adversarial term enters."""
+
+    in_channels: int = 3
+    channels: int = 64        # width of the first layer; doubled per strided layer, capped at 8x
+    layers: int = 3           # strided (halving) convolutions; the patch size grows with them
+    start_step: int = 0       # steps before this one train without any adversarial term
+    weight: float = 0.1       # multiplies g_loss in the tokenizer's objective
+
+    def __post_init__(self) -> None:
+        for key, low in (("in_channels", 1), ("channels", 1), ("layers", 1), ("start_step", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"DiscriminatorConfig.{key} must be an integer >= {low}, got {value!r}")
+        if not self.weight >= 0:
+            raise ValueError(f"DiscriminatorConfig.weight must be >= 0, got {self.weight!r}")
+
+
+def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """1/2 * (mean relu(1 - real) + mean relu(1 + fake)): zero once real >= 1 and fake <= -1."""
+    return 0.5 * (F.relu(1.0 - logits_real.float()).mean() + F.relu(1.0 + logits_fake.float()).mean())
+
+
+def hinge_g_loss(logits_fake: Tensor) -> Tensor:
+    """-mean fake: the generator pushes its patches' logits up, without a margin."""
+    return -logits_fake.float().mean()
+
+
+class PatchDiscriminator(nn.Module):
+    """[B, C, H, W] images in [-1, 1] -> [B, 1, H / 2^layers - 2, W / 2^layers - 2] logits."""
+
+    def __init__(self, config: DiscriminatorConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = [config.channels * min(2**i, 8) for i in range(config.layers + 1)]
+        # No norm after the first convolution (as in pix2pix): it would wipe out the input's
+        # absolute colour and brightness, which the discriminator should see.
+        body: list[nn.Module] = [nn.Conv2d(config.in_channels, width[0], 4, stride=2, padding=1),
+                                 nn.LeakyReLU(0.2)]
+        for i in range(1, config.layers):
+            body += [nn.Conv2d(width[i - 1], width[i], 4, stride=2, padding=1), group_norm(width[i]),
+                     nn.LeakyReLU(0.2)]
+        # Two stride-1 4x4 convolutions widen each logit's patch without shrinking further.
+        body += [nn.Conv2d(width[config.layers - 1], width[config.layers], 4, stride=1, padding=1),
+                 group_norm(width[config.layers]), nn.LeakyReLU(0.2),
+                 nn.Conv2d(width[config.layers], 1, 4, stride=1, padding=1)]
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected images [B, {self.config.in_channels}, H, W], got {list(x.shape)}")
+        side = min(x.shape[-2:]) // 2**self.config.layers
+        if side < 3:  # the two stride-1 convolutions each take 1 pixel off the side
+            raise ValueError(f"images {list(x.shape[-2:])} are too small for {self.config.layers} strided layers: "
+                             f"need a side of at least {3 * 2**self.config.layers}")
+        return self.body(x)  # [B, 1, h, w]
+
+    def active(self, step: int) -> bool:
+        """Whether the adversarial terms are on at training step `step`."""
+        return step >= self.config.start_step
+
+    def d_loss(self, real: Tensor, fake: Tensor, step: int) -> dict[str, Tensor]:
+        """Discriminator objective; `fake` is detached so no gradient reaches the tokenizer.
+
+        Returns:
+            {"d_loss": scalar, "logits_real": mean logit, "logits_fake": mean logit}
+            (all zeros before `start_step`).
+        """
+        if not self.active(step):
+            zero = real.new_zeros(())
+            return {"d_loss": zero, "logits_real": zero, "logits_fake": zero}
+        logits_real, logits_fake = self(real), self(fake.detach())
+        return {"d_loss": hinge_d_loss(logits_real, logits_fake),
+                "logits_real": logits_real.detach().float().mean(),
+                "logits_fake": logits_fake.detach().float().mean()}
+
+    def g_loss(self, fake: Tensor, step: int) -> dict[str, Tensor]:
+        """The tokenizer's adversarial term: {"g_adv": weight * hinge_g_loss} (zero before `start_step`)."""
+        if not self.active(step):
+            return {"g_adv": fake.new_zeros(())}
+        return {"g_adv": self.config.weight * hinge_g_loss(self(fake))}
