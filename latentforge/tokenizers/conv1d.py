@@ -1,0 +1,209 @@
+"""1D convolutional autoencoder for sequences (audio frames, motion poses) with any bottleneck.
+
+Legend: B batch, T sequence length, C feature channels per step, t = T/f latent steps,
+f = 2**(levels-1) downsampling factor, d bottleneck width (`quantizer.dim`), c channels of a
+continuous bottleneck's latents.
+
+Sequences are channels-last, [B, T, C], like every latent in the library (and like a table of
+pose vectors or mel frames); the network transposes to Conv1d's [B, C, T] inside.
+
+x [B, T, C]
+  -> conv stem, residual blocks, strided downsampling (x1/2) between levels
+  -> 1x1 projection to d -> bottleneck (`quantizer.name`: vq, fsq, gaussian, ...)
+  -> z_q [B, t, d] for the decoder; codes [B, t] (discrete) or latents [B, t, c] (continuous)
+and the mirror image back to [B, T, C].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentforge.nn.conv import group_norm
+from latentforge.quantize.base import Quantized, QuantizerConfig
+from latentforge.quantize.vq import VQConfig
+from latentforge.registry import lookup, register
+from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, check_latents, latent_spec
+from latentforge.tokenizers.losses import ReconKind, reconstruction_loss
+
+# --------------------------------------------------------------------------------------------
+# Residual blocks for 1, 2 or 3 spatial dims. These generalise nn/conv.py's ResBlock,
+# Downsample and Upsample with a `dims` argument, with the same parameter names, so that with
+# dims=2 they load nn/conv.py's weights and compute the same thing (tested). They belong in
+# nn/conv.py (default dims=2), together with `conv_levels`, which conv.py's `_levels` becomes.
+# --------------------------------------------------------------------------------------------
+
+_CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+    if dims not in _CONV:
+        raise ValueError(f"dims must be 1, 2 or 3, got {dims}")
+    return _CONV[dims](*args, **kwargs)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv(3) twice with a (1x1 projected) skip. [B, Cin, *S] -> [B, Cout, *S]."""
+
+    def __init__(self, cin: int, cout: int, dims: int = 1) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(cin), conv_nd(dims, cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(cout), conv_nd(dims, cout, cout, 3, padding=1)
+        self.skip = conv_nd(dims, cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve every spatial size with a strided size-3 convolution. [B, C, *S] -> [B, C, *S/2]."""
+
+    def __init__(self, channels: int, dims: int = 1) -> None:
+        super().__init__()
+        self.conv = conv_nd(dims, channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double every spatial size: nearest-neighbour, then a size-3 convolution (no checkerboard)."""
+
+    def __init__(self, channels: int, dims: int = 1) -> None:
+        super().__init__()
+        self.conv = conv_nd(dims, channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def conv_levels(channels: tuple[int, ...], blocks: int, resample: type[nn.Module], dims: int) -> nn.Sequential:
+    """`blocks` residual blocks per level; `resample` (Downsample or Upsample) between levels."""
+    layers: list[nn.Module] = []
+    cin = channels[0]
+    for i, c in enumerate(channels):
+        for _ in range(blocks):
+            layers.append(ResBlock(cin, c, dims))
+            cin = c
+        if i < len(channels) - 1:
+            layers.append(resample(c, dims))
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------------------------
+# Config, encoder, decoder, tokenizer
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Conv1dConfig(TokenizerConfig):
+    name: str = "conv1d"
+    seq_len: int = 64                           # T
+    in_channels: int = 16                       # C: features per step (pose or mel bins)
+    channels: tuple[int, ...] = (64, 128)       # one entry per resolution level
+    blocks_per_level: int = 1
+    recon_loss: ReconKind = "l2"
+    quantizer: QuantizerConfig = field(default_factory=VQConfig)
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise ValueError("channels must name at least one level")
+        if self.blocks_per_level < 1:
+            raise ValueError(f"blocks_per_level must be >= 1, got {self.blocks_per_level}")
+        f = self.downsample_factor
+        if self.seq_len % f:
+            raise ValueError(f"seq_len {self.seq_len} is not a multiple of the downsampling factor {f} "
+                             f"(2^{len(self.channels) - 1} for {len(self.channels)} levels)")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+class Encoder1d(nn.Module):
+    """[B, C, T] -> [B, d, t]."""
+
+    def __init__(self, cfg: Conv1dConfig) -> None:
+        super().__init__()
+        ch = cfg.channels
+        self.stem = nn.Conv1d(cfg.in_channels, ch[0], 3, padding=1)
+        self.body = conv_levels(ch, cfg.blocks_per_level, Downsample, dims=1)
+        self.out = nn.Sequential(group_norm(ch[-1]), nn.SiLU(), nn.Conv1d(ch[-1], cfg.quantizer.dim, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(self.stem(x)))
+
+
+class Decoder1d(nn.Module):
+    """[B, d, t] -> [B, C, T]."""
+
+    def __init__(self, cfg: Conv1dConfig) -> None:
+        super().__init__()
+        ch = cfg.channels[::-1]
+        self.stem = nn.Conv1d(cfg.quantizer.dim, ch[0], 3, padding=1)
+        self.body = conv_levels(ch, cfg.blocks_per_level, Upsample, dims=1)
+        self.out = nn.Sequential(group_norm(ch[-1]), nn.SiLU(), nn.Conv1d(ch[-1], cfg.in_channels, 3, padding=1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.out(self.body(self.stem(z)))
+
+
+@register("tokenizer", "conv1d", Conv1dConfig)
+class Conv1dTokenizer(Tokenizer):
+    """Sequences [B, T, C] (channels-last) <-> latents on a (T/f,) grid."""
+
+    def __init__(self, config: Conv1dConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder1d(config)
+        self.quantizer = lookup("quantizer", config.quantizer.name)[1](config.quantizer)
+        self.decoder = Decoder1d(config)
+        self.spec = latent_spec(self.quantizer, (config.seq_len // config.downsample_factor,))
+
+    def _check(self, x: Tensor) -> None:
+        T, C = self.config.seq_len, self.config.in_channels
+        if x.dim() == 3 and x.shape[1:] == (T, C):
+            return
+        hint = ""
+        if x.dim() == 3 and x.shape[1:] == (C, T):
+            hint = "; this looks channels-first: pass x.transpose(1, 2)"
+        raise ValueError(f"expected sequences [B, {T}, {C}] (channels-last [B, T, C]), got {list(x.shape)}{hint}")
+
+    def quantize(self, x: Tensor) -> Quantized:
+        """x [B, T, C] -> Quantized (z_q [B, t, d], codes as in `self.spec`, losses, stats)."""
+        self._check(x)
+        z = self.encoder(x.transpose(1, 2)).transpose(1, 2)  # channels-last [B, t, d]
+        return self.quantizer(z)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.quantize(x).codes
+
+    def decode_latents(self, z_q: Tensor) -> Tensor:
+        """Quantized vectors [B, t, d] -> sequences [B, T, C]."""
+        return self.decoder(z_q.transpose(1, 2)).transpose(1, 2)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        check_latents(self.spec, codes)
+        return self.decode_latents(self.quantizer.lookup(codes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode_latents(self.quantize(x).z_q)
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """batch["sequence"] [B, T, C] -> 'loss', its terms, 'mse'/'mae' and codebook stats.
+
+        No PSNR: PSNR = 10 log10(peak^2 / MSE) needs a fixed peak value, which images have
+        ([-1, 1]) and arbitrary features (normalised joint angles, log-mel energies) do not;
+        any peak we chose would shift the number by a constant and make it look comparable
+        across datasets when it is not. MSE and MAE in the data's own units are honest.
+        """
+        x = batch["sequence"]
+        q = self.quantize(x)
+        x_hat = self.decode_latents(q.z_q)
+        terms = {**reconstruction_loss(x_hat, x, self.config.recon_loss), **q.losses}
+        err = (x_hat.detach().float() - x.float())
+        stats = {"mse": err.pow(2).mean(), "mae": err.abs().mean()}
+        return {"loss": sum(terms.values()), **terms, **stats, **q.stats}
