@@ -15,8 +15,6 @@ median training-step time, ours and the peer's measured in the same process.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import platform
 import statistics
 import time

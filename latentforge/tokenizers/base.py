@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from latentforge.config import ModelConfig
-from latentforge.quantize.base import Quantizer
+from latentforge.quantize.base import Quantized, Quantizer
 
 
 @dataclass(frozen=True)
@@ -58,18 +58,32 @@ class TokenizerConfig(ModelConfig):
 
 
 class Tokenizer(nn.Module):
-    """Base class. Subclasses set `self.config` and `self.spec` and implement the three methods."""
+    """Base class. Subclasses set `config`, `spec` and `quantizer` and implement `quantize`
+    (data -> Quantized), `decode_latents` (the bottleneck's output -> data) and `loss`;
+    encode, decode and forward follow from those."""
 
     config: TokenizerConfig
     spec: LatentSpec
+    quantizer: Quantizer
+
+    def quantize(self, x: Tensor) -> Quantized:
+        raise NotImplementedError
+
+    def decode_latents(self, z_q: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def encode(self, x: Tensor) -> Tensor:
         """Data -> latents (codes for discrete tokenizers)."""
-        raise NotImplementedError
+        return self.quantize(x).codes
 
     def decode(self, z: Tensor) -> Tensor:
         """Latents (codes for discrete tokenizers) -> data."""
-        raise NotImplementedError
+        check_latents(self.spec, z)
+        return self.decode_latents(self.quantizer.lookup(z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruct: data -> bottleneck -> data."""
+        return self.decode_latents(self.quantize(x).z_q)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """'loss' (to minimise) plus named terms and statistics, for the trainer."""

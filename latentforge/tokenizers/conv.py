@@ -13,16 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentforge.nn.conv import Downsample, ResBlock, Upsample, group_norm
+from latentforge.nn.conv import Downsample, Upsample, conv_levels, group_norm
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
 from latentforge.registry import lookup, register
-from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, reconstruction_loss, wavelet_loss
-from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, check_latents, latent_spec
+from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, image_autoencoder_loss
+from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
 
 
 @dataclass
@@ -50,24 +49,13 @@ class ConvConfig(TokenizerConfig):
         return self.patch * 2 ** (len(self.channels) - 1)
 
 
-def _levels(channels: tuple[int, ...], blocks: int, resample: type[nn.Module]) -> nn.Sequential:
-    """Residual blocks per level, with `resample` (Downsample or Upsample) between levels."""
-    layers: list[nn.Module] = []
-    for i, c in enumerate(channels):
-        cin = channels[max(i - 1, 0)]
-        layers += [ResBlock(cin if j == 0 else c, c) for j in range(blocks)]
-        if i < len(channels) - 1:
-            layers.append(resample(c))
-    return nn.Sequential(*layers)
-
-
 class Encoder(nn.Module):
     def __init__(self, cfg: ConvConfig) -> None:
         super().__init__()
         self.patch = cfg.patch
         ch = cfg.channels
         self.stem = nn.Conv2d(cfg.in_channels * cfg.patch**2, ch[0], 3, padding=1)
-        self.body = _levels(ch, cfg.blocks_per_level, Downsample)
+        self.body = conv_levels(ch, cfg.blocks_per_level, Downsample)
         self.out = nn.Sequential(group_norm(ch[-1]), nn.SiLU(),
                                  nn.Conv2d(ch[-1], cfg.quantizer.dim, 1))
 
@@ -82,7 +70,7 @@ class Decoder(nn.Module):
         self.patch = cfg.patch
         ch = cfg.channels[::-1]
         self.stem = nn.Conv2d(cfg.quantizer.dim, ch[0], 3, padding=1)
-        self.body = _levels(ch, cfg.blocks_per_level, Upsample)
+        self.body = conv_levels(ch, cfg.blocks_per_level, Upsample)
         self.out = nn.Sequential(group_norm(ch[-1]), nn.SiLU(),
                                  nn.Conv2d(ch[-1], cfg.in_channels * cfg.patch**2, 3, padding=1))
 
@@ -113,29 +101,10 @@ class ConvTokenizer(Tokenizer):
         z = self.encoder(x).permute(0, 2, 3, 1)  # channels-last [B, h, w, dim]
         return self.quantizer(z)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.quantize(x).codes
-
     def decode_latents(self, z_q: Tensor) -> Tensor:
         """Quantized vectors [B, h, w, dim] -> images [B, C, H, W]."""
         return self.decoder(z_q.permute(0, 3, 1, 2))
 
-    def decode(self, codes: Tensor) -> Tensor:
-        check_latents(self.spec, codes)
-        return self.decode_latents(self.quantizer.lookup(codes))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decode_latents(self.quantize(x).z_q)
-
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        x = batch["image"]
-        q = self.quantize(x)
-        x_hat = self.decode_latents(q.z_q)
-        terms = reconstruction_loss(x_hat, x, self.config.recon_loss)
-        if self.config.wavelet is not None:
-            terms.update(wavelet_loss(x_hat, x, self.config.wavelet))
-        terms.update(q.losses)
-        loss = sum(terms.values())
-        # PSNR of images in [-1, 1] rescaled to [0, 1]: MSE/4
-        psnr = 10 * torch.log10(4.0 / F.mse_loss(x_hat.detach().float().clamp(-1, 1), x.float()).clamp_min(1e-10))
-        return {"loss": loss, **terms, "psnr": psnr, **q.stats}
+        """batch["image"] [B, C, H, W] in [-1, 1] -> 'loss', its terms, 'psnr' and bottleneck stats."""
+        return image_autoencoder_loss(self, batch["image"], self.config.recon_loss, self.config.wavelet)

@@ -18,81 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentforge.nn.conv import group_norm
+from latentforge.nn.conv import Downsample, Upsample, conv_levels, group_norm
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
 from latentforge.registry import lookup, register
-from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, check_latents, latent_spec
+from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
 from latentforge.tokenizers.losses import ReconKind, reconstruction_loss
-
-# --------------------------------------------------------------------------------------------
-# Residual blocks for 1, 2 or 3 spatial dims. These generalise nn/conv.py's ResBlock,
-# Downsample and Upsample with a `dims` argument, with the same parameter names, so that with
-# dims=2 they load nn/conv.py's weights and compute the same thing (tested). They belong in
-# nn/conv.py (default dims=2), together with `conv_levels`, which conv.py's `_levels` becomes.
-# --------------------------------------------------------------------------------------------
-
-_CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
-    if dims not in _CONV:
-        raise ValueError(f"dims must be 1, 2 or 3, got {dims}")
-    return _CONV[dims](*args, **kwargs)
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-Conv(3) twice with a (1x1 projected) skip. [B, Cin, *S] -> [B, Cout, *S]."""
-
-    def __init__(self, cin: int, cout: int, dims: int = 1) -> None:
-        super().__init__()
-        self.norm1, self.conv1 = group_norm(cin), conv_nd(dims, cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = group_norm(cout), conv_nd(dims, cout, cout, 3, padding=1)
-        self.skip = conv_nd(dims, cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
-
-
-class Downsample(nn.Module):
-    """Halve every spatial size with a strided size-3 convolution. [B, C, *S] -> [B, C, *S/2]."""
-
-    def __init__(self, channels: int, dims: int = 1) -> None:
-        super().__init__()
-        self.conv = conv_nd(dims, channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Double every spatial size: nearest-neighbour, then a size-3 convolution (no checkerboard)."""
-
-    def __init__(self, channels: int, dims: int = 1) -> None:
-        super().__init__()
-        self.conv = conv_nd(dims, channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-def conv_levels(channels: tuple[int, ...], blocks: int, resample: type[nn.Module], dims: int) -> nn.Sequential:
-    """`blocks` residual blocks per level; `resample` (Downsample or Upsample) between levels."""
-    layers: list[nn.Module] = []
-    cin = channels[0]
-    for i, c in enumerate(channels):
-        for _ in range(blocks):
-            layers.append(ResBlock(cin, c, dims))
-            cin = c
-        if i < len(channels) - 1:
-            layers.append(resample(c, dims))
-    return nn.Sequential(*layers)
-
 
 # --------------------------------------------------------------------------------------------
 # Config, encoder, decoder, tokenizer
@@ -178,19 +111,9 @@ class Conv1dTokenizer(Tokenizer):
         z = self.encoder(x.transpose(1, 2)).transpose(1, 2)  # channels-last [B, t, d]
         return self.quantizer(z)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.quantize(x).codes
-
     def decode_latents(self, z_q: Tensor) -> Tensor:
         """Quantized vectors [B, t, d] -> sequences [B, T, C]."""
         return self.decoder(z_q.transpose(1, 2)).transpose(1, 2)
-
-    def decode(self, codes: Tensor) -> Tensor:
-        check_latents(self.spec, codes)
-        return self.decode_latents(self.quantizer.lookup(codes))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decode_latents(self.quantize(x).z_q)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """batch["sequence"] [B, T, C] -> 'loss', its terms, 'mse'/'mae' and codebook stats.

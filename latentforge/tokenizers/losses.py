@@ -168,3 +168,31 @@ def band_psnr(x_hat: Tensor, x: Tensor, levels: int = 1) -> dict[str, Tensor]:
     for level, (p, t) in enumerate(zip(highs_hat, highs), start=1):
         out[f"high_{level}"] = psnr(p, t)
     return out
+
+
+# --- the image autoencoder objective, shared by every image tokenizer ---------------------
+
+
+def image_psnr(x_hat: Tensor, x: Tensor) -> Tensor:
+    """PSNR in dB of a batch of images in [-1, 1], as a training statistic (detached).
+
+    One PSNR of the batch MSE (not a mean of per-image PSNRs, which a single perfect image
+    would send to infinity). Rescaling [-1, 1] to [0, 1] divides the MSE by 4, so the peak is 4.
+    """
+    mse = F.mse_loss(x_hat.detach().float().clamp(-1, 1), x.float())
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def image_autoencoder_loss(tokenizer, x: Tensor, recon: ReconKind = "l2",
+                           wavelet: WaveletLossConfig | None = None) -> dict[str, Tensor]:
+    """quantize -> decode -> reconstruction terms (+ P34's wavelet terms) + the bottleneck's terms.
+
+    Returns 'loss' (their sum), every term, 'psnr' and the bottleneck's statistics.
+    """
+    q = tokenizer.quantize(x)
+    x_hat = tokenizer.decode_latents(q.z_q)
+    terms = reconstruction_loss(x_hat, x, recon)
+    if wavelet is not None:
+        terms.update(wavelet_loss(x_hat, x, wavelet))
+    terms.update(q.losses)
+    return {"loss": sum(terms.values()), **terms, "psnr": image_psnr(x_hat, x), **q.stats}

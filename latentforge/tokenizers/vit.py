@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,23 +32,8 @@ from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
 from latentforge.registry import lookup, register
-from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, check_latents, latent_spec
-from latentforge.tokenizers.losses import ReconKind, reconstruction_loss
-
-# --------------------------------------------------------------------------------------------
-# PSNR statistic. Shared by every image tokenizer: it belongs in tokenizers/losses.py next to
-# band_psnr (and ConvTokenizer.loss should call it instead of its inline copy).
-# --------------------------------------------------------------------------------------------
-
-def image_psnr(x_hat: Tensor, x: Tensor) -> Tensor:
-    """PSNR in dB of a batch of images in [-1, 1], as a training statistic (detached).
-
-    One PSNR of the batch MSE (not a mean of per-image PSNRs, which a single perfect image
-    would send to infinity). Rescaling [-1, 1] to [0, 1] divides the MSE by 4, so the peak is 4.
-    """
-    mse = F.mse_loss(x_hat.detach().float().clamp(-1, 1), x.float())
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
-
+from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
+from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, image_autoencoder_loss
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -68,6 +52,7 @@ class ViTConfig(TokenizerConfig):
     mlp_ratio: float = 4.0
     conv_embedding: bool = False        # CvT's overlapping convolutional token embedding
     recon_loss: ReconKind = "l2"
+    wavelet: WaveletLossConfig | None = None    # P34's frequency-aware loss, added to recon_loss
     quantizer: QuantizerConfig = field(default_factory=VQConfig)
 
     def __post_init__(self) -> None:
@@ -202,24 +187,10 @@ class ViTTokenizer(Tokenizer):
         z = self.encoder(x).unflatten(1, self.config.grid)  # channels-last [B, h, w, d]
         return self.quantizer(z)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.quantize(x).codes
-
     def decode_latents(self, z_q: Tensor) -> Tensor:
         """Quantized vectors [B, h, w, d] -> images [B, C, H, W]."""
         return self.decoder(z_q.flatten(1, 2))  # tokens [B, N, d] in raster order
 
-    def decode(self, codes: Tensor) -> Tensor:
-        check_latents(self.spec, codes)
-        return self.decode_latents(self.quantizer.lookup(codes))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decode_latents(self.quantize(x).z_q)
-
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """batch["image"] [B, C, H, W] in [-1, 1] -> 'loss', its terms, 'psnr' and codebook stats."""
-        x = batch["image"]
-        q = self.quantize(x)
-        x_hat = self.decode_latents(q.z_q)
-        terms = {**reconstruction_loss(x_hat, x, self.config.recon_loss), **q.losses}
-        return {"loss": sum(terms.values()), **terms, "psnr": image_psnr(x_hat, x), **q.stats}
+        """batch["image"] [B, C, H, W] in [-1, 1] -> 'loss', its terms, 'psnr' and bottleneck stats."""
+        return image_autoencoder_loss(self, batch["image"], self.config.recon_loss, self.config.wavelet)
