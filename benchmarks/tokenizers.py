@@ -29,6 +29,7 @@ from latentforge.eval.image_metrics import psnr, ssim, to_unit
 from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, code_histogram, codebook_stats
 from latentforge.registry import register
 from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer
+from latentforge.tokenizers.losses import band_psnr
 from latentforge.train.trainer import TrainConfig, build_optimizer, lr_at
 
 # --- the peer's bottlenecks behind our interface ------------------------------------------
@@ -131,12 +132,13 @@ def as_input(images: np.ndarray) -> Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # [N, 3, S, S] in [-1, 1]
 
 
-def train_and_measure(quantizer: dict, train: Tensor, val: Tensor, steps: int, batch: int, seed: int) -> dict:
+def train_and_measure(quantizer: dict, train: Tensor, val: Tensor, steps: int, batch: int, seed: int,
+                      extra: dict | None = None) -> dict:
     from latentforge.config import from_dict
 
     torch.manual_seed(seed)
     cfg = from_dict(ConvConfig, {"image_size": train.shape[-1], "patch": 2, "channels": (32, 64),
-                                 "quantizer": quantizer})
+                                 "quantizer": quantizer, **(extra or {})})
     model = ConvTokenizer(cfg).train()
     tcfg = TrainConfig(steps=steps, batch_size=batch, lr=2e-3, warmup=20)
     opt = build_optimizer(model, tcfg)
@@ -164,7 +166,10 @@ def train_and_measure(quantizer: dict, train: Tensor, val: Tensor, steps: int, b
     x, y = to_unit(val), to_unit(recon)
     levels = codes.reshape(-1, codes.shape[-1]) if model.spec.depth > 1 else codes.reshape(-1, 1)
     stats = [codebook_stats(code_histogram(levels[:, d], model.spec.vocab_size)) for d in range(levels.shape[1])]
+    bands = band_psnr(recon, val, levels=1)
     return {
+        "psnr_low_band": float(bands["low"].clamp_max(100).mean()),
+        "psnr_high_band": float(bands["high_1"].clamp_max(100).mean()),
         "psnr": float(psnr(x, y).mean()),
         "ssim": float(ssim(x, y).mean()),
         "usage": statistics.mean(s["codebook_usage"] for s in stats),
@@ -183,6 +188,8 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--wavelet", action="store_true",
+                    help="also P34's check: VQ 1024 on photos with L2 vs L2 + wavelet loss, band PSNRs")
     ap.add_argument("--out", default="benchmarks/results/tokenizers.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -201,12 +208,22 @@ def main() -> None:
             print(f"| {data} | {name} | {o['psnr']:.2f} / {p['psnr']:.2f} | {o['ssim']:.3f} / {p['ssim']:.3f} | "
                   f"{100 * o['usage']:.0f} / {100 * p['usage']:.0f} % | {o['perplexity']:.0f} / {p['perplexity']:.0f} | "
                   f"{o['step_ms']:.0f} / {p['step_ms']:.0f} ms ({row['time_ratio']:.2f}×) |", flush=True)
+    wavelet = []
+    if args.wavelet:
+        train_u8, val_u8 = load_data("photos", args.n_train, args.n_val)
+        train, val = as_input(train_u8), as_input(val_u8)
+        vq = BOTTLENECKS["VQ 1024"][0]
+        for label, extra in (("L2", {}), ("L2 + wavelet (high x2)", {"wavelet": {"high_weight": 2.0}})):
+            m = train_and_measure(vq, train, val, args.steps, args.batch, args.seed, extra)
+            wavelet.append({"loss": label, **m})
+            print(f"| photos | {label} | {m['psnr']:.2f} | {m['psnr_low_band']:.2f} | {m['psnr_high_band']:.2f} |",
+                  flush=True)
     import vector_quantize_pytorch
 
     meta = {"args": vars(args), "torch": torch.__version__, "peer_version": vector_quantize_pytorch.__version__
             if hasattr(vector_quantize_pytorch, "__version__") else "unknown",
             "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
-    write_json(args.out, {"meta": meta, "results": results})
+    write_json(args.out, {"meta": meta, "results": results, "wavelet": wavelet})
 
 
 if __name__ == "__main__":

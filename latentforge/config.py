@@ -85,11 +85,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of `data` with `a.b.c=value` overrides set (values parsed as YAML)."""
+    """Return a copy of `data` with `a.b.c=value` overrides set (values parsed as YAML).
+
+    Overriding a section's `name` with a different one (`tokenizer.quantizer.name=fsq`) starts
+    that section afresh from the new model's defaults: the file's other keys there belong to the
+    old model. Name overrides apply first, so the section's other overrides land on the new one.
+    """
     import copy
 
     data = copy.deepcopy(data)
-    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+    items = list(overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides))
+    items.sort(key=lambda kv: not kv[0].split(".")[-1] == "name")  # stable: names first
     for key, value in items:
         node = data
         parts = key.split(".")
@@ -98,6 +104,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
             node = child
+        if parts[-1] == "name" and len(parts) > 1 and node.get("name", value) != value:
+            node.clear()
         node[parts[-1]] = value
     return data
 

@@ -120,6 +120,12 @@ def link(cfg: RecipeConfig) -> RecipeConfig:
     if getattr(cfg.tokenizer, "image_size", cfg.data.size) != cfg.data.size:
         raise ConfigError(f"tokenizer.image_size {cfg.tokenizer.image_size} differs from data.size {cfg.data.size}")
     gen_updates: dict[str, Any] = {"grid": spec.grid}
+    if hasattr(cfg.generator, "vocab_size") and (spec.kind != "discrete" or spec.depth != 1):
+        raise ConfigError(
+            f"generator {cfg.generator.name!r} models one discrete code per position, but tokenizer "
+            f"{cfg.tokenizer.name!r} with quantizer {cfg.tokenizer.quantizer.name!r} gives {spec.kind} latents"
+            + (f" with {spec.depth} levels" if spec.depth > 1 else "")
+            + ": pick a single-level discrete quantizer (vq, fsq, lfq, gumbel) for it")
     if hasattr(cfg.generator, "vocab_size") and spec.vocab_size is not None:
         gen_updates["vocab_size"] = spec.vocab_size
     cond = cfg.generator.conditioner

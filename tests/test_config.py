@@ -95,3 +95,25 @@ def test_yaml_errors(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_yaml(bad)
+
+
+def test_recipe_refuses_latents_the_generator_cannot_model():
+    from latentforge.recipes import RecipeConfig, link
+
+    for quantizer in ({"name": "rvq", "depth": 2, "codebook_size": 16, "dim": 4}, {"name": "gaussian", "dim": 4}):
+        cfg = from_dict(RecipeConfig, {"tokenizer": {"name": "conv", "channels": [16, 32], "quantizer": quantizer}})
+        with pytest.raises(ConfigError, match=f"quantizer '{quantizer['name']}'"):
+            link(cfg)
+    cfg = link(from_dict(RecipeConfig, {"tokenizer": {"name": "conv", "channels": [16, 32],
+                                                      "quantizer": {"name": "fsq", "levels": [4, 4, 4], "dim": 3}}}))
+    assert cfg.generator.vocab_size == 64
+
+
+def test_overriding_a_section_name_starts_it_afresh():
+    base = {"tokenizer": {"name": "conv", "quantizer": {"name": "vq", "codebook_size": 256, "dim": 8}}}
+    out = apply_overrides(base, ["tokenizer.quantizer.dim=4", "tokenizer.quantizer.name=fsq"])
+    assert out["tokenizer"]["quantizer"] == {"name": "fsq", "dim": 4}
+    cfg = from_dict(RecipeConfig, out)
+    assert type(cfg.tokenizer.quantizer).__name__ == "FSQConfig" and cfg.tokenizer.quantizer.dim == 4
+    same = apply_overrides({"a": {"name": "x", "k": 1}}, ["a.name=x"])
+    assert same == {"a": {"name": "x", "k": 1}}  # the same name keeps the section

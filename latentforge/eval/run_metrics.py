@@ -29,25 +29,32 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def tokenizer_metrics(tokenizer, images: np.ndarray, device: torch.device, batch: int = 500) -> tuple[dict, np.ndarray]:
-    """Val PSNR/SSIM of reconstructions and codebook usage over the val codes."""
+    """Val PSNR/SSIM of reconstructions; for discrete latents, codebook usage over the val codes
+    (per level for residual codes, the headline numbers averaged over levels)."""
+    spec = tokenizer.spec
     recons, counts = [], None
     for i in range(0, len(images), batch):
         q = tokenizer.quantize(to_float(images[i:i + batch]).to(device))
         recons.append(to_uint8(tokenizer.decode_latents(q.z_q)))
-        h = code_histogram(q.codes.cpu(), tokenizer.spec.vocab_size)
-        counts = h if counts is None else counts + h
+        if spec.kind == "discrete":
+            levels = q.codes.cpu().reshape(-1, spec.depth)  # [N, depth]
+            h = torch.stack([code_histogram(levels[:, d], spec.vocab_size) for d in range(spec.depth)])
+            counts = h if counts is None else counts + h
     recon = np.concatenate(recons)
     x, y = to_unit(images), to_unit(recon)
-    stats = codebook_stats(counts)
-    return {
-        "psnr": float(psnr(x, y).clamp_max(100).mean()),
-        "ssim": float(ssim(x, y).mean()),
-        "codebook_usage": stats["codebook_usage"],
-        "perplexity": stats["perplexity"],
-        "dead_codes": stats["dead_codes"],
-        "codebook_size": tokenizer.spec.vocab_size,
-        "n_images": len(images),
-    }, recon
+    out = {"psnr": float(psnr(x, y).clamp_max(100).mean()), "ssim": float(ssim(x, y).mean())}
+    if counts is not None:
+        per_level = [codebook_stats(c) for c in counts]
+        out.update({
+            "codebook_usage": float(np.mean([s["codebook_usage"] for s in per_level])),
+            "perplexity": float(np.mean([s["perplexity"] for s in per_level])),
+            "dead_codes": int(sum(s["dead_codes"] for s in per_level)),
+            "codebook_size": spec.vocab_size,
+        })
+        if spec.depth > 1:
+            out["per_level"] = per_level
+    out["n_images"] = len(images)
+    return out, recon
 
 
 @torch.no_grad()
