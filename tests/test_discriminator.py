@@ -73,3 +73,28 @@ def test_config_errors_name_the_field():
         DiscriminatorConfig(layers=0)
     with pytest.raises(ValueError, match="weight"):
         DiscriminatorConfig(weight=-0.1)
+
+
+def test_one_loss_trains_each_player_only_on_its_own_term():
+    from latentforge.quantize.vq import VQConfig
+    from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer
+
+    torch.manual_seed(0)
+    tok = ConvTokenizer(ConvConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=16, dim=4),
+                                   discriminator=DiscriminatorConfig(channels=8, layers=2, start_step=1)))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    out = tok.loss({"image": x})  # step 0: before start_step, no adversarial terms
+    assert float(out["g_adv"]) == 0 and float(out["d_loss"]) == 0 and int(tok.train_step) == 1
+    out = tok.loss({"image": x})
+    assert float(out["d_loss"]) > 0
+    disc = [p for p in tok.discriminator.parameters()]
+    # the generator term alone reaches the decoder, never the discriminator
+    tok.zero_grad()
+    out["g_adv"].backward(retain_graph=True)
+    assert all(p.grad is None or not p.grad.any() for p in disc)
+    assert tok.decoder.out[-1].weight.grad.abs().sum() > 0
+    # the discriminator term alone reaches the discriminator, never the tokenizer
+    tok.zero_grad()
+    out["d_loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in disc)
+    assert all(p.grad is None or not p.grad.any() for n, p in tok.named_parameters() if not n.startswith("discriminator"))

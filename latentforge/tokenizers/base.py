@@ -66,6 +66,16 @@ class Tokenizer(nn.Module):
     spec: LatentSpec
     quantizer: Quantizer
 
+    def build_discriminator(self) -> None:
+        """The patch-GAN of `config.discriminator` (if set) and the step counter that gates it,
+        a buffer so that checkpoints resume it."""
+        from latentforge.tokenizers.discriminator import PatchDiscriminator
+
+        cfg = getattr(self.config, "discriminator", None)
+        self.discriminator = None if cfg is None else PatchDiscriminator(cfg)
+        if cfg is not None:
+            self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+
     def quantize(self, x: Tensor) -> Quantized:
         raise NotImplementedError
 

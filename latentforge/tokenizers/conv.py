@@ -20,6 +20,7 @@ from latentforge.nn.conv import Downsample, Upsample, conv_levels, group_norm
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
 from latentforge.registry import lookup, register
+from latentforge.tokenizers.discriminator import DiscriminatorConfig
 from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, image_autoencoder_loss
 from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
 
@@ -34,6 +35,7 @@ class ConvConfig(TokenizerConfig):
     blocks_per_level: int = 1
     recon_loss: ReconKind = "l2"
     wavelet: WaveletLossConfig | None = None    # P34's frequency-aware loss, added to recon_loss
+    discriminator: DiscriminatorConfig | None = None  # patch-GAN hinge terms (from its start_step)
     quantizer: QuantizerConfig = field(default_factory=VQConfig)
 
     def __post_init__(self) -> None:
@@ -89,6 +91,7 @@ class ConvTokenizer(Tokenizer):
         self.quantizer = lookup("quantizer", config.quantizer.name)[1](config.quantizer)
         self.decoder = Decoder(config)
         self.spec = latent_spec(self.quantizer, (side, side))
+        self.build_discriminator()
 
     def _check(self, x: Tensor) -> None:
         c, s = self.config.in_channels, self.config.image_size

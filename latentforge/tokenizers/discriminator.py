@@ -12,9 +12,10 @@ autoencoder that cannot reconstruct yet only gives the discriminator an easy win
 gradients destabilise the early fit.
 
 GroupNorm replaces BatchNorm so a logit never depends on the other images of the batch.
-The trainer owns the two optimisers; `d_loss` detaches the reconstruction so it only
-trains the discriminator, while `g_loss` leaves discriminator gradients for the trainer
-to discard (they are not stepped by the tokenizer's optimiser).
+`adversarial_terms` lets one optimiser train both players: `d_loss` sees a detached
+reconstruction (it trains only the discriminator) and the generator term runs the
+discriminator with detached parameters (it trains only the tokenizer), so the two
+objectives can simply be added to the tokenizer's loss.
 
 Shapes: B batch, C image channels, H x W image; logits are [B, 1, h, w] patches.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -111,3 +113,19 @@ class PatchDiscriminator(nn.Module):
         if not self.active(step):
             return {"g_adv": fake.new_zeros(())}
         return {"g_adv": self.config.weight * hinge_g_loss(self(fake))}
+
+
+def adversarial_terms(discriminator: PatchDiscriminator, real: Tensor, fake: Tensor, step: int) -> dict[str, Tensor]:
+    """Both players' terms, safe to add to one loss: {"g_adv", "d_loss", "logits_real", "logits_fake"}.
+
+    The generator term reads the discriminator through detached parameters, so its gradient
+    reaches the tokenizer only; `d_loss` reads a detached `fake`, so its gradient reaches the
+    discriminator only.
+    """
+    out = discriminator.d_loss(real, fake, step)
+    if not discriminator.active(step):
+        return {"g_adv": fake.new_zeros(()), **out}
+    frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
+    frozen.update(dict(discriminator.named_buffers()))
+    logits = torch.func.functional_call(discriminator, frozen, (fake,))
+    return {"g_adv": discriminator.config.weight * hinge_g_loss(logits), **out}

@@ -185,7 +185,8 @@ def image_psnr(x_hat: Tensor, x: Tensor) -> Tensor:
 
 def image_autoencoder_loss(tokenizer, x: Tensor, recon: ReconKind = "l2",
                            wavelet: WaveletLossConfig | None = None) -> dict[str, Tensor]:
-    """quantize -> decode -> reconstruction terms (+ P34's wavelet terms) + the bottleneck's terms.
+    """quantize -> decode -> reconstruction terms (+ P34's wavelet terms) + the bottleneck's terms
+    (+ the patch-GAN terms when the tokenizer has a `discriminator`).
 
     Returns 'loss' (their sum), every term, 'psnr' and the bottleneck's statistics.
     """
@@ -195,4 +196,14 @@ def image_autoencoder_loss(tokenizer, x: Tensor, recon: ReconKind = "l2",
     if wavelet is not None:
         terms.update(wavelet_loss(x_hat, x, wavelet))
     terms.update(q.losses)
-    return {"loss": sum(terms.values()), **terms, "psnr": image_psnr(x_hat, x), **q.stats}
+    stats = {}
+    discriminator = getattr(tokenizer, "discriminator", None)
+    if discriminator is not None and tokenizer.training:
+        from latentforge.tokenizers.discriminator import adversarial_terms
+
+        step = int(tokenizer.train_step)
+        tokenizer.train_step += 1
+        adv = adversarial_terms(discriminator, x, x_hat, step)
+        terms.update(g_adv=adv["g_adv"], d_loss=adv["d_loss"])
+        stats.update(logits_real=adv["logits_real"], logits_fake=adv["logits_fake"])
+    return {"loss": sum(terms.values()), **terms, "psnr": image_psnr(x_hat, x), **q.stats, **stats}

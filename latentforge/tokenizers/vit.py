@@ -33,6 +33,7 @@ from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
 from latentforge.registry import lookup, register
 from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
+from latentforge.tokenizers.discriminator import DiscriminatorConfig
 from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, image_autoencoder_loss
 
 # --------------------------------------------------------------------------------------------
@@ -53,6 +54,7 @@ class ViTConfig(TokenizerConfig):
     conv_embedding: bool = False        # CvT's overlapping convolutional token embedding
     recon_loss: ReconKind = "l2"
     wavelet: WaveletLossConfig | None = None    # P34's frequency-aware loss, added to recon_loss
+    discriminator: DiscriminatorConfig | None = None  # patch-GAN hinge terms (from its start_step)
     quantizer: QuantizerConfig = field(default_factory=VQConfig)
 
     def __post_init__(self) -> None:
@@ -169,6 +171,7 @@ class ViTTokenizer(Tokenizer):
         self.quantizer = lookup("quantizer", config.quantizer.name)[1](config.quantizer)
         self.decoder = ViTDecoder(config)
         self.spec = latent_spec(self.quantizer, config.grid)
+        self.build_discriminator()
 
     @property
     def embed(self) -> nn.Module:
