@@ -132,3 +132,15 @@ def test_candidates_keep_the_most_likely_layout():
     logp = torch.log_softmax(pred.logits(objects, mask, best, pair), -1)
     chosen = logp.gather(-1, centre_bins(best, 8)[..., None])[..., 0]
     assert torch.allclose(pred.log_prob(objects, mask, best, pair), (chosen * mask).sum(1), atol=1e-5)
+
+
+def test_sample_centres_keeps_given_centres_and_snaps_to_bins():
+    cond = SceneGraphConditioner(SceneGraphConfig(dim=32, depth=1, heads=2, max_objects=3, grid=(4, 4)))
+    batch = encode_graphs([sample_scene(ShapesConfig(), "val", i) for i in range(6)], 3)
+    batch["obj_x"][:, 1:] = math.nan  # keep only the first object's centre
+    xy = cond.sample_centres(batch, generator=torch.Generator().manual_seed(0))
+    assert cond.training  # restored
+    real = batch["obj_mask"]
+    first = torch.stack([batch["obj_x"][:, 0], batch["obj_y"][:, 0]], -1)
+    assert (xy[:, 0] - first).abs().max() <= 0.5 / 16 + 1e-6
+    assert ((xy[real] * 16 - 0.5) % 1).abs().max() < 1e-4

@@ -74,6 +74,26 @@ class SceneGraphConditioner(Conditioner):
             self.painter = LayoutPainter(D, tuple(config.grid), config.layout_reach)
 
     def forward(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Context:
+        encoded, mask = self._encode(cond)
+        if self.layout is None:
+            return Context(encoded, mask)
+        objects, obj_mask = encoded[:, : self.config.max_objects], cond["obj_mask"].bool()
+        centres, losses = self._centres(objects, cond, generator)
+        return Context(encoded, mask, self.painter(objects, obj_mask, centres), losses)
+
+    @torch.no_grad()
+    def sample_centres(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The layout alone: object centres [B, M, 2] in image fractions (given ones kept)."""
+        if self.layout is None:
+            raise ValueError("this scene-graph encoder has no layout predictor (layout: false)")
+        encoded, _ = self._encode(cond)
+        training, self.training = self.training, False
+        try:
+            return self._centres(encoded[:, : self.config.max_objects], cond, generator)[0]
+        finally:
+            self.training = training
+
+    def _encode(self, cond: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         M = self.config.max_objects
         if cond["obj_shape"].shape[1] != M:
             raise ValueError(f"scene graphs padded to {cond['obj_shape'].shape[1]} objects; "
@@ -85,10 +105,13 @@ class SceneGraphConditioner(Conditioner):
                      + self.object_slot(cond["rel_obj"]) + self.kind_emb.weight[1])            # [B, R, D]
         tokens = torch.cat([objects, relations], dim=1)                                      # [B, M+R, D]
         mask = torch.cat([cond["obj_mask"], cond["rel_mask"]], dim=1).bool()
-        encoded = self.encoder(tokens, key_mask=mask)
-        if self.layout is None:
-            return Context(encoded, mask)
-        objects, obj_mask = encoded[:, :M], cond["obj_mask"].bool()
+        return self.encoder(tokens, key_mask=mask), mask
+
+    def _centres(self, objects: Tensor, cond: dict[str, Tensor],
+                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training: the true centres and the layout NLL; otherwise sampled centres (given ones
+        kept). Either way snapped to bin centres, so the painter sees the same grid in both."""
+        obj_mask = cond["obj_mask"].bool()
         known = self._known_centres(cond, obj_mask)
         pair = self._pair_features(objects, cond)
         losses = {}
@@ -101,10 +124,8 @@ class SceneGraphConditioner(Conditioner):
             centres = self.layout.sample(objects, obj_mask, pair, known, generator=generator,
                                          temperature=self.config.layout_temperature,
                                          candidates=self.config.layout_candidates)
-        # paint from bin centres, in training and sampling alike
         bins = self.config.layout_bins
-        centres = bin_centres(centre_bins(centres, bins), bins)
-        return Context(encoded, mask, self.painter(objects, obj_mask, centres), losses)
+        return bin_centres(centre_bins(centres, bins), bins), losses
 
     def _pair_features(self, objects: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """[B, M, M, D]: row k, column j = both objects plus the predicates relating them.
