@@ -37,10 +37,14 @@ class Context:
         return Context(F.pad(self.tokens, (0, 0, 0, extra)), F.pad(self.mask, (0, extra), value=False),
                        self.spatial, self.losses)
 
-    def _spatial_or_zeros(self, like: Tensor | None) -> Tensor | None:
-        if self.spatial is not None or like is None:
-            return self.spatial
-        return like.new_zeros(len(self), *like.shape[1:])  # "no layout" is the zero map
+    @staticmethod
+    def _spatial_maps(a: "Context", b: "Context") -> tuple[Tensor, Tensor] | None:
+        """Both contexts' maps, a missing one as zeros ("no layout"); None if neither has one."""
+        like = a.spatial if a.spatial is not None else b.spatial
+        if like is None:
+            return None
+        return tuple(c.spatial if c.spatial is not None else like.new_zeros(len(c), *like.shape[1:])
+                     for c in (a, b))
 
     def where(self, keep: Tensor, other: "Context") -> "Context":
         """Per example: self where keep [B] is True, else other (e.g. the null context).
@@ -49,10 +53,8 @@ class Context:
         """
         L = max(self.tokens.shape[1], other.tokens.shape[1])
         a, b = self.pad_to(L), other.pad_to(L)
-        spatial = None
-        if a.spatial is not None or b.spatial is not None:
-            like = a.spatial if a.spatial is not None else b.spatial
-            spatial = torch.where(keep[:, None, None], a._spatial_or_zeros(like), b._spatial_or_zeros(like))
+        maps = Context._spatial_maps(a, b)
+        spatial = None if maps is None else torch.where(keep[:, None, None], *maps)
         return Context(torch.where(keep[:, None, None], a.tokens, b.tokens),
                        torch.where(keep[:, None], a.mask, b.mask), spatial, self.losses)
 
@@ -61,10 +63,8 @@ class Context:
         """Concatenate along the batch (padding the shorter one)."""
         L = max(first.tokens.shape[1], second.tokens.shape[1])
         a, b = first.pad_to(L), second.pad_to(L)
-        spatial = None
-        if a.spatial is not None or b.spatial is not None:
-            like = a.spatial if a.spatial is not None else b.spatial
-            spatial = torch.cat([a._spatial_or_zeros(like), b._spatial_or_zeros(like)])
+        maps = Context._spatial_maps(a, b)
+        spatial = None if maps is None else torch.cat(maps)
         return Context(torch.cat([a.tokens, b.tokens]), torch.cat([a.mask, b.mask]), spatial)
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig
+from latentforge.quantize.gaussian import gaussian_kl
 from latentforge.registry import register
 
 
@@ -134,7 +135,7 @@ class TopKBottleneck(Quantizer):
                     eps = torch.randn(pre.shape, generator=generator, device=pre.device, dtype=pre.dtype)
                     code = torch.where(kept, mean + (0.5 * logvar).exp() * eps, torch.zeros_like(pre))
                 # KL(N(mean, sigma^2) || N(0, 1)) on kept features only: the others are exact zeros
-                kl_elem = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
+                kl_elem = gaussian_kl(mean, logvar)
                 kl = torch.where(kept, kl_elem, torch.zeros_like(kl_elem)).sum(-1).mean()
                 losses["kl"] = cfg.kl_weight * kl
                 stats["kl_nats"] = kl.detach()
