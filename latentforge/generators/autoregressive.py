@@ -39,7 +39,7 @@ class ARGenerator(Generator):
     def __init__(self, config: ARConfig) -> None:
         super().__init__()
         self.config = config
-        self.build_conditioner()
+        self.build_conditioner(config.dim)
         D = config.dim
         self.token_emb = nn.Embedding(config.vocab_size, D)
         self.bos = nn.Parameter(torch.zeros(1, 1, D))
@@ -65,8 +65,9 @@ class ARGenerator(Generator):
         B, N = codes.shape
         x = torch.cat([self.bos.expand(B, 1, -1), self.token_emb(codes[:, :-1])], dim=1)
         x = x + self.pos()[:N]
-        if context is not None and context.spatial is not None:
-            x = x + context.spatial[:, :N]  # the condition's map of the token being predicted
+        spatial = self.spatial_inputs(context)
+        if spatial is not None:
+            x = x + spatial[:, :N]  # the condition's map of the token being predicted
         h = self.transformer(x, causal=True, context=None if context is None else context.tokens,
                              context_mask=None if context is None else context.mask)
         return self.head(h)
@@ -90,8 +91,9 @@ class ARGenerator(Generator):
         rows = n if ctx is None else len(ctx)
         N = self.config.num_tokens
         pos = self.pos()
-        if ctx is not None and ctx.spatial is not None:
-            pos = pos + ctx.spatial  # per-row inputs [rows, N, D] from here on
+        spatial = self.spatial_inputs(ctx)
+        if spatial is not None:
+            pos = pos + spatial  # per-row inputs [rows, N, D] from here on
         codes = torch.zeros(n, N, dtype=torch.long, device=pos.device)
         ctx_kv = None if ctx is None else self.transformer.context_kv(ctx.tokens)
         ctx_mask = None if ctx is None else ctx.mask

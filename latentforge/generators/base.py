@@ -38,7 +38,9 @@ class Generator(nn.Module):
     config: GeneratorConfig
     conditioner: Conditioner | None
 
-    def build_conditioner(self) -> None:
+    def build_conditioner(self, dim: int | None = None) -> None:
+        """Build `config.conditioner`. `dim` is the width of the generator's token inputs: a
+        conditioner of another width gets a projection for its spatial map (see spatial_inputs)."""
         from latentforge import registry
 
         cfg = self.config.conditioner
@@ -46,6 +48,15 @@ class Generator(nn.Module):
             # a conditioner that paints on the latent grid must use the generator's grid
             cfg = self.config.conditioner = dataclasses.replace(cfg, grid=tuple(self.config.grid))
         self.conditioner = None if cfg is None else registry.lookup("conditioner", cfg.name)[1](cfg)
+        same = cfg is None or dim is None or dim == cfg.dim
+        self.spatial_proj = nn.Identity() if same else nn.Linear(cfg.dim, dim)
+
+    def spatial_inputs(self, context: Context | None) -> Tensor | None:
+        """The condition's map on the latent grid (P1's layout), [B, N, dim] in raster order, to
+        add to the token inputs; None when the context has none."""
+        if context is None or context.spatial is None:
+            return None
+        return self.spatial_proj(context.spatial)
 
     @property
     def context_dim(self) -> int | None:
