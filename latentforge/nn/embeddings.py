@@ -28,3 +28,26 @@ class GridPositionEmbedding(nn.Module):
             term = table.view(shape)
             out = term if out is None else out + term  # broadcasts to [*grid, D]
         return out.reshape(math.prod(self.grid), -1)
+
+
+class TimestepEmbedding(nn.Module):
+    """Diffusion time -> [B, D]: sinusoidal features of `scale * t`, then an MLP (DiT).
+
+    Flow-matching times live in [0, 1] and DDPM times in [0, 1000); `scale` brings both to the
+    range the frequencies were chosen for. The features are computed in fp32 under any autocast:
+    in bf16, sin(1000 t) for nearby t would round to the same value.
+    """
+
+    def __init__(self, dim: int, scale: float = 1.0, freq_dim: int = 256, max_period: float = 10000.0) -> None:
+        super().__init__()
+        self.scale = scale
+        half = freq_dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * half, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        with torch.autocast(t.device.type, enabled=False):
+            angles = (t.float() * self.scale)[:, None] * self.freqs[None]  # [B, F/2]
+            features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+        return self.mlp(features)

@@ -1,0 +1,153 @@
+"""Noise processes for the continuous generators: flow matching and DDPM, with their samplers.
+
+Both the diffusion transformer (diffusion.py) and MAR's per-token diffusion head (mar.py) learn to
+undo noise; this file holds the processes so both share one definition.
+
+Flow matching (rectified flow; P16, P6 RAE's convention): t = 0 is data, t = 1 is pure noise,
+    x_t = (1 - t) x + t eps,   the model predicts the velocity  v = eps - x  (= dx_t/dt).
+Training times follow a logit-normal law (more weight mid-way, where the task is hardest),
+optionally warped by t' = s t / (1 + (s - 1) t): s > 1 spends more time near noise, which large
+latents need (RAE: s = sqrt(H W C / 4096)). Sampling integrates dx/dt = v from t = 1 to 0 on the
+same warped grid with Euler or Heun.
+
+DDPM (Ho et al. 2020) with epsilon prediction: x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps for an
+integer t in [0, T); betas linear (DDPM) or cosine (Nichol & Dhariwal 2021, used by MAR). Sampling
+with DDIM (Song et al. 2021) on a subsequence of the T steps; eta = 0 is deterministic, eta = 1
+matches the ancestral DDPM posterior noise.
+
+All schedule arithmetic runs in fp32 (float64 for the cumulative products), whatever the autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+def _expand(t: Tensor, like: Tensor) -> Tensor:
+    """A per-example value [B] broadcast over the remaining axes of `like` [B, ...]."""
+    return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+@dataclass
+class FlowMatching:
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.logit_std <= 0 or self.shift <= 0:
+            raise ValueError(f"logit_std and shift must be > 0, got {self.logit_std}, {self.shift}")
+
+    def warp(self, t: Tensor) -> Tensor:
+        s = self.shift
+        return t if s == 1.0 else s * t / (1 + (s - 1) * t)
+
+    def sample_time(self, n: int, *, device: torch.device | str = "cpu",
+                    generator: torch.Generator | None = None) -> Tensor:
+        """Training times [n] in (0, 1): logit-normal, then warped."""
+        u = torch.randn(n, generator=generator, device=device) * self.logit_std + self.logit_mean
+        return self.warp(torch.sigmoid(u))
+
+    @staticmethod
+    def noisy(x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        t = _expand(t, x)
+        return (1 - t) * x + t * noise
+
+    @staticmethod
+    def target(x: Tensor, noise: Tensor) -> Tensor:
+        return noise - x
+
+    def time_grid(self, steps: int, device: torch.device | str = "cpu") -> Tensor:
+        """[steps + 1] times from 1 (noise) down to 0 (data), warped like the training times."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return self.warp(torch.linspace(1.0, 0.0, steps + 1, device=device))
+
+    def sample(self, velocity: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int,
+               method: Literal["euler", "heun"] = "euler") -> Tensor:
+        """Integrate dx/dt = velocity(x, t[B]) from x(1) = noise to t = 0; returns x(0).
+
+        Heun's second-order correction costs a second evaluation per step except the last one
+        (which ends at t = 0, where Heun would need v at the data itself; Euler finishes it).
+        """
+        if method not in ("euler", "heun"):
+            raise ValueError(f"flow sampler must be 'euler' or 'heun', got {method!r}")
+        grid = self.time_grid(steps, noise.device)
+        x = noise
+        B = noise.shape[0]
+        for i in range(steps):
+            t, t_next = grid[i].expand(B), grid[i + 1].expand(B)
+            dt = _expand(t_next - t, x)
+            v = velocity(x, t)
+            x_euler = x + dt * v
+            if method == "heun" and i + 1 < steps:
+                x = x + dt * 0.5 * (v + velocity(x_euler, t_next))
+            else:
+                x = x_euler
+        return x
+
+
+@dataclass
+class DDPM:
+    steps: int = 1000
+    schedule: Literal["linear", "cosine"] = "linear"
+
+    def __post_init__(self) -> None:
+        if self.steps < 2:
+            raise ValueError(f"DDPM needs >= 2 steps, got {self.steps}")
+        T = self.steps
+        if self.schedule == "linear":
+            # DDPM's 1e-4 .. 0.02 over 1000 steps, rescaled so other T keep the same abar curve
+            scale = 1000 / T
+            betas = torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+            abar = torch.cumprod(1 - betas, 0)
+        elif self.schedule == "cosine":
+            s = 0.008
+            f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+            betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+            abar = torch.cumprod(1 - betas, 0)
+        else:
+            raise ValueError(f"DDPM schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        self.alpha_bar = abar  # [T] float64, abar[t] after t + 1 noising steps
+
+    def sample_time(self, n: int, *, device: torch.device | str = "cpu",
+                    generator: torch.Generator | None = None) -> Tensor:
+        return torch.randint(self.steps, (n,), generator=generator, device=device)
+
+    def _abar(self, t: Tensor, like: Tensor) -> Tensor:
+        return _expand(self.alpha_bar.to(t.device)[t], like)
+
+    def noisy(self, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        abar = self._abar(t, x)
+        return abar.sqrt() * x + (1 - abar).sqrt() * noise
+
+    def timesteps(self, steps: int) -> list[int]:
+        """`steps` integer times evenly spaced over [0, T), from the noisiest (T - 1) down to 0;
+        a single step goes from T - 1 straight to the data."""
+        if not 1 <= steps <= self.steps:
+            raise ValueError(f"sampling steps must be in [1, {self.steps}], got {steps}")
+        return [round(float(t)) for t in torch.linspace(self.steps - 1, 0, steps, dtype=torch.float64)]
+
+    def sample(self, epsilon: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int,
+               eta: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        """DDIM from x_T = noise with `steps` model evaluations; epsilon(x, t[B] int64) -> eps."""
+        x = noise
+        B = noise.shape[0]
+        times = self.timesteps(steps)
+        for i, t in enumerate(times):
+            t_vec = torch.full((B,), t, dtype=torch.long, device=x.device)
+            eps = epsilon(x, t_vec)
+            abar = float(self.alpha_bar[t])
+            abar_prev = float(self.alpha_bar[times[i + 1]]) if i + 1 < len(times) else 1.0
+            x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+            sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+            x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x
