@@ -17,16 +17,24 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from latentforge.atomic import atomic_path, write_json, write_text
-from latentforge.config import (ConfigError, apply_overrides, from_dict, load_yaml, to_dict)
-from latentforge.data.shapes import SceneGraph, ShapesConfig, encode_graphs, render_batch, sample_scene
+from latentforge.atomic import write_json, write_npz, write_text
+from latentforge.config import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
+from latentforge.data.base import DataConfig, DataSet, build_dataset
+from latentforge.data.sets import ShapesDataConfig
 from latentforge.generators.base import GeneratorConfig
 from latentforge.pipeline import Pipeline, to_float
 from latentforge.registry import lookup
@@ -41,38 +49,16 @@ TRAINING_STAGES = ("tokenizer", "generator")
 # ---------------------------------------------------------------------------------- config
 
 @dataclass
-class ShapesDataConfig:
-    name: str = "shapes"
-    size: int = 32
-    min_objects: int = 1
-    max_objects: int = 3
-    supersample: int = 4
-    seed: int = 0
-    train_size: int = 20000
-    val_size: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.name != "shapes":
-            raise ValueError(f"data.name {self.name!r} is not available yet; valid: shapes")
-        if self.train_size < 1 or self.val_size < 1:
-            raise ValueError("train_size and val_size must be >= 1")
-        self.shapes()  # validates size and object counts
-
-    def shapes(self) -> ShapesConfig:
-        return ShapesConfig(size=self.size, min_objects=self.min_objects, max_objects=self.max_objects,
-                            supersample=self.supersample, seed=self.seed)
-
-
-@dataclass
 class SampleConfig:
-    graphs: int = 200                # validation scene graphs to sample for
-    per_graph: int = 2               # samples per graph (>= 2 measures diversity)
+    conditions: int = 200            # validation conditions (scene graphs, labels) to sample for
+    per_graph: int = 2               # samples per condition (>= 2 measures diversity)
     batch_size: int = 256
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     cfg_scale: float = 1.0
     seed: int = 0
+    options: dict = field(default_factory=dict)   # generator-specific: steps, method, eta, ...
 
 
 @dataclass
@@ -87,10 +73,11 @@ class RecipeConfig:
     out_dir: str = "runs"
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads; 0 keeps torch's default
-    data: ShapesDataConfig = field(default_factory=ShapesDataConfig)
+    data: DataConfig = field(default_factory=ShapesDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=lambda: lookup("tokenizer", "conv")[0]())
     tokenizer_train: TrainConfig = field(default_factory=TrainConfig)
-    generator: GeneratorConfig = field(default_factory=lambda: lookup("generator", "autoregressive")[0]())
+    # null: a tokenizer-only run (data -> tokenizer -> eval -> report)
+    generator: GeneratorConfig | None = field(default_factory=lambda: lookup("generator", "autoregressive")[0]())
     generator_train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -113,25 +100,48 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def link(cfg: RecipeConfig) -> RecipeConfig:
-    """Derive the fields one component takes from another: the generator's grid and vocabulary
-    from the tokenizer, the scene-graph encoder's object slots from the data."""
+    """Derive the fields one component takes from another: the generator's grid and latent
+    format from the tokenizer, the conditioner's object slots or classes from the data."""
     tok_cls = lookup("tokenizer", cfg.tokenizer.name)[1]
+    if hasattr(cfg.tokenizer, "image_size") and cfg.tokenizer.image_size != cfg.data.size:
+        try:  # the tokenizer is built for the data's images
+            cfg.tokenizer = dataclasses.replace(cfg.tokenizer, image_size=cfg.data.size)
+        except ValueError as err:
+            raise ConfigError(f"data.size {cfg.data.size} does not suit tokenizer {cfg.tokenizer.name!r}: {err}") from None
     spec = _spec_of(tok_cls, cfg.tokenizer)
-    if getattr(cfg.tokenizer, "image_size", cfg.data.size) != cfg.data.size:
-        raise ConfigError(f"tokenizer.image_size {cfg.tokenizer.image_size} differs from data.size {cfg.data.size}")
-    gen_updates: dict[str, Any] = {"grid": spec.grid}
-    if hasattr(cfg.generator, "vocab_size") and (spec.kind != "discrete" or spec.depth != 1):
-        raise ConfigError(
-            f"generator {cfg.generator.name!r} models one discrete code per position, but tokenizer "
-            f"{cfg.tokenizer.name!r} with quantizer {cfg.tokenizer.quantizer.name!r} gives {spec.kind} latents"
-            + (f" with {spec.depth} levels" if spec.depth > 1 else "")
-            + ": pick a single-level discrete quantizer (vq, fsq, lfq, gumbel) for it")
-    if hasattr(cfg.generator, "vocab_size") and spec.vocab_size is not None:
-        gen_updates["vocab_size"] = spec.vocab_size
-    cond = cfg.generator.conditioner
-    if cond is not None and hasattr(cond, "max_objects"):
-        gen_updates["conditioner"] = dataclasses.replace(cond, max_objects=cfg.data.max_objects)
-    cfg.generator = dataclasses.replace(cfg.generator, **gen_updates)
+    gen = cfg.generator
+    if gen is None:
+        return cfg
+    updates: dict[str, Any] = {"grid": spec.grid}
+    quantizer = getattr(cfg.tokenizer, "quantizer", None)
+    made = f"tokenizer {cfg.tokenizer.name!r}" + (f" with quantizer {quantizer.name!r}" if quantizer else "")
+    if hasattr(gen, "vocab_size"):  # a generator of discrete codes
+        multi_level = hasattr(gen, "levels")
+        if spec.kind != "discrete" or (spec.depth != 1 and not multi_level):
+            raise ConfigError(
+                f"generator {gen.name!r} models one discrete code per position, but {made} gives {spec.kind} "
+                f"latents" + (f" with {spec.depth} levels" if spec.depth > 1 else "")
+                + ": pick a single-level discrete quantizer (vq, fsq, lfq, gumbel) for it"
+                + ("" if spec.kind != "discrete" else ", or the hierarchical generator for residual codes"))
+        updates["vocab_size"] = spec.vocab_size
+        if multi_level:
+            updates["levels"] = spec.depth
+    elif hasattr(gen, "channels"):  # a generator of continuous latents
+        if spec.kind != "continuous":
+            raise ConfigError(f"generator {gen.name!r} models continuous latents, but {made} gives discrete "
+                              "codes: pick a continuous bottleneck (gaussian) for it")
+        updates["channels"] = spec.channels
+    dataset = build_dataset(cfg.data)
+    if gen.conditioner is not None:
+        cond_cls = lookup("conditioner", gen.conditioner.name)[1]
+        missing = [k for k in cond_cls.keys if k not in dataset.condition_keys]
+        if missing:
+            raise ConfigError(
+                f"generator.conditioner {gen.conditioner.name!r} reads {', '.join(cond_cls.keys)}, which data "
+                f"{cfg.data.name!r} does not provide" + (f"; its conditioner is {dataset.natural_conditioner!r}"
+                                                         if dataset.natural_conditioner else " (it is unlabelled)"))
+        updates["conditioner"] = dataset.link_conditioner(gen.conditioner)
+    cfg.generator = dataclasses.replace(gen, **updates)
     return cfg
 
 
@@ -164,6 +174,7 @@ class Run:
         self.dir = cfg.run_dir
         self.device = resolve_device(cfg.device)
         self.progress = progress
+        self.dataset: DataSet = build_dataset(cfg.data)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
 
@@ -205,6 +216,8 @@ class Run:
         write_text(self.dir / "config.yaml", _yaml(to_dict(self.cfg)))
         done = self._stages()
         t0 = time.perf_counter()
+        if self.cfg.generator is None:  # a tokenizer-only run
+            stages = tuple(s for s in stages if s not in ("encode", "generator", "sample"))
         for stage in stages:
             if done.get(stage) == self.fingerprint(stage):
                 _say(f"stage {stage}: done already, skipped")
@@ -223,16 +236,9 @@ class Run:
         return self.dir / "data" / f"{split}.npz"
 
     def stage_data(self) -> None:
-        d = self.cfg.data
-        scfg = d.shapes()
-        for split, n in (("train", d.train_size), ("val", d.val_size)):
-            graphs = [sample_scene(scfg, split, i) for i in range(n)]
-            images = render_batch(scfg, split, range(n))
-            cond = encode_graphs(graphs, d.max_objects)
-            with atomic_path(self._data_path(split)) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, images=images, graphs=np.array([json.dumps(g.to_json()) for g in graphs]),
-                             **{k: v.numpy() for k, v in cond.items()})
+        for split in ("train", "val"):
+            arrays = self.dataset.split(split)
+            write_npz(self._data_path(split), **arrays)
 
     def load_split(self, split: str) -> dict[str, Any]:
         with np.load(self._data_path(split)) as f:
@@ -270,23 +276,24 @@ class Run:
                 codes = [tok.encode(to_float(images[i:i + 500]).to(self.device)).cpu()
                          for i in range(0, len(images), 500)]
                 out[split] = torch.cat(codes).numpy()
-        with atomic_path(self.dir / "latents.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **out)
+        write_npz(self.dir / "latents.npz", **out)
 
     def load_latents(self, split: str) -> torch.Tensor:
         with np.load(self.dir / "latents.npz") as f:
             return torch.from_numpy(f[split])
 
     def condition(self, split: str, data: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        """The condition entries of a split (or of given rows) as tensors, for the conditioner."""
         data = self.load_split(split) if data is None else data
-        return {k: torch.from_numpy(v) for k, v in data.items() if k.startswith(("obj_", "rel_"))}
+        return {k: torch.from_numpy(v) for k, v in DataSet.numeric(data).items()}
 
     def stage_generator(self) -> None:
         cfg = self.cfg
         codes = self.load_latents("train")
         cond = self.condition("train")
         model = lookup("generator", cfg.generator.name)[1](cfg.generator)
+        if hasattr(model, "fit_normalization"):  # continuous latents: learn in unit-variance units
+            model.fit_normalization(codes)
         B = cfg.generator_train.batch_size
 
         def batch_fn(step: int) -> dict[str, torch.Tensor]:
@@ -301,32 +308,44 @@ class Run:
     def stage_sample(self) -> None:
         s = self.cfg.sample
         val = self.load_split("val")
-        n_graphs = min(s.graphs, len(val["images"]))
-        # the graphs only: the true object centres stay hidden, so layouts are the model's own (P1)
-        cond = {k: v[:n_graphs].repeat_interleave(s.per_graph, 0) for k, v in self.condition("val", val).items()
-                if k not in ("obj_x", "obj_y")}
+        rows = min(s.conditions, len(val["images"]))
+        given = self.dataset.for_sampling({k: v[:rows] for k, v in val.items() if k != "images"})
+        given = {k: np.repeat(v, s.per_graph, axis=0) for k, v in given.items()}
+        groups = np.repeat(np.arange(rows), s.per_graph)
         pipe = Pipeline.from_run(self.dir, str(self.device))
+        conditional = pipe.generator.conditioner is not None
         gen = torch.Generator(device=self.device).manual_seed(s.seed)
         t = time.perf_counter()
-        images = pipe.generate(cond, generator=gen, batch_size=s.batch_size, temperature=s.temperature,
-                               top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale)
+        options = self.sampling_options(pipe.generator)
+        images = pipe.generate(self.condition("val", given) if conditional else None, n=len(groups),
+                               generator=gen, batch_size=s.batch_size, **options)
         seconds = time.perf_counter() - t
-        # as conditioned on: without the true centres
-        hidden = [json.dumps(SceneGraph.from_json(json.loads(g)).without_positions().to_json())
-                  for g in val["graphs"][:n_graphs]]
-        graphs = np.repeat(np.array(hidden), s.per_graph)
-        groups = np.repeat(np.arange(n_graphs), s.per_graph)
-        with atomic_path(self.dir / "samples.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=images, graphs=graphs, groups=groups)
-        write_json(self.dir / "sample_info.json", {"images": len(images), "seconds": seconds,
-                                                   "images_per_s": len(images) / seconds})
+        write_npz(self.dir / "samples.npz", images=images, groups=groups, **(given if conditional else {}))
+        write_json(self.dir / "sample_info.json", {
+            "images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
+            "conditional": conditional,
+            "shows": self.dataset.condition_text if conditional else "unconditional samples"})
         from latentforge.report.grids import save_captioned_grid
 
         show = self._show_indices(groups)
-        captions = [SceneGraph.from_json(json.loads(graphs[i])).caption() for i in show]
-        save_captioned_grid(images[show], captions, self.dir / "samples.png",
-                            title=f"samples (cfg scale {s.cfg_scale}, temperature {s.temperature})")
+        captions = self.dataset.captions({k: v[show] for k, v in given.items()}) if conditional else None
+        shown = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+        save_captioned_grid(images[show], captions or [""] * len(show), self.dir / "samples.png",
+                            title=f"samples ({shown})")
+
+    def sampling_options(self, generator: torch.nn.Module) -> dict[str, Any]:
+        """The sample section as keyword arguments of this generator's `sample`: the common
+        knobs it takes (a diffusion model has no top-k) plus `sample.options`, checked by name."""
+        import inspect
+
+        s = self.cfg.sample
+        accepted = set(inspect.signature(generator.sample).parameters) - {"n", "context", "generator"}
+        unknown = sorted(set(s.options) - accepted)
+        if unknown:
+            raise ConfigError(f"sample.options: {', '.join(unknown)} not accepted by generator "
+                              f"{generator.config.name!r}; it takes {', '.join(sorted(accepted))}")
+        common = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale}
+        return {**{k: v for k, v in common.items() if k in accepted}, **s.options}
 
     def _show_indices(self, groups: np.ndarray) -> np.ndarray:
         """The first `eval.show` samples, taking up to two per graph so diversity is visible."""

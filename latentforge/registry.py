@@ -1,6 +1,6 @@
 """Name -> (config class, model class) tables, one per kind of model.
 
-A recipe picks a tokenizer, generator, conditioner or quantizer by `name`; a saved model records the
+A recipe picks a data set, tokenizer, generator, conditioner or quantizer by `name`; a saved model records the
 name in its `config.json` so `from_pretrained` can rebuild it. Each model file registers
 itself with the decorator below, so adding a model is adding a file.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-KINDS = ("tokenizer", "generator", "conditioner", "quantizer")
+KINDS = ("tokenizer", "generator", "conditioner", "quantizer", "dataset")
 _TABLES: dict[str, dict[str, tuple[type, type]]] = {kind: {} for kind in KINDS}
 
 M = TypeVar("M", bound=type)
@@ -47,6 +47,7 @@ def names(kind: str) -> list[str]:
 def _import_all() -> None:
     # Importing the packages runs their @register decorators.
     import latentforge.conditioning  # noqa: F401
+    import latentforge.data  # noqa: F401
     import latentforge.generators  # noqa: F401
     import latentforge.quantize  # noqa: F401
     import latentforge.tokenizers  # noqa: F401

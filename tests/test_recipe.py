@@ -17,7 +17,7 @@ TINY = [
     "generator.dim=32", "generator.depth=1", "generator.heads=2",
     "generator.conditioner.dim=32", "generator.conditioner.depth=1", "generator.conditioner.heads=2",
     "generator_train.steps=6", "generator_train.batch_size=16", "generator_train.log_every=3",
-    "sample.graphs=4", "sample.per_graph=2", "eval.recon_images=32", "eval.show=8",
+    "sample.conditions=4", "sample.per_graph=2", "eval.recon_images=32", "eval.show=8",
 ]
 
 

@@ -1,1 +1,6 @@
-"""Data sets. `shapes` is the embedded, procedurally generated default."""
+"""Data sets. Recipes pick one by `data.name` (sets.py); `shapes` is the embedded default."""
+
+from latentforge.data.base import DataConfig, DataSet, build_dataset
+from latentforge.data.sets import DigitsDataConfig, PhotosDataConfig, ShapesDataConfig
+
+__all__ = ["DataConfig", "DataSet", "DigitsDataConfig", "PhotosDataConfig", "ShapesDataConfig", "build_dataset"]

@@ -80,6 +80,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         f"<tr><td>{s}</td><td class='num'>{i['parameters']:,}</td><td>{html.escape(i['precision'])}</td>"
         f"<td>{html.escape(i['precision_reason'])}</td></tr>" for s, i in infos.items())
     config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
+    info = json.loads((run / "sample_info.json").read_text()) if (run / "sample_info.json").exists() else None
+    samples = ("<p><em>a tokenizer-only run: no generator, no samples</em></p>" if info is None else
+               f"<p>{html.escape(info.get('shows', ''))}</p>\n" + _img(run / "samples.png", "samples"))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>latentforge run: {html.escape(run.name)}</title>
 <style>{CSS}</style></head><body>
@@ -87,8 +90,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 <h2>Metrics</h2>
 {_metrics_table(metrics) if metrics else "<p><em>no metrics yet: run the eval stage</em></p>"}
 <h2>Samples</h2>
-<p>Each sample is drawn for the scene graph in its caption (validation graphs, never trained on).</p>
-{_img(run / "samples.png", "samples")}
+{samples}
 <h2>Reconstructions</h2>
 {_img(run / "reconstructions.png", "reconstructions")}
 <h2>Training</h2>

@@ -1,0 +1,166 @@
+"""The embedded data sets as recipe data: `data.name: shapes | digits | photos`.
+
+    shapes   procedural scenes with scene graphs (conditions: the graph; P1's task)
+    digits   scikit-learn's handwritten digits (condition: the class label)
+    photos   crops of scikit-image's photographs, held-out photographs for test (unconditional)
+Each adapts a generator in this folder (shapes.py, digits.py, photos.py) to the `DataSet` contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from latentforge.data.base import DataConfig, DataSet, check_split
+from latentforge.data.digits import NUM_CLASSES, DigitsConfig, digits_images
+from latentforge.data.photos import PHOTOS, PhotosConfig, photo_crops
+from latentforge.data.shapes import (
+    SceneGraph,
+    ShapesConfig,
+    encode_graphs,
+    render_batch,
+    sample_scene,
+)
+from latentforge.registry import register
+
+
+def _check_sizes(cfg: DataConfig) -> None:
+    for key in ("train_size", "val_size"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+
+
+# ------------------------------------------------------------------------------------- shapes
+
+@dataclass
+class ShapesDataConfig(DataConfig):
+    name: str = "shapes"
+    size: int = 32
+    min_objects: int = 1
+    max_objects: int = 3
+    supersample: int = 4
+    train_size: int = 20000
+    val_size: int = 1000
+
+    def __post_init__(self) -> None:
+        _check_sizes(self)
+        self.shapes()  # validates size and object counts
+
+    def shapes(self) -> ShapesConfig:
+        return ShapesConfig(size=self.size, min_objects=self.min_objects, max_objects=self.max_objects,
+                            supersample=self.supersample, seed=self.seed)
+
+
+@register("dataset", "shapes", ShapesDataConfig)
+class ShapesData(DataSet):
+    natural_conditioner = "scene_graph"
+    condition_keys = ("obj_shape", "obj_color", "obj_size", "obj_mask", "obj_x", "obj_y",
+                      "rel_subj", "rel_pred", "rel_obj", "rel_mask")
+    condition_text = "Each sample is drawn for the scene graph in its caption (validation graphs, never trained on)."
+
+    def split(self, name: str) -> dict[str, np.ndarray]:
+        check_split(name)
+        cfg = self.config
+        n = cfg.train_size if name == "train" else cfg.val_size
+        scfg = cfg.shapes()
+        graphs = [sample_scene(scfg, name, i) for i in range(n)]
+        cond = encode_graphs(graphs, cfg.max_objects)
+        return {"images": render_batch(scfg, name, range(n)),
+                "graphs": np.array([json.dumps(g.to_json()) for g in graphs]),
+                "captions": np.array([g.caption() for g in graphs]),
+                **{k: v.numpy() for k, v in cond.items()}}
+
+    def link_conditioner(self, cfg):
+        return dataclasses.replace(cfg, max_objects=self.config.max_objects) if hasattr(cfg, "max_objects") else cfg
+
+    def for_sampling(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # the graphs only: the true object centres stay hidden, so layouts are the model's own (P1)
+        out = {k: v for k, v in arrays.items() if k not in ("obj_x", "obj_y")}
+        out["graphs"] = np.array([json.dumps(_scene(g).without_positions().to_json()) for g in arrays["graphs"]])
+        return out
+
+    def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
+        return [_scene(g).caption() for g in arrays["graphs"]]
+
+    def adherence(self, samples: np.ndarray, arrays: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
+        from latentforge.eval.shapes import scene_adherence
+
+        scenes = [_scene(g) for g in arrays["graphs"]]
+        out = scene_adherence(samples, scenes)
+        # the floor: the parser on the data's own images of the same graphs
+        out["real_images_scene_exact"] = scene_adherence(real, scenes)["scene_exact"]
+        return out
+
+
+def _scene(text: str) -> SceneGraph:
+    return SceneGraph.from_json(json.loads(str(text)))
+
+
+# ------------------------------------------------------------------------------------- digits
+
+@dataclass
+class DigitsDataConfig(DataConfig):
+    name: str = "digits"
+    size: int = 32                  # 8 (the original pixels), 16 or 32 (upsampled)
+    resample: Literal["bilinear", "nearest"] = "bilinear"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.digits()
+
+    def digits(self) -> DigitsConfig:
+        return DigitsConfig(size=self.size, seed=self.seed, val_fraction=self.val_fraction,
+                            test_fraction=self.test_fraction, resample=self.resample)
+
+
+@register("dataset", "digits", DigitsDataConfig)
+class DigitsData(DataSet):
+    natural_conditioner = "class"
+    condition_keys = ("label",)
+    condition_text = "Each sample is drawn for the digit class in its caption."
+
+    def split(self, name: str) -> dict[str, np.ndarray]:
+        images, labels = digits_images(self.config.digits(), name)
+        return {"images": images, "label": labels}
+
+    def link_conditioner(self, cfg):
+        return dataclasses.replace(cfg, num_classes=NUM_CLASSES) if hasattr(cfg, "num_classes") else cfg
+
+    def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
+        return [f"digit {int(label)}" for label in arrays["label"]]
+
+
+# ------------------------------------------------------------------------------------- photos
+
+@dataclass
+class PhotosDataConfig(DataConfig):
+    name: str = "photos"
+    size: int = 32                  # 32 or 64
+    train_size: int = 20000         # crops per split
+    val_size: int = 1000
+    test_images: tuple[str, ...] = ("chelsea", "coins", "gravel")
+    val_fraction: float = 0.2
+    images: tuple[str, ...] = field(default_factory=lambda: PHOTOS)
+
+    def __post_init__(self) -> None:
+        _check_sizes(self)
+        self.photos()
+
+    def photos(self) -> PhotosConfig:
+        return PhotosConfig(size=self.size, seed=self.seed, test_images=self.test_images,
+                            val_fraction=self.val_fraction, images=self.images)
+
+
+@register("dataset", "photos", PhotosDataConfig)
+class PhotosData(DataSet):
+    condition_text = "Unconditional samples (the photographs carry no labels)."
+
+    def split(self, name: str) -> dict[str, np.ndarray]:
+        check_split(name)
+        n = self.config.train_size if name == "train" else self.config.val_size
+        return {"images": photo_crops(self.config.photos(), name, n)}

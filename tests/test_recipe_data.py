@@ -1,0 +1,71 @@
+"""Recipes on every embedded data set: class-conditional digits, tokenizer-only photos, and the
+checks `link` makes between data, tokenizer, generator and conditioner."""
+
+import json
+
+import numpy as np
+import pytest
+
+from latentforge.config import ConfigError
+from latentforge.recipes import Run, load_recipe
+
+TINY_TOKENIZER = ["tokenizer.channels=[16, 32]", "tokenizer.quantizer.codebook_size=64",
+                  "tokenizer_train.steps=4", "tokenizer_train.batch_size=16", "eval.recon_images=32", "eval.show=8"]
+TINY_GENERATOR = ["generator.dim=32", "generator.depth=1", "generator.heads=2", "generator.conditioner.dim=16",
+                  "generator_train.steps=4", "generator_train.batch_size=16"]
+
+
+@pytest.mark.slow
+def test_digits_class_conditional_run(tmp_path):
+    cfg = load_recipe("configs/digits_class_ar.yaml", [f"out_dir={tmp_path}", *TINY_TOKENIZER, *TINY_GENERATOR,
+                                                      "sample.conditions=5", "sample.per_graph=2"])
+    assert cfg.generator.conditioner.num_classes == 10
+    metrics = Run(cfg, progress=False).run()
+    run = tmp_path / "digits"
+    with np.load(run / "data" / "train.npz") as f:
+        assert f["images"].shape[1:] == (32, 32, 3) and set(np.unique(f["label"])) == set(range(10))
+    with np.load(run / "samples.npz") as f:
+        assert f["images"].shape == (10, 32, 32, 3)
+        val_labels = np.load(run / "data" / "val.npz")["label"][:5]
+        assert np.array_equal(f["label"], np.repeat(val_labels, 2))  # sampled for the val labels
+    assert {"val_loss", "bits_per_token", "diversity", "images_per_s"} <= set(metrics["generator"])
+    info = json.loads((run / "sample_info.json").read_text())
+    assert info["conditional"] and "digit class" in info["shows"]
+
+
+@pytest.mark.slow
+def test_tokenizer_only_photo_run(tmp_path):
+    cfg = load_recipe("configs/photos_tokenizer.yaml",
+                      [f"out_dir={tmp_path}", "data.train_size=64", "data.val_size=16", *TINY_TOKENIZER])
+    assert cfg.generator is None
+    metrics = Run(cfg, progress=False).run()
+    run = tmp_path / "photos_tok"
+    assert set(metrics) == {"tokenizer"} and 0 < metrics["tokenizer"]["psnr"] < 100
+    assert set(json.loads((run / "stages.json").read_text())) == {"data", "tokenizer", "eval", "report"}
+    assert not (run / "generator").exists() and not (run / "samples.npz").exists()
+    assert "tokenizer-only run" in (run / "report.html").read_text()
+
+
+def test_data_size_sets_the_tokenizer_and_bad_sizes_are_named():
+    cfg = load_recipe("configs/photos_tokenizer.yaml", ["data.size=64"])
+    assert cfg.tokenizer.image_size == 64
+    with pytest.raises(ConfigError, match="data.size 30 does not suit tokenizer 'conv'.*multiple"):
+        load_recipe("configs/shapes_sg2im.yaml", ["data.size=30"])
+
+
+def test_link_names_a_conditioner_the_data_cannot_feed():
+    with pytest.raises(ConfigError, match="'scene_graph' reads .*obj_shape.*data 'digits'.*its conditioner is 'class'"):
+        load_recipe("configs/shapes_sg2im.yaml", ["data.name=digits"])
+    with pytest.raises(ConfigError, match="'class' reads label.*data 'photos'.*unlabelled"):
+        load_recipe("configs/digits_class_ar.yaml", ["data.name=photos"])
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; available: digits, photos, shapes"):
+        load_recipe("configs/digits_class_ar.yaml", ["data.name=mnist"])
+
+
+def test_unknown_sampling_option_is_named(tmp_path):
+    from latentforge.generators.autoregressive import ARConfig, ARGenerator
+
+    cfg = load_recipe("configs/shapes_sg2im.yaml", [f"out_dir={tmp_path}", "sample.options={steps: 8}"])
+    run = Run(cfg, progress=False)
+    with pytest.raises(ConfigError, match="sample.options: steps not accepted by generator 'autoregressive'"):
+        run.sampling_options(ARGenerator(ARConfig(dim=32, depth=1, heads=2, vocab_size=8, grid=(2, 2))))
