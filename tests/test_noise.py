@@ -116,6 +116,27 @@ def test_ddim_point_mass_exact_and_gaussian_transport():
     assert abs(stochastic.mean().item() - MU) < 0.05 and abs(stochastic.std().item() - SIGMA) < 0.05
 
 
+def test_ddim_clip_bounds_an_erring_model_and_keeps_an_exact_one():
+    """A network-like model: a small error in eps and outputs of bounded size (a network cannot follow
+    eps off the data manifold). Unclipped few-step DDIM from the cosine schedule's last step
+    amplifies the error by 1/sqrt(abar) (~1e4), which the bounded model cannot undo later;
+    clipping x0 keeps samples near the data."""
+    ddpm = DDPM(1000, "cosine")
+    target = torch.tensor([[0.5, -1.0]])
+
+    def eps_point(x, t):
+        ab = ddpm.alpha_bar[t].float()[:, None]
+        return (x - ab.sqrt() * target) / (1 - ab).sqrt()
+
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    exact = ddpm.sample(eps_point, noise, steps=10, clip_x0=1.5)
+    assert torch.allclose(exact, target.expand(8, 2), atol=1e-4)  # clipping never bites a correct model
+    erring = lambda x, t: (eps_point(x, t) + 0.01).clamp(-4, 4)  # noqa: E731
+    assert ddpm.sample(erring, noise, steps=10).abs().max() > 10
+    clipped = ddpm.sample(erring, noise, steps=10, clip_x0=1.5)
+    assert (clipped - target).abs().max() < 0.1
+
+
 def test_timestep_embedding_stays_fp32_under_autocast():
     emb = TimestepEmbedding(16, scale=1000.0)
     t = torch.tensor([0.5, 0.5 + 1e-4])

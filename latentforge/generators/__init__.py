@@ -2,5 +2,6 @@
 
 from latentforge.generators.autoregressive import ARConfig, ARGenerator
 from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.hierarchical import HierarchicalConfig, HierarchicalGenerator
 
-__all__ = ["Generator", "GeneratorConfig", "ARConfig", "ARGenerator"]
+__all__ = ["ARConfig", "ARGenerator", "Generator", "GeneratorConfig", "HierarchicalConfig", "HierarchicalGenerator"]

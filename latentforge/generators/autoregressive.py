@@ -1,8 +1,22 @@
-"""Autoregressive transformer over discrete latent codes (P1's image GPT, P13-style raster AR).
+"""Autoregressive transformer over discrete latent codes (P1's image GPT, P13-style raster AR), generating
+in raster, random (σ-GPT / RandAR style) or coarse-to-fine order.
 
-Legend: B batch, N = prod(grid) tokens, D width, V vocabulary (codebook size).
-Input  = [BOS, code_0, ..., code_{N-2}] embedded + grid position of the token being predicted
-Output = logits for code_0 ... code_{N-1}                                      [B, N, V]
+Legend: B batch, N = prod(grid) tokens, D width, V vocabulary (codebook size), σ the generation order:
+a permutation of the N raster positions, step t generates the code at position σ(t).
+
+Raster order (the default, σ = identity):
+  Input  = [BOS, code_0, ..., code_{N-2}] embedded + grid position of the token being predicted
+  Output = logits for code_0 ... code_{N-1}                                      [B, N, V]
+Any other order runs the same causal transformer on the sequence permuted by σ. The step no longer
+implies where the next token goes, nor where the last one sat, so every input names both (σ-GPT's
+double position encoding; RandAR's position instruction tokens carry the same information):
+  input_t = embed(code at σ(t-1)) + source_pos(σ(t-1))     what was generated last, and where
+          + pos(σ(t))                                      the query: where to generate now
+  input_0 = BOS + pos(σ(0))
+`random` draws a fresh σ per training example, so the model learns every order and sampling may use
+any (one per sample from the torch.Generator, or one passed in); `coarse_to_fine` is one fixed
+hierarchical σ (`coarse_to_fine_order`). A condition's spatial map (P1's layout) is read at the query
+position, like pos. `logits` returns raster layout whatever the order.
 Blocks are causal self-attention + cross-attention to the condition + MLP. Sampling decodes one
 token per step with a KV cache; cross-attention keys/values of the context are computed once.
 """
@@ -10,7 +24,9 @@ token per step with a KV cache; cross-attention keys/values of the context are c
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +39,8 @@ from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
 
+Order = Literal["raster", "random", "coarse_to_fine"]
+
 
 @dataclass
 class ARConfig(GeneratorConfig):
@@ -32,6 +50,36 @@ class ARConfig(GeneratorConfig):
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    order: Order = "raster"   # generation order; non-raster adds a source-position embedding
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.order not in typing.get_args(Order):
+            raise ValueError(f"order must be one of {typing.get_args(Order)}, got {self.order!r}")
+
+
+def coarse_to_fine_order(grid: tuple[int, ...]) -> Tensor:
+    """A fixed hierarchical order of a grid of any rank: raster positions [N], int64.
+
+    Level k holds the positions whose coordinates are all multiples of 2^k, from the top stride
+    (the largest power of two <= max(grid) / 2) down to 1; a level visits only positions no coarser
+    level took, in raster order. (4, 4) -> 0, 2, 8, 10, then the 12 others; (8,) -> 0, 4, 2, 6, 1, 3, 5, 7.
+    """
+    top = max(0, (max(grid) // 2).bit_length() - 1)  # log2 of the top stride
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij"), -1)
+    coords = coords.reshape(-1, len(grid))  # [N, rank]
+    level = torch.zeros_like(coords)
+    for k in range(1, top + 1):
+        level += coords % 2**k == 0  # 2-adic valuation of each coordinate, capped at top (0 -> top)
+    return torch.argsort(-level.min(-1).values, stable=True)
+
+
+def in_order(t: Tensor, order: Tensor | None) -> Tensor:
+    """Rows of t ([N, D] shared or [B, N, D]) in generation order [B, N]; unchanged when order is None."""
+    if order is None:
+        return t
+    t = t.expand(order.shape[0], *t.shape[-2:])
+    return t.gather(1, order[..., None].expand(-1, -1, t.shape[-1]))  # [B, N, D]
 
 
 @register("generator", "autoregressive", ARConfig)
@@ -50,6 +98,10 @@ class ARGenerator(Generator):
         nn.init.normal_(self.token_emb.weight, std=0.02)
         nn.init.zeros_(self.head.weight)  # uniform start: initial loss = log V
         nn.init.zeros_(self.head.bias)
+        # raster models get no new parameters, so their weights and init stay as they were
+        self.source_pos = None if config.order == "raster" else GridPositionEmbedding(config.grid, D)
+        fixed = coarse_to_fine_order(tuple(config.grid)) if config.order == "coarse_to_fine" else None
+        self.register_buffer("fixed_order", fixed, persistent=False)  # derived from the grid, not saved
 
     def no_weight_decay(self) -> set[str]:
         return {"bos"}
@@ -60,17 +112,54 @@ class ARGenerator(Generator):
             raise ValueError(f"expected int64 codes [B, {', '.join(map(str, grid))}], got {z.dtype} {list(z.shape)}")
         return z.reshape(z.shape[0], -1)  # raster order [B, N]
 
-    def logits(self, codes: Tensor, context: Context | None) -> Tensor:
-        """Teacher-forced logits for codes [B, N] (flattened) -> [B, N, V]."""
+    def draw_order(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor | None:
+        """The config's generation order for a batch: [B, N] raster positions, or None for raster."""
+        if self.config.order == "raster":
+            return None
+        if self.config.order == "coarse_to_fine":
+            return self.fixed_order.to(device).expand(batch, -1)
+        return torch.rand(batch, self.config.num_tokens, generator=generator, device=device).argsort(-1)
+
+    def _check_order(self, order: Tensor, batch: int, device: torch.device) -> Tensor:
+        if self.source_pos is None:
+            raise ValueError("a raster-order model (order='raster') cannot take another order: "
+                             "train with order='random' to generate in any order")
+        N = self.config.num_tokens
+        order = torch.as_tensor(order, device=device).long()
+        if order.dim() == 1:
+            order = order.expand(batch, -1)
+        if order.shape != (batch, N) or not torch.equal(order.sort(-1).values,
+                                                         torch.arange(N, device=device).expand(batch, N)):
+            raise ValueError(f"order must be a permutation of the {N} grid positions, [{N}] or [{batch}, {N}]; "
+                             f"got shape {list(order.shape)}")
+        return order
+
+    def _source(self, order: Tensor) -> Tensor:
+        """Step t's source-position term: where the code fed at step t (generated at t-1) sits. [B, N, D]"""
+        return F.pad(in_order(self.source_pos(), order)[:, :-1], (0, 0, 1, 0))  # step 0 feeds BOS: zeros
+
+    def logits(self, codes: Tensor, context: Context | None, order: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits for codes [B, N] (flattened, raster) -> [B, N, V], raster layout.
+
+        order: [N] or [B, N] generation order σ (step t predicts position σ(t)); None takes the
+        config's (for `random`, a fresh permutation per row from the global RNG).
+        """
         B, N = codes.shape
-        x = torch.cat([self.bos.expand(B, 1, -1), self.token_emb(codes[:, :-1])], dim=1)
-        x = x + self.pos()[:N]
+        order = self.draw_order(B, codes.device) if order is None else self._check_order(order, B, codes.device)
+        prev = codes[:, :-1] if order is None else codes.gather(1, order[:, :-1])  # fed codes, step order
+        x = torch.cat([self.bos.expand(B, 1, -1), self.token_emb(prev)], dim=1)
+        x = x + in_order(self.pos()[:N], order)
+        if order is not None:
+            x = x + self._source(order)
         spatial = self.spatial_inputs(context)
         if spatial is not None:
-            x = x + spatial[:, :N]  # the condition's map of the token being predicted
+            x = x + in_order(spatial[:, :N], order)  # the condition's map of the token being predicted
         h = self.transformer(x, causal=True, context=None if context is None else context.tokens,
                              context_mask=None if context is None else context.mask)
-        return self.head(h)
+        logits = self.head(h)  # [B, N, V], step order
+        if order is None:
+            return logits
+        return torch.empty_like(logits).scatter_(1, order[..., None].expand_as(logits), logits)
 
     def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         codes = self._flatten(z)
@@ -81,8 +170,12 @@ class ARGenerator(Generator):
     @torch.no_grad()
     def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               cfg_scale: float = 1.0, use_cache: bool = True) -> Tensor:
-        """Draw n code grids [n, *grid]. With cfg_scale != 1 the batch runs [cond; uncond]."""
+               cfg_scale: float = 1.0, use_cache: bool = True, order: Tensor | None = None) -> Tensor:
+        """Draw n code grids [n, *grid]. With cfg_scale != 1 the batch runs [cond; uncond].
+
+        order: generation order, a permutation of the N raster positions, [N] or [n, N] (non-raster
+        models only). None takes the config's: for `random`, one order per sample from `generator`.
+        """
         if self.conditioner is not None and context is None:
             raise ValueError("this generator is conditional: pass a context (see encode_condition)")
         if context is not None and len(context) != n:
@@ -94,21 +187,28 @@ class ARGenerator(Generator):
         spatial = self.spatial_inputs(ctx)
         if spatial is not None:
             pos = pos + spatial  # per-row inputs [rows, N, D] from here on
-        codes = torch.zeros(n, N, dtype=torch.long, device=pos.device)
+        order = self.draw_order(n, pos.device, generator) if order is None else self._check_order(order, n, pos.device)
+        # step t's input beyond the fed code: [rows, N, D] (or [N, D] shared, in raster order)
+        inputs = pos
+        if order is not None:
+            row_order = order.repeat(rows // n, 1)  # guided rows [cond; uncond] share their sample's order
+            inputs = in_order(pos, row_order) + self._source(row_order)
+        steps = torch.zeros(n, N, dtype=torch.long, device=pos.device)  # codes in generation order
         ctx_kv = None if ctx is None else self.transformer.context_kv(ctx.tokens)
         ctx_mask = None if ctx is None else ctx.mask
         caches = self.transformer.new_caches(rows, N, pos) if use_cache else None
-        x = self.bos.expand(rows, 1, -1) + pos[..., :1, :]  # input of step 0, [rows, 1, D]
+        x = self.bos.expand(rows, 1, -1) + inputs[..., :1, :]  # input of step 0, [rows, 1, D]
         for i in range(N):
             if use_cache:
                 h = self.transformer(x, causal=True, context_kv=ctx_kv, context_mask=ctx_mask, caches=caches)
             else:
                 prefix = torch.cat([self.bos.expand(rows, 1, -1),
-                                    self.token_emb(codes[:, :i].repeat(rows // n, 1))], dim=1) + pos[..., : i + 1, :]
+                                    self.token_emb(steps[:, :i].repeat(rows // n, 1))], dim=1) + inputs[..., : i + 1, :]
                 h = self.transformer(prefix, causal=True, context_kv=ctx_kv, context_mask=ctx_mask)
             logits = guide(self.head(h[:, -1]).float(), cfg_scale)  # [n, V]
-            codes[:, i] = sample_tokens(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+            steps[:, i] = sample_tokens(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                         generator=generator)
             if i + 1 < N:
-                x = self.token_emb(codes[:, i]).repeat(rows // n, 1)[:, None] + pos[..., i + 1 : i + 2, :]
+                x = self.token_emb(steps[:, i]).repeat(rows // n, 1)[:, None] + inputs[..., i + 1 : i + 2, :]
+        codes = steps if order is None else torch.empty_like(steps).scatter_(1, order, steps)
         return codes.view(n, *self.config.grid)

@@ -135,8 +135,15 @@ class DDPM:
         return [round(float(t)) for t in torch.linspace(self.steps - 1, 0, steps, dtype=torch.float64)]
 
     def sample(self, epsilon: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int,
-               eta: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
-        """DDIM from x_T = noise with `steps` model evaluations; epsilon(x, t[B] int64) -> eps."""
+               eta: float = 0.0, generator: torch.Generator | None = None,
+               clip_x0: float | None = None) -> Tensor:
+        """DDIM from x_T = noise with `steps` model evaluations; epsilon(x, t[B] int64) -> eps.
+
+        clip_x0 bounds the predicted data to [-clip_x0, clip_x0] (DDIM's clip_sample) and re-derives
+        eps from the clipped value. Near pure noise x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)
+        multiplies the model's error by 1 / sqrt(abar) (~2e4 at the cosine schedule's last step),
+        and a few-step DDIM jumps carry that error far down the chain; the bound stops it.
+        """
         x = noise
         B = noise.shape[0]
         times = self.timesteps(steps)
@@ -146,6 +153,9 @@ class DDPM:
             abar = float(self.alpha_bar[t])
             abar_prev = float(self.alpha_bar[times[i + 1]]) if i + 1 < len(times) else 1.0
             x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+            if clip_x0 is not None:
+                x0 = x0.clamp(-clip_x0, clip_x0)
+                eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
             sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
             x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
             if sigma > 0:

@@ -43,7 +43,10 @@ def check_latents(spec: LatentSpec, z: Tensor) -> None:
     if spec.kind == "discrete":
         shape = (*spec.grid, spec.depth) if spec.depth > 1 else spec.grid
         ok = z.dtype == torch.long and tuple(z.shape[1:]) == tuple(shape)
-        want = f"int64 codes [B, {', '.join(map(str, shape))}]"
+        if spec.depth > 1 and not ok:  # a prefix of the residual levels decodes too (coarser)
+            ok = z.dtype == torch.long and tuple(z.shape[1:-1]) == tuple(spec.grid) and 1 <= z.shape[-1] <= spec.depth
+        want = f"int64 codes [B, {', '.join(map(str, shape))}]" + (f" (or its first k of {spec.depth} levels)"
+                                                                    if spec.depth > 1 else "")
     else:
         shape = (*spec.grid, spec.channels)
         ok = z.is_floating_point() and tuple(z.shape[1:]) == tuple(shape)

@@ -1,0 +1,316 @@
+"""Diffusion transformer (DiT) over continuous latents: flow matching (P16) or DDPM, with P20's
+deferred masking for cheap training.
+
+Legend: B batch, grid the latent grid, C latent channels, p patch size, N patch tokens,
+P = p^k * C values per patch (k = grid rank), D width, L context tokens, K kept tokens.
+
+Training (`loss`), for latents z [B, *grid, C]:
+    x = (z - latent_mean) / latent_scale            per-channel normalisation fitted on data
+    t, eps ~ the noise process (noise.py)          flow: logit-normal t in (0, 1); DDPM: t in [0, T)
+    x_t = noisy(x, eps, t) -> patchify -> [B, N, P] -> linear + grid position (+ layout map) -> [B, N, D]
+    c = TimestepEmbedding(t) + Linear(masked mean of the context tokens)                      [B, D]
+    patch mixer (P20): `patch_mixer_depth` adaLN blocks on all N tokens
+    masking (P20): keep a random K = round((1 - mask_ratio) N) tokens per example         [B, K, D]
+    backbone: `depth` adaLN-Zero blocks (nn/adaln.py): self-attention + MLP modulated by c,
+              cross-attention to the context tokens
+    dropped positions get the mask token (only so the output has every patch)            [B, N, D]
+    final adaLN layer + linear -> [B, N, P]: the velocity eps - x (flow) or eps (DDPM)
+    loss = MSE to the target, averaged over the kept patches only
+Masking runs only in training mode; the mixer lets every kept token carry information from the
+dropped ones, which is what makes P20's "deferred" masking better than dropping tokens up front.
+MicroDiT then fine-tunes briefly with mask_ratio 0 (set it on the config between the stages).
+
+Sampling (`sample`) starts from Gaussian noise drawn with the caller's torch.Generator and
+integrates the flow ODE (Euler or Heun) or runs DDIM, with classifier-free guidance applied to
+the model output on the [cond; uncond] batch; the result is un-normalised back to latent scale.
+DDIM clips its x0 guesses to the largest normalised latent seen by `fit_normalization`.
+The context's pooled vector and cross-attention keys/values are computed once per sampling run.
+
+Grids may be 1D, 2D or 3D; patches larger than 1 are for 2D grids. A conditioner's spatial map
+(P1's layout, on the latent grid) is averaged over each patch before it is added to the inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from einops import rearrange, reduce
+from torch import Tensor, nn
+
+from latentforge.conditioning.base import Context
+from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.noise import DDPM, FlowMatching
+from latentforge.generators.sampling import guide
+from latentforge.nn.adaln import AdaLNBlock, AdaLNFinal
+from latentforge.nn.embeddings import GridPositionEmbedding, TimestepEmbedding
+from latentforge.nn.transformer import init_transformer_weights
+from latentforge.registry import register
+
+
+@dataclass
+class DiTConfig(GeneratorConfig):
+    name: str = "dit"
+    channels: int = 4                    # latent channels C, from the tokenizer's LatentSpec
+    patch: int = 1                       # p x p patches of a 2D grid become one token
+    dim: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    objective: Literal["flow", "ddpm"] = "flow"
+    shift: float = 1.0                   # flow time shift; RAE uses sqrt(prod(grid) * channels / 4096)
+    logit_mean: float = 0.0              # flow training times: sigmoid(N(logit_mean, logit_std^2))
+    logit_std: float = 1.0
+    ddpm_steps: int = 1000
+    ddpm_schedule: Literal["linear", "cosine"] = "linear"
+    patch_mixer_depth: int = 0           # P20: blocks on all patches before masking
+    mask_ratio: float = 0.0              # P20: fraction of patch tokens dropped in training
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {self.channels}")
+        if self.objective not in ("flow", "ddpm"):
+            raise ValueError(f"objective must be 'flow' or 'ddpm', got {self.objective!r}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.depth < 1:
+            raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if self.patch < 1:
+            raise ValueError(f"patch must be >= 1, got {self.patch}")
+        if self.patch > 1 and (len(self.grid) != 2 or any(n % self.patch for n in self.grid)):
+            raise ValueError(f"patch {self.patch} needs a 2D grid divisible by it, got grid {tuple(self.grid)}")
+
+    @property
+    def patch_grid(self) -> tuple[int, ...]:
+        return tuple(n // self.patch for n in self.grid)
+
+
+class _Condition(NamedTuple):
+    """What the blocks read from a context, computed once per loss call or sampling run."""
+
+    vector: Tensor | None                   # [B, D] pooled context, added to the time embedding
+    kv: list[tuple[Tensor, Tensor]] | None  # per block cross-attention keys and values
+    mask: Tensor | None                     # [B, L] context mask
+    spatial: Tensor | None                  # [B, N, D] layout map pooled to patches
+
+
+@register("generator", "dit", DiTConfig)
+class DiTGenerator(Generator):
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.build_conditioner(config.dim)
+        D, C = config.dim, config.channels
+        self.patch_dim = config.patch ** len(config.grid) * C
+        if config.objective == "flow":
+            self.process: FlowMatching | DDPM = FlowMatching(config.logit_mean, config.logit_std, config.shift)
+            time_scale = 1000.0  # t in [0, 1]: the embedding's frequencies suit [0, 1000]
+        else:
+            self.process = DDPM(config.ddpm_steps, config.ddpm_schedule)
+            time_scale = 1000.0 / config.ddpm_steps
+        self.register_buffer("latent_mean", torch.zeros(C))
+        self.register_buffer("latent_scale", torch.ones(C))
+        # largest |normalised latent| seen by fit_normalization; DDIM clips its x0 guesses to it
+        self.register_buffer("latent_bound", torch.tensor(float("inf")))
+
+        self.in_proj = nn.Linear(self.patch_dim, D)
+        self.pos = GridPositionEmbedding(config.patch_grid, D)
+        self.time_emb = TimestepEmbedding(D, scale=time_scale)
+        self.context_proj = None if self.conditioner is None else nn.Linear(self.context_dim, D)
+        args = (D, config.heads, config.mlp_ratio, D, self.context_dim)
+        self.mixer = nn.ModuleList(AdaLNBlock(*args) for _ in range(config.patch_mixer_depth))
+        self.blocks = nn.ModuleList(AdaLNBlock(*args) for _ in range(config.depth))
+        # fills dropped positions after the backbone; the loss skips them, so it gets no gradient
+        # (as in MicroDiT) and exists only to give the output every patch
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.final = AdaLNFinal(D, self.patch_dim, D)
+
+        total = config.depth + config.patch_mixer_depth
+        init_transformer_weights(self.mixer, total)
+        init_transformer_weights(self.blocks, total)
+        for block in [*self.mixer, *self.blocks]:
+            block.zero_init()
+        nn.init.normal_(self.time_emb.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_emb.mlp[2].weight, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
+
+    # ------------------------------------------------------------------ latent layout and scale
+
+    def _check(self, z: Tensor) -> None:
+        want = (*self.config.grid, self.config.channels)
+        if not z.is_floating_point() or tuple(z.shape[1:]) != want:
+            raise ValueError(f"expected float latents [B, {', '.join(map(str, want))}], got {z.dtype} {list(z.shape)}")
+
+    def patchify(self, z: Tensor) -> Tensor:
+        """[B, *grid, C] -> [B, N, P] patch tokens in raster order."""
+        p = self.config.patch
+        if p == 1:
+            return z.reshape(z.shape[0], -1, z.shape[-1])
+        return rearrange(z, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """[B, N, P] -> [B, *grid, C]; the inverse of patchify."""
+        p = self.config.patch
+        if p == 1:
+            return x.reshape(x.shape[0], *self.config.grid, -1)
+        return rearrange(x, "b (h w) (p q c) -> b (h p) (w q) c", h=self.config.patch_grid[0], p=p, q=p)
+
+    def _pool_spatial(self, spatial: Tensor) -> Tensor:
+        """A map on the latent grid [B, H*W, D] -> its mean over each patch [B, N, D]."""
+        p = self.config.patch
+        if p == 1:
+            return spatial
+        h, w = self.config.patch_grid
+        return reduce(spatial, "b (h p w q) d -> b (h w) d", "mean", h=h, p=p, w=w, q=p)
+
+    @torch.no_grad()
+    def fit_normalization(self, z: Tensor) -> None:
+        """Set the per-channel mean and std from a sample of training latents [..., C].
+
+        KL-tokenizer latents are far from unit variance, while the noise processes assume data
+        of roughly unit scale: normalising makes the signal-to-noise schedule mean what it says.
+        """
+        flat = z.detach().float().reshape(-1, z.shape[-1])
+        if flat.shape[-1] != self.config.channels or flat.shape[0] < 2:
+            raise ValueError(f"need >= 2 latent vectors of {self.config.channels} channels, got {list(z.shape)}")
+        self.latent_mean.copy_(flat.mean(0))
+        self.latent_scale.copy_(flat.std(0, unbiased=False).clamp_min(1e-6))
+        self.latent_bound.copy_(self.normalize(flat).abs().max())
+
+    def normalize(self, z: Tensor) -> Tensor:
+        return (z - self.latent_mean) / self.latent_scale
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x * self.latent_scale + self.latent_mean
+
+    # ------------------------------------------------------------------ network
+
+    def _prepare(self, context: Context | None) -> _Condition:
+        if context is None or self.conditioner is None:
+            return _Condition(None, None, None, None)
+        mask = context.mask
+        weights = mask.to(context.tokens.dtype)[..., None]                              # [B, L, 1]
+        pooled = (context.tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)      # [B, Dc]
+        kv = [block.cross.context_kv(context.tokens) for block in [*self.mixer, *self.blocks]]
+        spatial = self.spatial_inputs(context)
+        spatial = None if spatial is None else self._pool_spatial(spatial)
+        return _Condition(self.context_proj(pooled), kv, mask, spatial)
+
+    def _forward(self, tokens: Tensor, t: Tensor, cond: _Condition, keep: Tensor | None = None) -> Tensor:
+        """Noisy patch tokens [B, N, P] at times t [B] -> model output [B, N, P].
+
+        keep [B, K] (int64 token indices) runs the backbone on those tokens only.
+        """
+        B, N, _ = tokens.shape
+        h = self.in_proj(tokens) + self.pos()                           # [B, N, D]
+        if cond.spatial is not None:
+            h = h + cond.spatial
+        c = self.time_emb(t)                                            # [B, D]
+        if cond.vector is not None:
+            c = c + cond.vector
+        kv = [None] * (len(self.mixer) + len(self.blocks)) if cond.kv is None else cond.kv
+        for block, block_kv in zip(self.mixer, kv):
+            h = block(h, c, context_mask=cond.mask, context_kv=block_kv)
+        if keep is not None:
+            index = keep[..., None].expand(-1, -1, h.shape[-1])
+            h = h.gather(1, index)                                      # [B, K, D]
+        for block, block_kv in zip(self.blocks, kv[len(self.mixer):]):
+            h = block(h, c, context_mask=cond.mask, context_kv=block_kv)
+        if keep is not None:
+            h = self.mask_token.to(h.dtype).expand(B, N, -1).scatter(1, index, h)  # [B, N, D]
+        return self.final(h, c)
+
+    def predict(self, x: Tensor, t: Tensor, context: Context | None = None) -> Tensor:
+        """Model output for normalised noisy latents x [B, *grid, C] at times t [B], no masking:
+        the velocity (flow) or the noise (DDPM), [B, *grid, C]."""
+        self._check(x)
+        return self.unpatchify(self._forward(self.patchify(x), t, self._prepare(context)))
+
+    def _keep(self, B: int, N: int, device: torch.device) -> Tensor | None:
+        """Random token indices [B, K] that survive P20's masking (None: keep all)."""
+        if not self.training or self.config.mask_ratio == 0:
+            return None
+        K = max(1, round((1 - self.config.mask_ratio) * N))
+        return torch.rand(B, N, device=device).argsort(dim=1)[:, :K]
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, z: Tensor, context: Context | None = None, *, noise: Tensor | None = None,
+             t: Tensor | None = None) -> dict[str, Tensor]:
+        """Denoising loss for latents z [B, *grid, C].
+
+        Args:
+            noise: eps [B, *grid, C] in normalised units (drawn when None); for tests.
+            t: times [B] (float in (0, 1) for flow, int64 in [0, T) for DDPM; drawn when None).
+        """
+        self._check(z)
+        x = self.normalize(z.float())
+        B = x.shape[0]
+        noise = torch.randn_like(x) if noise is None else noise
+        t = self.process.sample_time(B, device=x.device) if t is None else t
+        x_t = self.process.noisy(x, noise, t)
+        target = FlowMatching.target(x, noise) if self.config.objective == "flow" else noise
+        tokens = self.patchify(x_t)
+        keep = self._keep(B, tokens.shape[1], x.device)
+        out = self._forward(tokens, t, self._prepare(self.drop_condition(context)), keep)
+        err = (out.float() - self.patchify(target).float()).pow(2).mean(-1)  # per patch [B, N]
+        if keep is not None:
+            err = err.gather(1, keep)  # dropped patches carry only the mask token: no loss there
+        return self.add_condition_losses({"loss": err.mean()}, context)
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
+               steps: int = 50, method: str | None = None, cfg_scale: float = 1.0, eta: float = 0.0) -> Tensor:
+        """Draw n latent grids [n, *grid, C].
+
+        Args:
+            steps: model evaluations (flow: ODE steps; Heun adds one per step but the last).
+            method: "euler" (default) or "heun" for flow; "ddim" (the default) for DDPM.
+            cfg_scale: classifier-free guidance on the velocity / noise; != 1 runs [cond; uncond].
+            eta: DDIM noise, 0 deterministic, 1 ancestral (uses `generator`).
+        """
+        flow = self.config.objective == "flow"
+        method = method or ("euler" if flow else "ddim")
+        if method not in (("euler", "heun") if flow else ("ddim",)):
+            raise ValueError(f"sampler {method!r} does not fit objective {self.config.objective!r}: "
+                             f"use {'euler or heun' if flow else 'ddim'}")
+        if flow and eta != 0.0:
+            raise ValueError("eta is a DDIM setting; the flow samplers are deterministic ODEs")
+        if self.conditioner is not None and context is None:
+            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
+        if self.conditioner is None and cfg_scale != 1.0:
+            raise ValueError("classifier-free guidance needs a conditional generator")
+        if context is not None and len(context) != n:
+            raise ValueError(f"context has {len(context)} rows for n={n} samples")
+        ctx = self.guidance_context(context, cfg_scale)
+        cond = self._prepare(ctx)
+        rows = 1 if ctx is None else len(ctx) // n  # 2 under guidance
+
+        def model(x: Tensor, t: Tensor) -> Tensor:
+            out = self._forward(x.repeat(rows, 1, 1), t.repeat(rows), cond)
+            return guide(out.float(), cfg_scale)
+
+        ref = self.latent_mean
+        noise = torch.randn(n, *self.config.grid, self.config.channels, generator=generator,
+                            device=ref.device, dtype=torch.float32)
+        noise = self.patchify(noise)  # [n, N, P]: the ODE runs on patch tokens
+        if flow:
+            x = self.process.sample(model, noise, steps, method=method)
+        else:
+            bound = float(self.latent_bound)
+            x = self.process.sample(model, noise, steps, eta=eta, generator=generator,
+                                    clip_x0=bound if math.isfinite(bound) else None)
+        return self.denormalize(self.unpatchify(x)).to(ref.dtype)
+
+
+def flow_shift(grid: tuple[int, ...], channels: int, base: int = 4096) -> float:
+    """RAE's dimension-dependent flow time shift sqrt(prod(grid) * channels / base) (notes.md, pitfall 1)."""
+    return math.sqrt(math.prod(grid) * channels / base)
+

@@ -1,0 +1,267 @@
+"""Hierarchical causal transformer over residual-VQ codes (P3 Mogo's streaming generator).
+
+Legend: B batch, N = prod(grid) positions, Q levels (RVQ depth), D base width, Dd depth width,
+V codes per level. Codes are [B, *grid, Q], level-major: codes[..., 0] is the coarsest
+(quantize/rvq.py); positions are flattened in raster order.
+
+A position carries Q codes whose embeddings add up, like the RVQ code vectors do. Two transformers
+split the work:
+
+1. The *base* transformer (causal over positions, cross-attention to the condition) reads at
+   position i the running sum of the code embeddings of all levels of position i-1 (a learned BOS
+   at i = 0), plus the grid position of i and the condition's spatial map at i. Its state
+   h_i [B, N, D] summarises everything before position i.
+2. The *depth* transformer (RQ-Transformer style, small, causal over levels) runs one short
+   sequence per position: input at level 0 is h_i, at level q > 0 it is h_i plus the running sum
+   of the embeddings of levels < q of position i (Mogo's cumulative input); output q predicts
+   code q of position i with that level's head. Training runs the B*N sequences as one batch.
+
+   position i-1 codes ──Σ emb──▶ base (causal over N) ──h_i──▶ depth (causal over Q) ──▶ logits_i,q
+                                                     h_i + Σ_{j<q} emb_j(c_i,j) ──┘
+
+Sampling streams: one base step per position with a KV cache (cross-attention keys/values of the
+context computed once), then Q depth steps for that position, each drawing one code.
+
+Note: Mogo itself (notes.md pitfall 3) has one causal transformer per level and predicts all levels
+of frame t in parallel from frames < t; this file follows the brief's RQ-Transformer-style depth
+transformer, which lets level q see levels < q of the same position, and keeps Mogo's cumulative
+embedding sums and one embedding table per level.
+
+Fewer levels (`levels_to_sample=L`): because the base input sums *all* levels of the previous
+position, drawing only L < Q levels changes what the base transformer reads. With
+`prefix_dropout > 0` training feeds, for that fraction of examples, the sums of a random prefix of
+k < Q levels (the generator's version of the RVQ's quantizer dropout) and tells the model k through
+a learned embedding; sampling then conditions on the L drawn levels and returns [n, *grid, L],
+which `ResidualVQ.lookup` decodes as a prefix. A model trained with prefix_dropout = 0 refuses
+L < Q rather than feed it history it has never seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentforge.conditioning.base import Context
+from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.sampling import guide, sample_tokens
+from latentforge.nn.embeddings import GridPositionEmbedding
+from latentforge.nn.transformer import Transformer, init_transformer_weights
+from latentforge.registry import register
+
+
+@dataclass
+class HierarchicalConfig(GeneratorConfig):
+    name: str = "hierarchical"
+    vocab_size: int = 512            # codes per level
+    levels: int = 4                  # RVQ depth Q
+    dim: int = 256                   # base transformer (causal over positions)
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    depth_dim: int = 256             # depth transformer (causal over the levels of one position)
+    depth_layers: int = 2
+    depth_heads: int = 4
+    prefix_dropout: float = 0.0      # fraction of examples whose base inputs sum only a random level prefix
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.levels < 1:
+            raise ValueError(f"levels must be >= 1, got {self.levels}")
+        if not 0.0 <= self.prefix_dropout < 1.0:
+            raise ValueError(f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}")
+
+
+def _per_level(value, levels: int, name: str) -> list:
+    """A sampling option given once for all levels or as one value per level."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) < levels:
+            raise ValueError(f"{name} has {len(value)} values for {levels} levels")
+        return list(value[:levels])
+    return [value] * levels
+
+
+@register("generator", "hierarchical", HierarchicalConfig)
+class HierarchicalGenerator(Generator):
+    def __init__(self, config: HierarchicalConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.build_conditioner(config.dim)
+        D, Dd, Q = config.dim, config.depth_dim, config.levels
+        # One table per level (separate RVQ codebooks); both transformers read the same sums.
+        self.code_emb = nn.ModuleList(nn.Embedding(config.vocab_size, D) for _ in range(Q))
+        self.bos = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos = GridPositionEmbedding(config.grid, D)
+        # How many levels the base inputs sum (index k-1): constant Q unless prefix_dropout trains prefixes.
+        self.history_levels = nn.Embedding(Q, D)
+        self.base = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
+        self.depth_in = nn.Identity() if Dd == D else nn.Linear(D, Dd)
+        self.level_pos = nn.Parameter(torch.zeros(Q, Dd))
+        self.depth_tf = Transformer(Dd, config.depth_layers, config.depth_heads, config.mlp_ratio)
+        self.level_heads = nn.ModuleList(nn.Linear(Dd, config.vocab_size) for _ in range(Q))
+        init_transformer_weights(self.base, config.depth)
+        init_transformer_weights(self.depth_tf, config.depth_layers)
+        # Code embeddings start on the scale of h (a LayerNorm output, unit variance): at GPT-2's
+        # 0.02 the codes of a position are a 2% ripple on h in the depth inputs, and level q learns
+        # its dependence on levels < q far slower (test_hierarchical's toy, batch 32: level-1 bits
+        # 0.34 after 200 steps at std 0.02, 0.02 after 150 steps at std 1).
+        for table in self.code_emb:
+            nn.init.normal_(table.weight, std=1.0)
+        nn.init.normal_(self.history_levels.weight, std=0.02)
+        nn.init.normal_(self.level_pos, std=0.02)
+        for head in self.level_heads:
+            nn.init.zeros_(head.weight)  # uniform start: initial loss = log V per level
+            nn.init.zeros_(head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"bos", "level_pos"}
+
+    # ---------------------------------------------------------------- shapes and embeddings
+
+    def _flatten(self, z: Tensor) -> Tensor:
+        grid, Q = tuple(self.config.grid), self.config.levels
+        if Q == 1 and z.dim() == len(grid) + 1:
+            z = z.unsqueeze(-1)  # LatentSpec writes depth-1 codes without the level axis
+        if z.dtype != torch.long or tuple(z.shape[1:]) != (*grid, Q):
+            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, grid))}, {Q}], "
+                             f"got {z.dtype} {list(z.shape)}")
+        return z.reshape(z.shape[0], -1, Q)  # raster order [B, N, Q]
+
+    def _level_sums(self, codes: Tensor) -> Tensor:
+        """Running sums of code embeddings, codes [..., k] -> [..., k, D]: entry q = Σ_{j<=q} emb_j."""
+        if codes.shape[-1] == 0:
+            return self.bos.new_zeros(*codes.shape, self.config.dim)
+        embs = torch.stack([self.code_emb[q](codes[..., q]) for q in range(codes.shape[-1])], dim=-2)
+        return embs.cumsum(dim=-2)
+
+    def _depth_inputs(self, h: Tensor, sums: Tensor) -> Tensor:
+        """Depth-sequence inputs from base states h [..., D] and the running sums of the first
+        levels [..., q, D] of the same position -> [..., q + 1, Dd] (levels 0..q)."""
+        x = torch.cat([h.unsqueeze(-2), h.unsqueeze(-2) + sums], dim=-2)  # [..., q+1, D]
+        return self.depth_in(x) + self.level_pos[: x.shape[-2]]
+
+    def _head(self, y: Tensor) -> Tensor:
+        """Each level's head on the depth outputs y [..., Q, Dd] -> [..., Q, V]."""
+        return torch.stack([head(y[..., q, :]) for q, head in enumerate(self.level_heads)], dim=-2)
+
+    # ---------------------------------------------------------------- training
+
+    def logits(self, codes: Tensor, context: Context | None, history: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits for codes [B, N, Q] -> [B, N, Q, V].
+
+        `history` [B] (1..Q) is how many levels each example's base inputs sum; all by default.
+        """
+        B, N, Q = codes.shape
+        sums = self._level_sums(codes)  # [B, N, Q, D]
+        if history is None:
+            history = torch.full((B,), Q, dtype=torch.long, device=codes.device)
+        prev = sums.gather(2, (history - 1).view(B, 1, 1, 1).expand(B, N, 1, sums.shape[-1]))[:, :, 0]
+        x = torch.cat([self.bos.expand(B, 1, -1), prev[:, :-1]], dim=1)  # [B, N, D]
+        x = x + self.pos()[:N] + self.history_levels(history - 1)[:, None]
+        spatial = self.spatial_inputs(context)
+        if spatial is not None:
+            x = x + spatial[:, :N]  # the condition's map at the position being predicted
+        h = self.base(x, causal=True, context=None if context is None else context.tokens,
+                      context_mask=None if context is None else context.mask)  # [B, N, D]
+        # B*N independent level sequences of length Q, as one batch
+        y = self.depth_tf(self._depth_inputs(h, sums[:, :, :-1]).flatten(0, 1), causal=True)  # [B*N, Q, Dd]
+        return self._head(y).view(B, N, Q, -1)
+
+    def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
+        """Cross-entropy averaged over positions *and levels* (nats per code, comparable across
+        depths); `bits_per_position` is the sum over levels, `bits_level_q` each level's share."""
+        codes = self._flatten(z)
+        B, Q = codes.shape[0], self.config.levels
+        history = None
+        if self.training and self.config.prefix_dropout > 0 and Q > 1:
+            short = torch.rand(B, device=codes.device) < self.config.prefix_dropout
+            k = torch.randint(1, Q, (B,), device=codes.device)
+            history = torch.where(short, k, torch.full_like(k, Q))
+        logits = self.logits(codes, self.drop_condition(context), history)
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none")
+        per_level = nll.view(-1, Q).mean(0)  # [Q] nats
+        out = {"loss": per_level.mean(), "bits_per_position": per_level.sum().detach() / math.log(2)}
+        out.update({f"bits_level_{q}": per_level[q].detach() / math.log(2) for q in range(Q)})
+        return self.add_condition_losses(out, context)
+
+    # ---------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
+               temperature: float | Sequence[float] = 1.0, top_k: int | None | Sequence[int | None] = None,
+               top_p: float | None | Sequence[float | None] = None, cfg_scale: float | Sequence[float] = 1.0,
+               levels_to_sample: int | None = None, use_cache: bool = True) -> Tensor:
+        """Draw n code grids [n, *grid, L] (L = levels_to_sample or all levels; [n, *grid] for a
+        one-level model, as LatentSpec writes depth 1).
+
+        temperature, top_k, top_p and cfg_scale take one value or one per level. With any
+        cfg_scale != 1 the batch runs [cond; uncond]. use_cache=False recomputes every prefix
+        (the reference the cached path must equal).
+        """
+        cfg = self.config
+        Q = cfg.levels
+        L = Q if levels_to_sample is None else levels_to_sample
+        if not 1 <= L <= Q:
+            raise ValueError(f"levels_to_sample must be in 1..{Q}, got {levels_to_sample}")
+        if L < Q and cfg.prefix_dropout == 0:
+            raise ValueError(f"levels_to_sample={L} < {Q} levels needs a model trained with prefix_dropout > 0: "
+                             "its base transformer has only seen inputs that sum all levels")
+        if self.conditioner is not None and context is None:
+            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
+        if context is not None and len(context) != n:
+            raise ValueError(f"context has {len(context)} rows for n={n} samples")
+        temps, ks, ps, scales = (_per_level(v, L, name) for v, name in
+                                 [(temperature, "temperature"), (top_k, "top_k"), (top_p, "top_p"),
+                                  (cfg_scale, "cfg_scale")])
+        guided = any(s != 1.0 for s in scales)
+        if guided and self.conditioner is None:
+            raise ValueError("cfg_scale != 1 needs a conditional model (there is no null context to contrast)")
+        # guidance on any level runs every level on [cond; uncond]; unguided levels read the cond half
+        ctx = self.guidance_context(context, 2.0 if guided else 1.0)
+        rows = n if ctx is None else len(ctx)
+        N = cfg.num_tokens
+        pos = self.pos() + self.history_levels.weight[L - 1]  # [N, D]
+        spatial = self.spatial_inputs(ctx)
+        if spatial is not None:
+            pos = pos + spatial  # per-row inputs [rows, N, D] from here on
+        codes = torch.zeros(n, N, L, dtype=torch.long, device=pos.device)
+        ctx_kv = None if ctx is None else self.base.context_kv(ctx.tokens)
+        ctx_mask = None if ctx is None else ctx.mask
+        caches = self.base.new_caches(rows, N, pos) if use_cache else None
+        x = self.bos.expand(rows, 1, -1) + pos[..., :1, :]  # base input of position 0, [rows, 1, D]
+        for i in range(N):
+            if use_cache:
+                h = self.base(x, causal=True, context_kv=ctx_kv, context_mask=ctx_mask, caches=caches)
+            else:
+                prev = self._level_sums(codes[:, :i].repeat(rows // n, 1, 1))[..., -1, :]  # [rows, i, D]
+                prefix = torch.cat([self.bos.expand(rows, 1, -1), prev], dim=1) + pos[..., : i + 1, :]
+                h = self.base(prefix, causal=True, context_kv=ctx_kv, context_mask=ctx_mask)
+            h = h[:, -1]  # [rows, D]
+            self._sample_levels(h, codes[:, i], n, temps, ks, ps, scales, generator, use_cache)
+            if i + 1 < N:
+                x = self._level_sums(codes[:, i].repeat(rows // n, 1))[:, None, -1] + pos[..., i + 1 : i + 2, :]
+        out = codes.view(n, *cfg.grid, L)
+        return out.squeeze(-1) if Q == 1 else out
+
+    def _sample_levels(self, h: Tensor, out: Tensor, n: int, temps: list, ks: list, ps: list, scales: list,
+                       generator: torch.Generator | None, use_cache: bool) -> None:
+        """Fill out [n, L] with the levels of one position, coarse to fine, from base states h [rows, D]."""
+        rows, L = h.shape[0], out.shape[1]
+        caches = self.depth_tf.new_caches(rows, L, h) if use_cache else None
+        x = self._depth_inputs(h, h.new_zeros(rows, 0, h.shape[-1]))  # level 0 input, [rows, 1, Dd]
+        for q in range(L):
+            if use_cache:
+                y = self.depth_tf(x, causal=True, caches=caches)
+            else:
+                sums = self._level_sums(out[:, :q].repeat(rows // n, 1))  # [rows, q, D]
+                y = self.depth_tf(self._depth_inputs(h, sums), causal=True)
+            logits = self.level_heads[q](y[:, -1]).float()  # [rows, V]
+            logits = guide(logits, scales[q]) if scales[q] != 1.0 else logits[:n]
+            out[:, q] = sample_tokens(logits, temperature=temps[q], top_k=ks[q], top_p=ps[q], generator=generator)
+            if use_cache and q + 1 < L:
+                s = self._level_sums(out[:, : q + 1].repeat(rows // n, 1))[:, -1]  # [rows, D]
+                x = self.depth_in(h + s)[:, None] + self.level_pos[q + 1]

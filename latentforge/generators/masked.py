@@ -1,0 +1,311 @@
+"""Masked (non-autoregressive) generation over discrete codes: MaskGIT, and ENAT's encoder/decoder split.
+
+Legend: B batch, N = prod(grid) tokens, D width, V vocabulary, K decoding steps, T visible tokens.
+
+Training (MaskGIT; also P22 MotionAura's absorbing-state discrete diffusion): per example draw
+u ~ U(0, 1), mask r = cos(pi/2 u) of the tokens (at least one), replace them by a learned [MASK]
+embedding and predict them with a bidirectional transformer that cross-attends to the condition.
+Input at position i = (code_i or [MASK]) embedding + grid position + condition map    [B, N, D]
+Output = logits for every position; cross-entropy counts only the masked ones          [B, N, V]
+
+Sampling: start from all [MASK] and decode in K steps. Each step samples every masked token
+(temperature, top-k/top-p, classifier-free guidance), scores it by confidence = log p(sampled)
++ Gumbel noise x choice_temperature x (1 - (k+1)/K) ("temperature annealing"), keeps the most
+confident and re-masks the rest, so that floor(N cos(pi/2 (k+1)/K)) stay masked after step k
+(`mask_schedule`): few tokens early, when little is known, many late.
+
+ENAT (P31, `enat=True`) splits the blocks:
+  * the encoder (`depth` blocks) runs on the visible tokens only, gathered and padded to [B, T, D];
+  * the decoder (`decoder_depth` blocks) runs self-attention over all N positions, where visible
+    positions carry their projected encoder features and masked positions the [MASK] embedding
+    (+ position). We pick full self-attention over the concatenation, rather than ENAT's masked-only
+    queries, because it reuses the shared blocks as they are; it costs K N decoder tokens.
+  * Exact reuse at sampling. The encoder is *step-ordered*: a token revealed at step s attends only
+    to tokens revealed at steps <= s (during training, the visible tokens get simulated reveal steps
+    drawn from the cosine schedule). Features of earlier tokens therefore never depend on later
+    ones, so with `reuse=True` the sampler keeps the encoder's per-layer keys/values in a KV cache
+    and encodes only the tokens revealed by the previous step: every token passes through the
+    encoder at most once, and the result equals recomputing from scratch (`reuse=False`) up to
+    float rounding. ENAT itself reuses approximately (projected stale features, trained by
+    simulation with an EMA model); the step-order mask is our exact alternative. Guided and
+    unguided rows keep separate caches because they are separate rows of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentforge.conditioning.base import Context
+from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.sampling import guide, sample_tokens
+from latentforge.nn.embeddings import GridPositionEmbedding
+from latentforge.nn.transformer import Transformer, init_transformer_weights
+from latentforge.registry import register
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def mask_schedule(num_tokens: int, steps: int) -> list[int]:
+    """Tokens still masked after each of `steps` decoding steps (MaskGIT's cosine schedule).
+
+    floor(N cos(pi/2 (k+1)/K)), forced at least one below the previous count, never below 0; the
+    last is 0. With N < K the counts reach 0 early and the sampler stops there.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    counts, prev = [], num_tokens
+    for k in range(steps):
+        # the 1e-9 keeps exact products (8 cos(pi/3) = 4.0000000000000001) from flooring one too low
+        m = math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps) + 1e-9)
+        prev = max(0, min(m, prev - 1))
+        counts.append(prev)
+    counts[-1] = 0
+    return counts
+
+
+def random_mask(batch: int, num_tokens: int, device: torch.device | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Training mask [B, N] bool (True = masked): ratio cos(pi/2 u), u ~ U(0, 1) per example, >= 1 token."""
+    u = torch.rand(batch, 1, generator=generator, device=device)
+    count = torch.ceil(torch.cos(math.pi / 2 * u) * num_tokens).clamp(1, num_tokens)  # [B, 1]
+    rank = torch.rand(batch, num_tokens, generator=generator, device=device).argsort(1).argsort(1)
+    return rank < count
+
+
+def masked_cross_entropy(logits: Tensor, targets: Tensor, masked: Tensor) -> Tensor:
+    """Mean cross-entropy over masked positions only. logits [B, N, V], targets/masked [B, N]."""
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # fp32 [B*N]
+    weight = masked.flatten().float()
+    return (nll * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def run_with_attention_mask(stack: Transformer, x: Tensor, allowed: Tensor, **cross) -> Tensor:
+    """`stack(x, **cross)` with self-attention restricted by allowed [B, T, T] (True: query sees key).
+
+    The shared `Attention` takes only a key padding mask [B, S]; this runs the same blocks and
+    weights with a per-query mask. Every query row of `allowed` must have a True entry (SDPA gives
+    NaN on an empty row). Shared building block: belongs in nn/ once Attention takes `attn_mask`.
+    """
+    kv = cross.pop("context_kv", None)
+    for i, block in enumerate(stack.blocks):
+        attn = block.attn
+        q, k, v = (attn._split(t) for t in attn.qkv(block.norm1(x)).chunk(3, dim=-1))  # [B, H, T, Dh]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        x = x + attn.proj(out.transpose(1, 2).reshape(x.shape))
+        if block.cross is not None:
+            x = x + block.cross(block.cross_norm(x), key_mask=cross.get("context_mask"),
+                                context=cross.get("context"), context_kv=None if kv is None else kv[i])
+        x = x + block.mlp(block.norm2(x))
+    return stack.norm(x)
+
+
+def _cross_kwargs(stack: Transformer, context: Context | None, precompute: bool) -> dict:
+    """Cross-attention arguments for a block stack; at sampling the context keys/values are computed once."""
+    if context is None:
+        return {}
+    if precompute:
+        return dict(context_kv=stack.context_kv(context.tokens), context_mask=context.mask)
+    return dict(context=context.tokens, context_mask=context.mask)
+
+
+# ----------------------------------------------------------------------------- model
+
+@dataclass
+class MaskedConfig(GeneratorConfig):
+    name: str = "masked"
+    vocab_size: int = 512
+    dim: int = 256
+    depth: int = 4             # blocks over all tokens (MaskGIT), or over the visible ones (ENAT's encoder)
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    enat: bool = False         # P31: encoder on visible tokens, small decoder on all positions, reuse
+    decoder_depth: int = 2     # ENAT decoder blocks
+    reveal_steps: int = 8      # ENAT training: reveal steps simulated for the encoder's step-order mask
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+        if self.enat and (self.decoder_depth < 1 or self.reveal_steps < 1):
+            raise ValueError(f"enat needs decoder_depth >= 1 and reveal_steps >= 1, got {self.decoder_depth}, "
+                             f"{self.reveal_steps}")
+
+
+@register("generator", "masked", MaskedConfig)
+class MaskedGenerator(Generator):
+    def __init__(self, config: MaskedConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.build_conditioner(config.dim)
+        D = config.dim
+        self.token_emb = nn.Embedding(config.vocab_size, D)
+        self.mask_emb = nn.Parameter(torch.randn(1, 1, D) * 0.02)
+        self.pos = GridPositionEmbedding(config.grid, D)
+        # MaskGIT: all tokens. ENAT: the visible-token encoder.
+        self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
+        init_transformer_weights(self.transformer, config.depth)
+        if config.enat:
+            # encoder features live in another space than embeddings: project before the decoder
+            self.bridge = nn.Linear(D, D)
+            self.decoder = Transformer(D, config.decoder_depth, config.heads, config.mlp_ratio,
+                                       context_dim=self.context_dim)
+            init_transformer_weights(self.decoder, config.decoder_depth)
+            nn.init.normal_(self.bridge.weight, std=0.02)
+            nn.init.zeros_(self.bridge.bias)
+        self.head = nn.Linear(D, config.vocab_size)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        nn.init.zeros_(self.head.weight)  # uniform start: initial loss = log V
+        nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_emb"}
+
+    def _flatten(self, z: Tensor) -> Tensor:
+        grid = tuple(self.config.grid)
+        if z.dtype != torch.long or tuple(z.shape[1:]) != grid:
+            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, grid))}], got {z.dtype} {list(z.shape)}")
+        return z.reshape(z.shape[0], -1)  # raster order [B, N]
+
+    def _base(self, context: Context | None) -> Tensor:
+        """What every position adds to its input: grid position + the condition's map. [1 or B, N, D]"""
+        base = self.pos()[None]
+        spatial = self.spatial_inputs(context)
+        return base if spatial is None else base + spatial
+
+    # ------------------------------------------------------------------ forward passes
+
+    def _maskgit_logits(self, codes: Tensor, masked: Tensor, base: Tensor, cross: dict) -> Tensor:
+        x = torch.where(masked[..., None], self.mask_emb, self.token_emb(codes)) + base  # [B, N, D]
+        return self.head(self.transformer(x, **cross))
+
+    def encode_visible(self, codes: Tensor, visible: Tensor, reveal: Tensor, base: Tensor, cross: dict) -> Tensor:
+        """ENAT encoder on the visible tokens only, step-ordered: a token sees the tokens revealed at
+        the same or an earlier step (reveal [B, N] int). Returns features [B, N, D] (zero where masked)."""
+        B, N = codes.shape
+        D = self.config.dim
+        T = int(visible.sum(1).max())
+        out = base.new_zeros(B, N, D)
+        if T == 0:
+            return out  # nothing visible (first sampling step): the encoder is skipped
+        order = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :T]  # visible first [B, T]
+        valid = visible.gather(1, order)                                               # [B, T]
+        index = order[..., None].expand(-1, -1, D)
+        x = (self.token_emb(codes) + base).gather(1, index) * valid[..., None]          # padding zeroed [B, T, D]
+        step = reveal.gather(1, order)
+        allowed = valid[:, None, :] & (step[:, None, :] <= step[:, :, None])            # [B, T (query), T (key)]
+        allowed = allowed | torch.eye(T, dtype=torch.bool, device=codes.device)        # no empty row for padding
+        h = run_with_attention_mask(self.transformer, x, allowed, **cross)
+        # padding rows land on masked positions, which the decoder overwrites with [MASK]
+        return out.scatter(1, index, h)
+
+    def _decode(self, features: Tensor, masked: Tensor, base: Tensor, cross: dict) -> Tensor:
+        x = torch.where(masked[..., None], self.mask_emb, self.bridge(features)) + base  # [B, N, D]
+        return self.head(self.decoder(x, **cross))
+
+    def logits(self, codes: Tensor, masked: Tensor, context: Context | None = None,
+               reveal: Tensor | None = None) -> Tensor:
+        """Logits [B, N, V] for codes [B, N] (flattened) with masked [B, N] bool hidden.
+
+        reveal [B, N] (ENAT only): the step at which each visible token was revealed, for the
+        encoder's step-order mask; drawn from the cosine schedule when None (training).
+        """
+        base = self._base(context)
+        if not self.config.enat:
+            return self._maskgit_logits(codes, masked, base, _cross_kwargs(self.transformer, context, False))
+        if reveal is None:
+            reveal = self._simulate_reveal(masked)
+        features = self.encode_visible(codes, ~masked, reveal, base, _cross_kwargs(self.transformer, context, False))
+        return self._decode(features, masked, base, _cross_kwargs(self.decoder, context, False))
+
+    def _simulate_reveal(self, masked: Tensor) -> Tensor:
+        """Reveal steps of the visible tokens as the sampler would have produced them.
+
+        With mask ratio r = cos(pi/2 u) now, the fraction revealed by time t <= u is 1 - cos(pi/2 t),
+        so reveal times have CDF (1 - cos(pi/2 t)) / (1 - r); invert it, then bin into reveal_steps.
+        """
+        r = masked.float().mean(1, keepdim=True)                              # [B, 1]
+        w = torch.rand(masked.shape, device=masked.device)
+        t = torch.acos((1 - w * (1 - r)).clamp(-1, 1)) * (2 / math.pi)       # [B, N] in [0, u]
+        steps = self.config.reveal_steps
+        return (t * steps).long().clamp_max(steps - 1)
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, z: Tensor, context: Context | None = None, *, mask: Tensor | None = None) -> dict[str, Tensor]:
+        """Masked-token cross-entropy. `mask` [B, *grid] bool (True = masked) overrides the random one."""
+        codes = self._flatten(z)
+        B, N = codes.shape
+        masked = random_mask(B, N, codes.device) if mask is None else mask.reshape(B, N).bool()
+        logits = self.logits(codes, masked, self.drop_condition(context))
+        nll = masked_cross_entropy(logits, codes, masked)
+        return self.add_condition_losses({"loss": nll, "bits_per_token": nll.detach() / math.log(2)}, context)
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
+               steps: int = 8, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               cfg_scale: float = 1.0, choice_temperature: float = 4.5, reuse: bool = True) -> Tensor:
+        """Draw n code grids [n, *grid] in `steps` parallel decoding steps.
+
+        Args:
+            temperature, top_k, top_p: how each masked token is drawn (see sampling.sample_tokens).
+            cfg_scale: classifier-free guidance; != 1 runs the batch as [cond; uncond].
+            choice_temperature: scale of the Gumbel noise on confidences, annealed linearly to 0.
+            reuse: ENAT only; encode each token once and reuse its features (exact, see module doc).
+        """
+        if self.conditioner is not None and context is None:
+            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
+        if context is not None and len(context) != n:
+            raise ValueError(f"context has {len(context)} rows for n={n} samples")
+        ctx = self.guidance_context(context, cfg_scale)
+        rows = n if ctx is None else len(ctx)
+        N, V = self.config.num_tokens, self.config.vocab_size
+        base = self._base(ctx)
+        device = base.device
+        enc_cross = _cross_kwargs(self.transformer, ctx, True)
+        dec_cross = _cross_kwargs(self.decoder, ctx, True) if self.config.enat else {}
+        codes = torch.zeros(n, N, dtype=torch.long, device=device)
+        masked = torch.ones(n, N, dtype=torch.bool, device=device)
+        reveal = torch.zeros(n, N, dtype=torch.long, device=device)
+        incremental = self.config.enat and reuse
+        if incremental:
+            caches = self.transformer.new_caches(rows, N, base)
+            features = base.new_zeros(rows, N, self.config.dim)
+            newly = torch.zeros_like(masked)
+        rep = rows // n  # guided and unguided rows share tokens
+        for k, remaining in enumerate(mask_schedule(N, steps)):
+            if incremental:
+                if newly.any():  # encode only what the previous step revealed, against the cached earlier tokens
+                    idx = newly.nonzero()[:, 1].view(n, -1).repeat(rep, 1)               # [rows, c]
+                    index = idx[..., None].expand(-1, -1, self.config.dim)
+                    x = (self.token_emb(codes.repeat(rep, 1)) + base).gather(1, index)   # [rows, c, D]
+                    features = features.scatter(1, index, self.transformer(x, caches=caches, **enc_cross))
+                logits = self._decode(features, masked.repeat(rep, 1), base, dec_cross)
+            elif self.config.enat:
+                features = self.encode_visible(codes.repeat(rep, 1), ~masked.repeat(rep, 1), reveal.repeat(rep, 1),
+                                               base, enc_cross)
+                logits = self._decode(features, masked.repeat(rep, 1), base, dec_cross)
+            else:
+                logits = self._maskgit_logits(codes.repeat(rep, 1), masked.repeat(rep, 1), base, enc_cross)
+            logits = guide(logits.float(), cfg_scale)                                    # [n, N, V]
+            sampled = sample_tokens(logits.reshape(n * N, V), temperature=temperature, top_k=top_k, top_p=top_p,
+                                    generator=generator).view(n, N)
+            logp = logits.log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)    # [n, N]
+            u = torch.rand(n, N, generator=generator, device=device).clamp_min(1e-20)
+            anneal = choice_temperature * (1 - (k + 1) / steps)
+            confidence = (logp - anneal * torch.log(-torch.log(u))).masked_fill(~masked, math.inf)
+            # the `remaining` least confident stay masked; visible tokens (+inf) are never re-masked
+            still = torch.zeros_like(masked).scatter(1, confidence.argsort(1)[:, :remaining], True)
+            newly = masked & ~still
+            codes = torch.where(newly, sampled, codes)
+            reveal = torch.where(newly, k, reveal)
+            masked = still
+            if remaining == 0:
+                break
+        return codes.view(n, *self.config.grid)
