@@ -96,10 +96,13 @@ class PeerQuantizer(Quantizer):
 # --- the comparison -----------------------------------------------------------------------
 
 # Ours and the peer's, at about 10 bits per latent position, with matched settings.
+# The peer's VQ and RVQ run EMA codebooks with decay 0.8 and replace a code whose EMA cluster size
+# falls below 2 (threshold_ema_dead_code=2); ours get the same decay and threshold.
+PEER_EMA = {"codebook_update": "ema", "ema_decay": 0.8, "usage_decay": 0.8, "dead_threshold": 2.0}
 BOTTLENECKS: dict[str, tuple[dict, dict]] = {
-    "VQ 1024": ({"name": "vq", "codebook_size": 1024, "dim": 8, "codebook_update": "ema"},
+    "VQ 1024": ({"name": "vq", "codebook_size": 1024, "dim": 8, **PEER_EMA},
                 {"name": "peer", "kind_": "vq", "codebook_size": 1024, "dim": 8}),
-    "RVQ 2x32": ({"name": "rvq", "depth": 2, "codebook_size": 32, "dim": 8, "quantizer_dropout": False},
+    "RVQ 2x32": ({"name": "rvq", "depth": 2, "codebook_size": 32, "dim": 8, "quantizer_dropout": False, **PEER_EMA},
                  {"name": "peer", "kind_": "rvq", "depth": 2, "codebook_size": 32, "dim": 8}),
     "FSQ 8-5-5-5": ({"name": "fsq", "levels": (8, 5, 5, 5), "dim": 4},
                     {"name": "peer", "kind_": "fsq", "levels": (8, 5, 5, 5), "dim": 4}),

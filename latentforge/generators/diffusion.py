@@ -12,7 +12,8 @@ Training (`loss`), for latents z [B, *grid, C]:
     patch mixer (P20): `patch_mixer_depth` adaLN blocks on all N tokens
     masking (P20): keep a random K = round((1 - mask_ratio) N) tokens per example         [B, K, D]
     backbone: `depth` adaLN-Zero blocks (nn/adaln.py): self-attention + MLP modulated by c,
-              cross-attention to the context tokens
+              cross-attention to the context tokens; with `moe_experts` (P20) every other
+              block's MLP is an expert-choice mixture of experts (nn/moe.py)
     dropped positions get the mask token (only so the output has every patch)            [B, N, D]
     final adaLN layer + linear -> [B, N, P]: the velocity eps - x (flow) or eps (DDPM)
     loss = MSE to the target, averaged over the kept patches only
@@ -67,6 +68,8 @@ class DiTConfig(GeneratorConfig):
     ddpm_schedule: Literal["linear", "cosine"] = "linear"
     patch_mixer_depth: int = 0           # P20: blocks on all patches before masking
     mask_ratio: float = 0.0              # P20: fraction of patch tokens dropped in training
+    moe_experts: int = 0                 # P20: > 0 puts expert-choice MoE MLPs in every other backbone block
+    moe_top_k: float = 1.0               # experts per token on average (expert capacity T * k / E)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,6 +81,9 @@ class DiTConfig(GeneratorConfig):
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if self.moe_experts < 0 or (self.moe_experts and not 0 < self.moe_top_k <= self.moe_experts):
+            raise ValueError(f"need moe_experts >= 0 and 0 < moe_top_k <= moe_experts, "
+                             f"got {self.moe_experts}, {self.moe_top_k}")
         if self.patch < 1:
             raise ValueError(f"patch must be >= 1, got {self.patch}")
         if self.patch > 1 and (len(self.grid) != 2 or any(n % self.patch for n in self.grid)):
@@ -122,7 +128,9 @@ class DiTGenerator(Generator):
         self.context_proj = None if self.conditioner is None else nn.Linear(self.context_dim, D)
         args = (D, config.heads, config.mlp_ratio, D, self.context_dim)
         self.mixer = nn.ModuleList(AdaLNBlock(*args) for _ in range(config.patch_mixer_depth))
-        self.blocks = nn.ModuleList(AdaLNBlock(*args) for _ in range(config.depth))
+        # MicroDiT alternates dense and MoE MLPs: blocks 1, 3, 5, ... get the experts
+        self.blocks = nn.ModuleList(AdaLNBlock(*args, experts=config.moe_experts if i % 2 else 0,
+                                               expert_top_k=config.moe_top_k) for i in range(config.depth))
         # fills dropped positions after the backbone; the loss skips them, so it gets no gradient
         # (as in MicroDiT) and exists only to give the output every patch
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))

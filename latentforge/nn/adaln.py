@@ -21,6 +21,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from latentforge.nn.attention import Attention
+from latentforge.nn.moe import ExpertChoiceMLP
 from latentforge.nn.transformer import MLP
 
 
@@ -41,14 +42,16 @@ class AdaLNBlock(nn.Module):
     """Self-attention and MLP modulated by c, optional cross-attention to a context."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
-                 context_dim: int | None = None) -> None:
+                 context_dim: int | None = None, experts: int = 0, expert_top_k: float = 1.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
         self.attn = Attention(dim, heads)
         self.cross_norm = nn.LayerNorm(dim) if context_dim else None
         self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        hidden = int(dim * mlp_ratio)
+        # experts > 0: a mixture-of-experts MLP (P20) in place of the dense one
+        self.mlp = ExpertChoiceMLP(dim, hidden, experts, expert_top_k) if experts else MLP(dim, hidden)
         self.modulation = _modulation(cond_dim or dim, dim, 6)
         self.zero_init()
 

@@ -89,7 +89,8 @@ def init_transformer_weights(module: nn.Module, depth: int) -> None:
     """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2*depth)."""
     for name, p in module.named_parameters():
         if p.dim() >= 2 and "norm" not in name:
-            std = 0.02 / math.sqrt(2 * depth) if name.endswith("proj.weight") else 0.02
+            residual = name.endswith(("proj.weight", "mlp.proj"))  # mlp.proj: the experts' stacked weights
+            std = 0.02 / math.sqrt(2 * depth) if residual else 0.02
             nn.init.normal_(p, std=std)
         elif name.endswith(".bias"):
             nn.init.zeros_(p)

@@ -198,7 +198,7 @@ class VectorQuantizer(Quantizer):
         picks = torch.randint(flat.shape[0], (dead.numel(),), device=flat.device)
         self.codebook.data[dead] = flat[picks].to(self.codebook.dtype)
         _broadcast(self.codebook.data)  # rank 0's picks win everywhere
-        self.usage[dead] = 1.0
+        self.usage[dead] = 2 * max(cfg.dead_threshold, 0.5)  # a grace period to attract data
         if self.config.codebook_update == "ema":
             # Forget the old cluster, or the next update would pull the code back to it.
             self.ema_count[dead] = 0.0
