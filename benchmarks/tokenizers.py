@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--wavelet", action="store_true",
                     help="also P34's check: VQ 1024 on photos with L2 vs L2 + wavelet loss, band PSNRs")
+    ap.add_argument("--wavelet-seeds", default="0,1,2", help="P34's check: mean over these seeds")
+    ap.add_argument("--wavelet-steps", type=int, default=0, help="P34's check: training steps (0: --steps)")
     ap.add_argument("--out", default="benchmarks/results/tokenizers.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -216,11 +218,15 @@ def main() -> None:
         train_u8, val_u8 = load_data("photos", args.n_train, args.n_val)
         train, val = as_input(train_u8), as_input(val_u8)
         vq = BOTTLENECKS["VQ 1024"][0]
+        seeds = [int(s) for s in args.wavelet_seeds.split(",")]
         for label, extra in (("L2", {}), ("L2 + wavelet (high x2)", {"wavelet": {"high_weight": 2.0}})):
-            m = train_and_measure(vq, train, val, args.steps, args.batch, args.seed, extra)
-            wavelet.append({"loss": label, **m})
-            print(f"| photos | {label} | {m['psnr']:.2f} | {m['psnr_low_band']:.2f} | {m['psnr_high_band']:.2f} |",
-                  flush=True)
+            runs = [train_and_measure(vq, train, val, args.wavelet_steps or args.steps, args.batch, s, extra)
+                    for s in seeds]
+            m = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
+            wavelet.append({"loss": label, "seeds": seeds, "runs": runs, **m})
+            spread = " / ".join(f"{r['psnr_high_band']:.2f}" for r in runs)
+            print(f"| photos | {label} | {m['psnr']:.2f} | {m['psnr_low_band']:.2f} | {m['psnr_high_band']:.2f} "
+                  f"(seeds: {spread}) |", flush=True)
     import vector_quantize_pytorch
 
     meta = {"args": vars(args), "torch": torch.__version__, "peer_version": vector_quantize_pytorch.__version__
