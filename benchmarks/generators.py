@@ -84,7 +84,7 @@ def recipe(out: Path, name: str, quantizer: dict, generator: dict | None, steps:
     data.update(name=name, out_dir=str(out))
     data["data"]["train_size"] = data_size
     data["tokenizer_train"]["steps"] = tokenizer_steps
-    data["eval"]["recon_images"] = 200  # the tokenizer is scored once, in train_tokenizer
+    data.setdefault("eval", {})["recon_images"] = 200  # the tokenizer is scored once, in train_tokenizer
     data["tokenizer"]["quantizer"] = copy.deepcopy(quantizer)
     if generator is not None:
         data["generator"] = {**generator, "conditioner": data["generator"]["conditioner"]}
@@ -189,8 +189,9 @@ def dataclass_with_options(cfg: RecipeConfig, options: dict) -> RecipeConfig:
 # ---------------------------------------------------------------------------------- diffusers
 
 
-def speed_vs_diffusers(grid: int = 8, channels: int = 4, batch: int = 32, reps: int = 10) -> dict:
-    """Our DiT vs diffusers' DiTTransformer2DModel, same width/depth/heads/patch, class-conditional."""
+def speed_vs_diffusers(grid: int = 8, channels: int = 4, batch: int = 32, reps: int = 10, bf16: bool = False) -> dict:
+    """Our DiT vs diffusers' DiTTransformer2DModel, same width/depth/heads/patch, class-conditional;
+    fp32, or both under bf16 autocast."""
     from diffusers import DiTTransformer2DModel
 
     from latentforge.conditioning.class_label import ClassConfig
@@ -198,7 +199,8 @@ def speed_vs_diffusers(grid: int = 8, channels: int = 4, batch: int = 32, reps: 
 
     torch.manual_seed(0)
     ours = DiTGenerator(DiTConfig(grid=(grid, grid), channels=channels, dim=WIDTH, depth=DEPTH, heads=HEADS,
-                                  patch=1, conditioner=ClassConfig(dim=WIDTH, num_classes=10), p_uncond=0.0))
+                                  patch=1, conditioner=ClassConfig(dim=WIDTH, num_classes=10), p_uncond=0.0,
+                                  cross_attention=False))  # diffusers' DiT reads the class through adaLN only
     peer = DiTTransformer2DModel(num_attention_heads=HEADS, attention_head_dim=WIDTH // HEADS, in_channels=channels,
                                  out_channels=channels, num_layers=DEPTH, sample_size=grid, patch_size=1,
                                  num_embeds_ada_norm=1000)
@@ -223,16 +225,19 @@ def speed_vs_diffusers(grid: int = 8, channels: int = 4, batch: int = 32, reps: 
 
     opts = {m: torch.optim.AdamW(m.parameters(), 1e-4) for m in (ours, peer)}
     times: dict[str, list[float]] = {k: [] for k in ("ours_train", "peer_train", "ours_eval", "peer_eval")}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     for i in range(reps + 2):  # interleaved, so drift hits both alike
         for who, model, fn in (("ours", ours, ours_train), ("peer", peer, peer_train)):
             model.train()
             t = time.perf_counter()
-            fn().backward()
+            with autocast:
+                loss = fn()
+            loss.backward()
             opts[model].step()
             opts[model].zero_grad(set_to_none=True)
             if i >= 2:
                 times[f"{who}_train"].append(time.perf_counter() - t)
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for who, model, fn in (("ours", ours, ours_eval), ("peer", peer, peer_eval)):
                 model.eval()
                 t = time.perf_counter()
@@ -242,7 +247,8 @@ def speed_vs_diffusers(grid: int = 8, channels: int = 4, batch: int = 32, reps: 
     med = {k: 1000 * statistics.median(v) for k, v in times.items()}
     import diffusers
 
-    return {"batch": batch, "grid": grid, "channels": channels, "diffusers": diffusers.__version__,
+    return {"precision": "bf16" if bf16 else "fp32", "batch": batch, "grid": grid, "channels": channels,
+            "diffusers": diffusers.__version__,
             "params_ours": sum(p.numel() for p in ours.parameters()),
             "params_peer": sum(p.numel() for p in peer.parameters()),
             **{f"{k}_ms": v for k, v in med.items()},
@@ -292,11 +298,15 @@ def main() -> None:
     out = Path(args.work)
     result: dict = {"meta": {"args": vars(args), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                              "machine": platform.processor() or platform.machine()}}
-    speed = speed_vs_diffusers()
-    result["diffusers_dit"] = speed
-    print(f"DiT vs diffusers: train {speed['ours_train_ms']:.1f} / {speed['peer_train_ms']:.1f} ms "
-          f"({speed['train_ratio']:.2f}x), eval {speed['ours_eval_ms']:.1f} / {speed['peer_eval_ms']:.1f} ms "
-          f"({speed['eval_ratio']:.2f}x)", flush=True)
+    from latentforge.train.precision import cpu_native_bf16
+
+    result["diffusers_dit"] = []
+    for bf16 in (False, True) if cpu_native_bf16()[0] else (False,):
+        speed = speed_vs_diffusers(bf16=bf16, reps=20)
+        result["diffusers_dit"].append(speed)
+        print(f"DiT vs diffusers ({speed['precision']}): train {speed['ours_train_ms']:.1f} / "
+              f"{speed['peer_train_ms']:.1f} ms ({speed['train_ratio']:.2f}x), eval {speed['ours_eval_ms']:.1f} / "
+              f"{speed['peer_eval_ms']:.1f} ms ({speed['eval_ratio']:.2f}x)", flush=True)
     if not args.speed_only:
         names = args.only.split(",")
         tokenizers, result["tokenizers"] = {}, {}

@@ -227,10 +227,9 @@ def main() -> None:
             spread = " / ".join(f"{r['psnr_high_band']:.2f}" for r in runs)
             print(f"| photos | {label} | {m['psnr']:.2f} | {m['psnr_low_band']:.2f} | {m['psnr_high_band']:.2f} "
                   f"(seeds: {spread}) |", flush=True)
-    import vector_quantize_pytorch
+    from importlib.metadata import version
 
-    meta = {"args": vars(args), "torch": torch.__version__, "peer_version": vector_quantize_pytorch.__version__
-            if hasattr(vector_quantize_pytorch, "__version__") else "unknown",
+    meta = {"args": vars(args), "torch": torch.__version__, "peer_version": version("vector-quantize-pytorch"),
             "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
     write_json(args.out, {"meta": meta, "results": results, "wavelet": wavelet})
 

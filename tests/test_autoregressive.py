@@ -6,9 +6,9 @@ import torch
 from latentforge import from_pretrained, save_pretrained
 from latentforge.conditioning.base import Context
 from latentforge.conditioning.scene_graph import SceneGraphConfig
-from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
 from latentforge.generators.autoregressive import ARConfig, ARGenerator, coarse_to_fine_order
 from latentforge.generators.sampling import filter_logits, sample_tokens
+from helpers import graphs, randomize
 
 
 ORDERS = ["raster", "random", "coarse_to_fine"]
@@ -17,18 +17,6 @@ ORDERS = ["raster", "random", "coarse_to_fine"]
 def tiny(conditional=True, grid=(4, 4), vocab=16, order="raster") -> ARGenerator:
     cond = SceneGraphConfig(dim=32, depth=1, heads=2, max_objects=3) if conditional else None
     return ARGenerator(ARConfig(grid=grid, vocab_size=vocab, dim=32, depth=2, heads=2, conditioner=cond, order=order))
-
-
-def graphs(n, split="train"):
-    return encode_graphs([sample_scene(ShapesConfig(), split, i) for i in range(n)], 3)
-
-
-def randomize(model):
-    # zero-initialised heads give uniform logits; randomise so the tests see real distributions
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 from latentforge.conditioning.class_label import ClassConfig
 from latentforge.conditioning.scene_graph import SceneGraphConfig
-from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
 from latentforge.generators.axial import AxialARGenerator, AxialConfig
 from latentforge.nn.axial import AxialAttention, AxialStack, attention_flops
+from helpers import graphs, randomize
 
 
 def tiny(conditioner="scene_graph", grid=(4, 4), vocab=16, **kw) -> AxialARGenerator:
@@ -16,18 +16,6 @@ def tiny(conditioner="scene_graph", grid=(4, 4), vocab=16, **kw) -> AxialARGener
             "class": ClassConfig(dim=32, num_classes=3), None: None}[conditioner]
     return AxialARGenerator(AxialConfig(grid=grid, vocab_size=vocab, dim=32, upper_depth=1, row_depth=2, heads=2,
                                         conditioner=cond, **kw))
-
-
-def graphs(n, split="train"):
-    return encode_graphs([sample_scene(ShapesConfig(), split, i) for i in range(n)], 3)
-
-
-def randomize(model):
-    # zero-initialised heads give uniform logits; randomise so the tests see real distributions
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
 
 
 def reference_mask(grid, axis, causal):

@@ -14,17 +14,11 @@ from latentforge.conditioning.caption import (
 from latentforge.data.shapes import ShapesConfig, sample_scene
 from latentforge.generators.autoregressive import ARConfig, ARGenerator
 from latentforge.generators.sampling import guide
+from helpers import randomize
 
 
 def captions(n, split="train"):
     return [sample_scene(ShapesConfig(), split, i).caption() for i in range(n)]
-
-
-def randomize(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
 
 
 def test_vocab_and_ids_known_answer():

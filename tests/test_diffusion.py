@@ -8,27 +8,15 @@ from latentforge import registry
 from latentforge.conditioning.class_label import ClassConfig
 from latentforge.conditioning.scene_graph import SceneGraphConfig
 from latentforge.config import from_dict
-from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
 from latentforge.generators.diffusion import DiTConfig, DiTGenerator
 from latentforge.nn.adaln import AdaLNBlock, AdaLNFinal, modulate
+from helpers import graphs, randomize
 
 
 def tiny(conditional=False, grid=(4, 4), channels=3, **kwargs) -> DiTGenerator:
     cond = SceneGraphConfig(dim=32, depth=1, heads=2, max_objects=3) if conditional else None
     cfg = DiTConfig(grid=grid, channels=channels, dim=32, depth=2, heads=2, conditioner=cond, **kwargs)
     return DiTGenerator(cfg)
-
-
-def graphs(n, split="train"):
-    return encode_graphs([sample_scene(ShapesConfig(), split, i) for i in range(n)], 3)
-
-
-def randomize(model):
-    # adaLN-Zero makes a fresh model output 0; randomise so the tests see a real network
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------- adaLN-Zero

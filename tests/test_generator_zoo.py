@@ -15,7 +15,8 @@ from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
 
 GENERATORS = ["autoregressive", "axial", "masked", "masked_enat", "hierarchical", "dit", "mar"]
 GRIDS = [(6,), (4, 4), (2, 2, 3)]
-FEW_STEPS = {"masked": dict(steps=3), "masked_enat": dict(steps=3), "dit": dict(steps=3), "mar": dict(steps=2, head_steps=3)}
+FEW_STEPS = {"masked": dict(steps=3), "masked_enat": dict(steps=3), "dit": dict(steps=3),
+             "mar": dict(steps=2, head_steps=3)}
 
 
 def tiny(name: str, grid, conditioner=None):

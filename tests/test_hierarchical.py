@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from latentforge.conditioning.scene_graph import SceneGraphConfig
-from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
 from latentforge.generators.hierarchical import (
     HierarchicalConfig,
     HierarchicalGenerator,
 )
 from latentforge.quantize.rvq import ResidualVQ, RVQConfig
 from latentforge.registry import lookup
+from helpers import graphs, randomize
 
 
 def tiny(conditional=True, grid=(4, 4), vocab=16, levels=3, **kw) -> HierarchicalGenerator:
@@ -18,18 +18,6 @@ def tiny(conditional=True, grid=(4, 4), vocab=16, levels=3, **kw) -> Hierarchica
     cfg = HierarchicalConfig(grid=grid, vocab_size=vocab, levels=levels, dim=32, depth=2, heads=2,
                              depth_dim=24, depth_layers=1, depth_heads=2, conditioner=cond, **kw)
     return HierarchicalGenerator(cfg)
-
-
-def graphs(n, split="train"):
-    return encode_graphs([sample_scene(ShapesConfig(), split, i) for i in range(n)], 3)
-
-
-def randomize(model):
-    # zero-initialised heads give uniform logits; randomise so the tests see real distributions
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
 
 
 def test_registered_and_loss_terms():

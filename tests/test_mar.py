@@ -6,8 +6,8 @@ import torch
 from latentforge import registry
 from latentforge.conditioning.class_label import ClassConfig
 from latentforge.conditioning.scene_graph import SceneGraphConfig
-from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
 from latentforge.generators.mar import MARConfig, MARGenerator, reveal_schedule
+from helpers import graphs, randomize
 
 
 def tiny(conditioner=None, grid=(4, 4), channels=3, **kw) -> MARGenerator:
@@ -18,18 +18,6 @@ def tiny(conditioner=None, grid=(4, 4), channels=3, **kw) -> MARGenerator:
 
 def scene_graph_cond():
     return SceneGraphConfig(dim=32, depth=1, heads=2, max_objects=3)
-
-
-def graphs(n, split="train"):
-    return encode_graphs([sample_scene(ShapesConfig(), split, i) for i in range(n)], 3)
-
-
-def randomize(model):
-    # zero-initialised adaLN gates and outputs make the head trivial; randomise to test real paths
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
 
 
 def truncnorm_mean(mu, sigma, low, high):

@@ -6,9 +6,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from latentforge.conditioning.class_label import ClassConfig
 from latentforge.conditioning.scene_graph import SceneGraphConfig
-from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
 from latentforge.generators.masked import (MaskedConfig, MaskedGenerator, mask_schedule, masked_cross_entropy,
                                            random_mask)
+from helpers import graphs, randomize
 
 
 def tiny(conditioner="scene_graph", enat=False, grid=(4, 4), vocab=16, depth=2) -> MaskedGenerator:
@@ -16,18 +16,6 @@ def tiny(conditioner="scene_graph", enat=False, grid=(4, 4), vocab=16, depth=2) 
             "class": ClassConfig(dim=32, num_classes=4), None: None}[conditioner]
     return MaskedGenerator(MaskedConfig(grid=grid, vocab_size=vocab, dim=32, depth=depth, heads=2, conditioner=cond,
                                         enat=enat, decoder_depth=1))
-
-
-def graphs(n, split="train"):
-    return encode_graphs([sample_scene(ShapesConfig(), split, i) for i in range(n)], 3)
-
-
-def randomize(model):
-    # zero-initialised heads give uniform logits; randomise so the tests see real distributions
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
 
 
 def test_mask_schedule_known_answers():

@@ -23,7 +23,6 @@ token per step with a KV cache; cross-attention keys/values of the context are c
 
 from __future__ import annotations
 
-import math
 import typing
 from dataclasses import dataclass
 from typing import Literal
@@ -106,12 +105,6 @@ class ARGenerator(Generator):
     def no_weight_decay(self) -> set[str]:
         return {"bos"}
 
-    def _flatten(self, z: Tensor) -> Tensor:
-        grid = tuple(self.config.grid)
-        if z.dtype != torch.long or tuple(z.shape[1:]) != grid:
-            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, grid))}], got {z.dtype} {list(z.shape)}")
-        return z.reshape(z.shape[0], -1)  # raster order [B, N]
-
     def draw_order(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor | None:
         """The config's generation order for a batch: [B, N] raster positions, or None for raster."""
         if self.config.order == "raster":
@@ -162,10 +155,9 @@ class ARGenerator(Generator):
         return torch.empty_like(logits).scatter_(1, order[..., None].expand_as(logits), logits)
 
     def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
-        codes = self._flatten(z)
+        codes = self.flat_codes(z)
         logits = self.logits(codes, self.drop_condition(context))
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1))
-        return self.add_condition_losses({"loss": nll, "bits_per_token": nll.detach() / math.log(2)}, context)
+        return self.code_loss(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1)), context)
 
     @torch.no_grad()
     def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,

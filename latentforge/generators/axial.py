@@ -25,7 +25,6 @@ earlier rows from a per-column cache, and the row stack sees only the newest tok
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -85,12 +84,6 @@ class AxialARGenerator(Generator):
     def no_weight_decay(self) -> set[str]:
         return {"bos"}
 
-    def _check(self, z: Tensor) -> Tensor:
-        grid = tuple(self.config.grid)
-        if z.dtype != torch.long or tuple(z.shape[1:]) != grid:
-            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, grid))}], got {z.dtype} {list(z.shape)}")
-        return z
-
     def _where(self, context: Context | None) -> Tensor:
         """What each position knows before any code: its position plus the condition's map there,
         [H, W, D] or [B, H, W, D]."""
@@ -118,10 +111,9 @@ class AxialARGenerator(Generator):
         return self.head(h)
 
     def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
-        codes = self._check(z)
+        codes = self.flat_codes(z).view_as(z)  # checked, kept as [B, H, W]
         logits = self.logits(codes, self.drop_condition(context))
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1))
-        return self.add_condition_losses({"loss": nll, "bits_per_token": nll.detach() / math.log(2)}, context)
+        return self.code_loss(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1)), context)
 
     @torch.no_grad()
     def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,

@@ -88,6 +88,17 @@ class Generator(nn.Module):
             return context
         return Context.cat(context, self.conditioner.null(len(context)))
 
+    def flat_codes(self, z: Tensor) -> Tensor:
+        """Discrete latents: int64 codes [B, *grid] -> raster order [B, N], or an error naming the shape."""
+        grid = tuple(self.config.grid)
+        if z.dtype != torch.long or tuple(z.shape[1:]) != grid:
+            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, grid))}], got {z.dtype} {list(z.shape)}")
+        return z.reshape(z.shape[0], -1)
+
+    def code_loss(self, nll: Tensor, context: Context | None) -> dict[str, Tensor]:
+        """A code model's loss terms from its mean negative log-likelihood per token (nats)."""
+        return self.add_condition_losses({"loss": nll, "bits_per_token": nll.detach() / math.log(2)}, context)
+
     @staticmethod
     def add_condition_losses(out: dict[str, Tensor], context: Context | None) -> dict[str, Tensor]:
         """Add the conditioner's own training terms (e.g. P1's layout NLL) to a generator's loss."""

@@ -9,6 +9,7 @@ Training (`loss`), for latents z [B, *grid, C]:
     t, eps ~ the noise process (noise.py)          flow: logit-normal t in (0, 1); DDPM: t in [0, T)
     x_t = noisy(x, eps, t) -> patchify -> [B, N, P] -> linear + grid position (+ layout map) -> [B, N, D]
     c = TimestepEmbedding(t) + Linear(masked mean of the context tokens)                      [B, D]
+        (`cross_attention: false` keeps only this path, as the original class-conditional DiT)
     patch mixer (P20): `patch_mixer_depth` adaLN blocks on all N tokens
     masking (P20): keep a random K = round((1 - mask_ratio) N) tokens per example         [B, K, D]
     backbone: `depth` adaLN-Zero blocks (nn/adaln.py): self-attention + MLP modulated by c,
@@ -68,6 +69,7 @@ class DiTConfig(GeneratorConfig):
     ddpm_schedule: Literal["linear", "cosine"] = "linear"
     patch_mixer_depth: int = 0           # P20: blocks on all patches before masking
     mask_ratio: float = 0.0              # P20: fraction of patch tokens dropped in training
+    cross_attention: bool = True         # False: the context reaches the blocks only pooled, through adaLN
     moe_experts: int = 0                 # P20: > 0 puts expert-choice MoE MLPs in every other backbone block
     moe_top_k: float = 1.0               # experts per token on average (expert capacity T * k / E)
 
@@ -126,7 +128,8 @@ class DiTGenerator(Generator):
         self.pos = GridPositionEmbedding(config.patch_grid, D)
         self.time_emb = TimestepEmbedding(D, scale=time_scale)
         self.context_proj = None if self.conditioner is None else nn.Linear(self.context_dim, D)
-        args = (D, config.heads, config.mlp_ratio, D, self.context_dim)
+        cross_dim = self.context_dim if config.cross_attention else None
+        args = (D, config.heads, config.mlp_ratio, D, cross_dim)
         self.mixer = nn.ModuleList(AdaLNBlock(*args) for _ in range(config.patch_mixer_depth))
         # MicroDiT alternates dense and MoE MLPs: blocks 1, 3, 5, ... get the experts
         self.blocks = nn.ModuleList(AdaLNBlock(*args, experts=config.moe_experts if i % 2 else 0,
@@ -204,7 +207,8 @@ class DiTGenerator(Generator):
         mask = context.mask
         weights = mask.to(context.tokens.dtype)[..., None]                              # [B, L, 1]
         pooled = (context.tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)      # [B, Dc]
-        kv = [block.cross.context_kv(context.tokens) for block in [*self.mixer, *self.blocks]]
+        kv = ([block.cross.context_kv(context.tokens) for block in [*self.mixer, *self.blocks]]
+              if self.config.cross_attention else None)
         spatial = self.spatial_inputs(context)
         spatial = None if spatial is None else self._pool_spatial(spatial)
         return _Condition(self.context_proj(pooled), kv, mask, spatial)

@@ -165,12 +165,6 @@ class MaskedGenerator(Generator):
     def no_weight_decay(self) -> set[str]:
         return {"mask_emb"}
 
-    def _flatten(self, z: Tensor) -> Tensor:
-        grid = tuple(self.config.grid)
-        if z.dtype != torch.long or tuple(z.shape[1:]) != grid:
-            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, grid))}], got {z.dtype} {list(z.shape)}")
-        return z.reshape(z.shape[0], -1)  # raster order [B, N]
-
     def _base(self, context: Context | None) -> Tensor:
         """What every position adds to its input: grid position + the condition's map. [1 or B, N, D]"""
         base = self.pos()[None]
@@ -238,12 +232,11 @@ class MaskedGenerator(Generator):
 
     def loss(self, z: Tensor, context: Context | None = None, *, mask: Tensor | None = None) -> dict[str, Tensor]:
         """Masked-token cross-entropy. `mask` [B, *grid] bool (True = masked) overrides the random one."""
-        codes = self._flatten(z)
+        codes = self.flat_codes(z)
         B, N = codes.shape
         masked = random_mask(B, N, codes.device) if mask is None else mask.reshape(B, N).bool()
         logits = self.logits(codes, masked, self.drop_condition(context))
-        nll = masked_cross_entropy(logits, codes, masked)
-        return self.add_condition_losses({"loss": nll, "bits_per_token": nll.detach() / math.log(2)}, context)
+        return self.code_loss(masked_cross_entropy(logits, codes, masked), context)
 
     # ------------------------------------------------------------------ sampling
 
