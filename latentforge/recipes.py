@@ -33,6 +33,7 @@ from latentforge.config import (
     load_yaml,
     to_dict,
 )
+from latentforge.conditioning.caption import CaptionConfig, build_vocab, encode_captions
 from latentforge.data.base import DataConfig, DataSet, build_dataset
 from latentforge.data.sets import ShapesDataConfig
 from latentforge.generators.base import GeneratorConfig
@@ -132,7 +133,14 @@ def link(cfg: RecipeConfig) -> RecipeConfig:
                               "codes: pick a continuous bottleneck (gaussian) for it")
         updates["channels"] = spec.channels
     dataset = build_dataset(cfg.data)
-    if gen.conditioner is not None:
+    if isinstance(gen.conditioner, CaptionConfig):
+        if dataset.caption_key is None:
+            raise ConfigError(f"generator.conditioner 'caption' reads captions, which data {cfg.data.name!r} does not "
+                              "provide" + (f"; its conditioner is {dataset.natural_conditioner!r}"
+                                           if dataset.natural_conditioner else " (it is unlabelled)"))
+        if not gen.conditioner.vocab:  # the data's own words, fixed in the config (and so in the saved model)
+            updates["conditioner"] = dataclasses.replace(gen.conditioner, vocab=build_vocab(dataset.training_captions()))
+    elif gen.conditioner is not None:
         cond_cls = lookup("conditioner", gen.conditioner.name)[1]
         missing = [k for k in cond_cls.keys if k not in dataset.condition_keys]
         if missing:
@@ -283,9 +291,15 @@ class Run:
             return torch.from_numpy(f[split])
 
     def condition(self, split: str, data: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-        """The condition entries of a split (or of given rows) as tensors, for the conditioner."""
+        """The condition entries of a split (or of given rows) as tensors, for the conditioner;
+        a caption conditioner gets the captions as word ids in its vocabulary."""
         data = self.load_split(split) if data is None else data
-        return {k: torch.from_numpy(v) for k, v in DataSet.numeric(data).items()}
+        out = {k: torch.from_numpy(v) for k, v in DataSet.numeric(data).items()}
+        cond = self.cfg.generator.conditioner if self.cfg.generator is not None else None
+        if isinstance(cond, CaptionConfig):
+            texts = [str(t) for t in data[self.dataset.caption_key]]
+            out.update(encode_captions(texts, cond.vocab, cond.max_len))
+        return out
 
     def stage_generator(self) -> None:
         cfg = self.cfg

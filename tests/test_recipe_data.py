@@ -69,3 +69,29 @@ def test_unknown_sampling_option_is_named(tmp_path):
     run = Run(cfg, progress=False)
     with pytest.raises(ConfigError, match="sample.options: steps not accepted by generator 'autoregressive'"):
         run.sampling_options(ARGenerator(ARConfig(dim=32, depth=1, heads=2, vocab_size=8, grid=(2, 2))))
+
+
+@pytest.mark.slow
+def test_caption_conditioned_masked_generator_run(tmp_path):
+    """Any generator and conditioner by name: MaskGIT reading Shapes captions, end to end."""
+    cfg = load_recipe("configs/shapes_sg2im.yaml", [
+        f"out_dir={tmp_path}", "name=cap", "data.train_size=64", "data.val_size=16", *TINY_TOKENIZER,
+        "generator.name=masked", "generator.dim=32", "generator.depth=1", "generator.heads=2",
+        "generator.conditioner.name=caption", "generator.conditioner.dim=16", "generator.conditioner.depth=1",
+        "generator.conditioner.heads=2", "generator_train.steps=4", "generator_train.batch_size=16",
+        "sample.conditions=3", "sample.options={steps: 2}"])
+    vocab = cfg.generator.conditioner.vocab
+    assert {"circle", "left", "of", "red"} <= set(vocab) and len(vocab) < 40  # the data's own words
+    run = Run(cfg, progress=False)
+    cond = run.condition("val", {"captions": np.array(["a red circle left of a blue square"])})
+    ids = cond["caption_ids"][0, :8].tolist()
+    assert ids[:3] == [vocab.index("a") + 2, vocab.index("red") + 2, vocab.index("circle") + 2]
+    metrics = run.run()
+    with np.load(tmp_path / "cap" / "samples.npz") as f:
+        assert f["images"].shape == (6, 32, 32, 3)
+    assert {"scene_exact", "bits_per_token"} <= set(metrics["generator"])
+
+
+def test_link_refuses_captions_the_data_lacks():
+    with pytest.raises(ConfigError, match="'caption' reads captions, which data 'digits'.*its conditioner is 'class'"):
+        load_recipe("configs/digits_class_ar.yaml", ["generator.conditioner.name=caption"])

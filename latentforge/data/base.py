@@ -36,6 +36,7 @@ class DataSet:
     natural_conditioner: str | None = None   # the conditioner its condition entries feed
     condition_keys: tuple[str, ...] = ()     # the numeric condition entries of a split
     condition_text = "unconditional samples"  # for the report: what a sample was drawn for
+    caption_key: str | None = None           # the text entry of a split holding captions, if any
 
     def __init__(self, config: DataConfig) -> None:
         self.config = config
@@ -55,6 +56,10 @@ class DataSet:
     def for_sampling(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The rows as a sampler is given them: by default everything."""
         return arrays
+
+    def training_captions(self) -> list[str]:
+        """The captions of the training split, for a caption conditioner's vocabulary."""
+        raise NotImplementedError(f"data {self.config.name!r} has no captions")
 
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
         """One line per row to print under an image."""

@@ -61,6 +61,7 @@ class ShapesData(DataSet):
     condition_keys = ("obj_shape", "obj_color", "obj_size", "obj_mask", "obj_x", "obj_y",
                       "rel_subj", "rel_pred", "rel_obj", "rel_mask")
     condition_text = "Each sample is drawn for the scene graph in its caption (validation graphs, never trained on)."
+    caption_key = "captions"
 
     def split(self, name: str) -> dict[str, np.ndarray]:
         check_split(name)
@@ -76,6 +77,10 @@ class ShapesData(DataSet):
 
     def link_conditioner(self, cfg):
         return dataclasses.replace(cfg, max_objects=self.config.max_objects) if hasattr(cfg, "max_objects") else cfg
+
+    def training_captions(self) -> list[str]:
+        scfg = self.config.shapes()  # scenes without rendering: captions are cheap
+        return [sample_scene(scfg, "train", i).caption() for i in range(self.config.train_size)]
 
     def for_sampling(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # the graphs only: the true object centres stay hidden, so layouts are the model's own (P1)
