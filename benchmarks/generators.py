@@ -11,7 +11,8 @@ the first `--conditions` validation graphs and is scored by the Shapes parser: e
 count/shape/color/size/relation accuracy, diversity, images/s.
 
 Step sweeps (sampling time vs adherence, one trained model each, `generators.png`): masked with
-steps 4/8/16/32, DiT (flow, Euler) with 8/16/32/64, MAR with 4/8/16/32.
+steps 4/8/16/32, DiT (flow, Euler) with 8/16/32/64, MAR with 4/8/16/32. `--only dit_p20_masked,dit_p20_moe`
+trains P20's variants of the DiT (deferred masking; MoE) under the same budget, for comparison with `dit`.
 
 Side by side in the same process: our DiT against diffusers' `DiTTransformer2DModel` at the same
 width, depth, heads, patch size and latent grid (class-conditional, as diffusers' DiT is): median
@@ -65,6 +66,12 @@ GENERATORS: dict[str, tuple[str, dict, dict, list[int]]] = {
                              "depth_dim": WIDTH, "depth_layers": 2, "depth_heads": HEADS}, {}, []),
     "dit": ("kl", {"name": "dit", "dim": WIDTH, "depth": DEPTH, "heads": HEADS, "patch": 1}, {"steps": 32},
             [8, 16, 32, 64]),
+    # P20 (MicroDiT): a one-block patch mixer, then 75% of the patches dropped in training; and the
+    # expert-choice MoE MLPs in every other block. Same width, depth and wall-clock as "dit".
+    "dit_p20_masked": ("kl", {"name": "dit", "dim": WIDTH, "depth": DEPTH, "heads": HEADS, "patch": 1,
+                              "patch_mixer_depth": 1, "mask_ratio": 0.75}, {"steps": 32}, []),
+    "dit_p20_moe": ("kl", {"name": "dit", "dim": WIDTH, "depth": DEPTH, "heads": HEADS, "patch": 1,
+                           "moe_experts": 4}, {"steps": 32}, []),
     "mar": ("kl", {"name": "mar", "dim": WIDTH, "depth": DEPTH, "heads": HEADS, "head_width": WIDTH,
                    "head_depth": 3}, {"steps": 8, "head_steps": 50}, [4, 8, 16, 32]),
 }
@@ -255,6 +262,34 @@ def speed_vs_diffusers(grid: int = 8, channels: int = 4, batch: int = 32, reps: 
             "train_ratio": med["ours_train"] / med["peer_train"], "eval_ratio": med["ours_eval"] / med["peer_eval"]}
 
 
+def p20_step_speed(grid: int = 16, channels: int = 4, width: int = 256, depth: int = 8, batch: int = 32,
+                   reps: int = 6) -> dict:
+    """P20's claim at a size where the backbone dominates: the training step of a plain DiT against
+    the same DiT with a one-block patch mixer and 75% of the patches dropped (interleaved medians)."""
+    from latentforge.generators.diffusion import DiTConfig, DiTGenerator
+
+    torch.manual_seed(0)
+    size = dict(grid=(grid, grid), channels=channels, dim=width, depth=depth, heads=width // 64, patch=1)
+    models = {"plain": DiTGenerator(DiTConfig(**size)),
+              "deferred_masking": DiTGenerator(DiTConfig(**size, patch_mixer_depth=1, mask_ratio=0.75)),
+              "moe_4_experts": DiTGenerator(DiTConfig(**size, moe_experts=4))}
+    opts = {k: torch.optim.AdamW(m.parameters(), 1e-4) for k, m in models.items()}
+    z = torch.randn(batch, grid, grid, channels)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(reps + 1):
+        for name, model in models.items():
+            t = time.perf_counter()
+            model.loss(z)["loss"].backward()
+            opts[name].step()
+            opts[name].zero_grad(set_to_none=True)
+            if i:
+                times[name].append(time.perf_counter() - t)
+    med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    return {"size": {**size, "grid": [grid, grid], "batch": batch}, **{f"{k}_ms": v for k, v in med.items()},
+            "masking_speedup": med["plain"] / med["deferred_masking"],
+            "moe_slowdown": med["moe_4_experts"] / med["plain"]}
+
+
 # ---------------------------------------------------------------------------------- plot
 
 
@@ -288,7 +323,8 @@ def main() -> None:
     ap.add_argument("--conditions", type=int, default=100, help="val graphs sampled (2 samples each)")
     ap.add_argument("--data-size", type=int, default=20000)
     ap.add_argument("--tokenizer-steps", type=int, default=500)
-    ap.add_argument("--only", default=",".join(GENERATORS))
+    ap.add_argument("--only", default=",".join(n for n in GENERATORS if not n.startswith("dit_p20")),
+                    help=f"comma-separated, of {', '.join(GENERATORS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-only", action="store_true", help="only the diffusers DiT comparison")
     ap.add_argument("--work", default="runs/bench_generators")
@@ -307,6 +343,10 @@ def main() -> None:
         print(f"DiT vs diffusers ({speed['precision']}): train {speed['ours_train_ms']:.1f} / "
               f"{speed['peer_train_ms']:.1f} ms ({speed['train_ratio']:.2f}x), eval {speed['ours_eval_ms']:.1f} / "
               f"{speed['peer_eval_ms']:.1f} ms ({speed['eval_ratio']:.2f}x)", flush=True)
+    p20 = result["p20_step_speed"] = p20_step_speed()
+    print(f"P20 at 16x16 tokens, width 256, depth 8: step {p20['plain_ms']:.0f} ms plain, "
+          f"{p20['deferred_masking_ms']:.0f} ms with deferred masking ({p20['masking_speedup']:.2f}x faster), "
+          f"{p20['moe_4_experts_ms']:.0f} ms with MoE ({p20['moe_slowdown']:.2f}x)", flush=True)
     if not args.speed_only:
         names = args.only.split(",")
         tokenizers, result["tokenizers"] = {}, {}
