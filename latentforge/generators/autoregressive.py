@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.base import Generator, GeneratorConfig, init_code_io
 from latentforge.generators.sampling import guide, sample_tokens
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.transformer import Transformer, init_transformer_weights
@@ -94,9 +94,7 @@ class ARGenerator(Generator):
         self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
         self.head = nn.Linear(D, config.vocab_size)
         init_transformer_weights(self.transformer, config.depth)
-        nn.init.normal_(self.token_emb.weight, std=0.02)
-        nn.init.zeros_(self.head.weight)  # uniform start: initial loss = log V
-        nn.init.zeros_(self.head.bias)
+        init_code_io(self.token_emb, self.head)
         # raster models get no new parameters, so their weights and init stay as they were
         self.source_pos = None if config.order == "raster" else GridPositionEmbedding(config.grid, D)
         fixed = coarse_to_fine_order(tuple(config.grid)) if config.order == "coarse_to_fine" else None

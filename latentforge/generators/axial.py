@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.base import Generator, GeneratorConfig, init_code_io
 from latentforge.generators.sampling import guide, sample_tokens
 from latentforge.nn.axial import AxialStack
 from latentforge.nn.embeddings import GridPositionEmbedding
@@ -77,9 +77,7 @@ class AxialARGenerator(Generator):
         # number of residual blocks on the longest path
         init_transformer_weights(self.upper, 2 * config.upper_depth + config.row_depth)
         init_transformer_weights(self.rows, 2 * config.upper_depth + config.row_depth)
-        nn.init.normal_(self.token_emb.weight, std=0.02)
-        nn.init.zeros_(self.head.weight)  # uniform start: initial loss = log V
-        nn.init.zeros_(self.head.bias)
+        init_code_io(self.token_emb, self.head)
 
     def no_weight_decay(self) -> set[str]:
         return {"bos"}

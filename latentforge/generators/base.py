@@ -34,6 +34,14 @@ class GeneratorConfig(ModelConfig):
         return math.prod(self.grid)
 
 
+def init_code_io(embedding: nn.Embedding, head: nn.Linear) -> None:
+    """A code model's input table N(0, 0.02) and a zero output layer: every model starts uniform,
+    with initial loss log V."""
+    nn.init.normal_(embedding.weight, std=0.02)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+
+
 class Generator(nn.Module):
     config: GeneratorConfig
     conditioner: Conditioner | None

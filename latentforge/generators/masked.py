@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.base import Generator, GeneratorConfig, init_code_io
 from latentforge.generators.sampling import guide, sample_tokens
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.transformer import Transformer, init_transformer_weights
@@ -158,9 +158,7 @@ class MaskedGenerator(Generator):
             nn.init.normal_(self.bridge.weight, std=0.02)
             nn.init.zeros_(self.bridge.bias)
         self.head = nn.Linear(D, config.vocab_size)
-        nn.init.normal_(self.token_emb.weight, std=0.02)
-        nn.init.zeros_(self.head.weight)  # uniform start: initial loss = log V
-        nn.init.zeros_(self.head.bias)
+        init_code_io(self.token_emb, self.head)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_emb"}
