@@ -2,7 +2,8 @@
 
     latentforge run configs/shapes_sg2im.yaml [--quick] [--restart] [key.path=value ...]
     latentforge sample runs/demo --graph g.json --n 8 --out x.png
-    latentforge eval runs/demo
+    latentforge eval runs/demo [--metrics fid,kid,pr] [--n 1000] [--seed 0]
+    latentforge eval train-probe shapes
     latentforge report runs/demo
     latentforge data shapes --n 16 --out grid.png
 """
@@ -30,9 +31,23 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    for stage, values in metrics.items():
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-        print(f"{stage}: {shown}")
+    def shown(values: dict) -> str:
+        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in values.items() if not isinstance(v, (dict, list)))
+
+    for stage in ("tokenizer", "generator"):
+        if stage in metrics:
+            print(f"{stage}: {shown(metrics[stage])}")
+    dist = metrics.get("distribution")
+    if dist:
+        f = dist["features"]
+        print(f"distribution ({dist['n']} images a set, seed {dist['seed']}, {f['name']} features {f['hash']}):")
+        sets = ([("model", dist["model"])] if "model" in dist else []) + list(dist.get("baselines", {}).items())
+        for name, values in sets:
+            print(f"  {name}: {shown(values)}")
+    skipped = metrics.get("eval", {}).get("skipped")
+    if skipped:
+        print("not measured: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
 
 
 def _recipe_of(run_dir: str):
@@ -49,11 +64,67 @@ def _recipe_of(run_dir: str):
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from latentforge.atomic import write_json
+    from latentforge.eval.run_metrics import evaluate_run
+    from latentforge.recipes import METRIC_GROUPS
+    from latentforge.report.html import write_report
+
+    if args.run == "train-probe":
+        return _train_probe(args)
+    if args.rest:
+        raise ConfigError(f"eval takes one run folder, got also: {' '.join(args.rest)}")
     run = _recipe_of(args.run)
-    stages = ("sample", "eval", "report") if not (run.dir / "samples.npz").exists() else ("eval", "report")
-    for stage in stages:
-        getattr(run, f"stage_{stage}")()
-    _print_metrics(json.loads((run.dir / "metrics.json").read_text()))
+    run.progress = not args.no_progress
+    if run.cfg.generator is not None and not (run.dir / "samples.npz").exists():
+        run.stage_sample()
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(METRIC_GROUPS)
+    changes = {"metrics": tuple(metrics)}
+    for key in ("n", "seed", "inception_weights"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    try:
+        ecfg = dataclasses.replace(run.cfg.eval, **changes)
+    except ValueError as err:
+        raise ConfigError(f"eval: {err}") from None
+    result = evaluate_run(run, ecfg, progress=run.progress)
+    write_json(run.dir / "metrics.json", result)
+    write_report(run.dir)
+    _print_metrics(result)
+    print(f"metrics: {run.dir / 'metrics.json'}\nreport: {run.dir / 'report.html'}")
+    return 0
+
+
+def _train_probe(args: argparse.Namespace) -> int:
+    import shutil
+
+    from latentforge.config import apply_overrides, from_dict
+    from latentforge.eval.probe import ProbeTrainConfig, probe_dir, probe_info, train_probe
+    from latentforge.registry import lookup, names
+
+    if not args.rest:
+        raise ConfigError(f"eval train-probe needs a data set: one of {', '.join(names('dataset'))}")
+    name, overrides = args.rest[0], args.rest[1:]
+    try:
+        config_cls = lookup("dataset", name)[0]
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from None
+    data_cfg = from_dict(config_cls, apply_overrides({"name": name}, overrides), path="data")
+    folder = probe_dir(data_cfg)
+    if args.force and folder.exists():
+        shutil.rmtree(folder)
+    if (folder / "model.safetensors").exists():
+        print(f"probe already trained: {folder} (--force retrains it)")
+    else:
+        train = ProbeTrainConfig(steps=args.steps) if args.steps else ProbeTrainConfig()
+        try:
+            train_probe(data_cfg, train, progress=not args.no_progress)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    info = probe_info(folder)
+    accuracy = ", ".join(f"{h} {v:.2%}" for h, v in info["test_accuracy"].items())
+    print(f"{name} probe in {folder}\ntest accuracy ({info['test_images']} images): {accuracy}")
     return 0
 
 
@@ -141,8 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cfg-scale", type=float)
     s.set_defaults(func=_sample)
 
-    e = sub.add_parser("eval", help="recompute metrics.json and the report of a run")
-    e.add_argument("run")
+    e = sub.add_parser("eval", help="recompute metrics.json and the report of a run; "
+                       "`eval train-probe DATASET` trains a data set's probe network",
+                       description="latentforge eval RUN [--metrics fid,kid,pr,...] [--n N] [--seed S]\n"
+                       "latentforge eval train-probe DATASET [key=value ...] [--steps N] [--force]",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("run", help="run folder, e.g. runs/demo; or `train-probe`")
+    e.add_argument("rest", nargs="*", help="train-probe: the data set and its config overrides (size=64)")
+    e.add_argument("--metrics", help="comma-separated groups: recon, val, adherence, diversity, speed, "
+                   "fid, kid, pr (default: all)")
+    e.add_argument("--n", type=int, help="images per set for fid / kid / pr (default: eval.n of the run)")
+    e.add_argument("--seed", type=int, help="seed of the samples and subsets (default: eval.seed)")
+    e.add_argument("--inception-weights", help="Inception-v3 weights file (pytorch-fid or torchvision "
+                   "format): standard FID instead of the probe's")
+    e.add_argument("--steps", type=int, help="train-probe: training steps (default 2000)")
+    e.add_argument("--force", action="store_true", help="train-probe: retrain even if cached")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_eval)
 
     rep = sub.add_parser("report", help="rewrite report.html of a run")

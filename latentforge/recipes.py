@@ -62,10 +62,28 @@ class SampleConfig:
     options: dict = field(default_factory=dict)   # generator-specific: steps, method, eta, ...
 
 
+# what `eval.metrics` may name; the eval stage computes those that apply to the run
+METRIC_GROUPS = ("recon", "val", "adherence", "diversity", "speed", "fid", "kid", "pr")
+
+
 @dataclass
 class EvalConfig:
     recon_images: int = 1000         # validation images for the tokenizer metrics
     show: int = 16                   # images in each picture of the report
+    metrics: tuple[str, ...] = METRIC_GROUPS
+    n: int = 1000                    # images per set for fid / kid / pr (capped by the val split)
+    seed: int = 0                    # samples and subsets of the distribution metrics
+    inception_weights: str = ""      # an Inception-v3 weights file: standard FID instead of the probe's
+    baselines: bool = True           # floor (real vs real) and trivial models beside fid / kid / pr
+    speed_batch: int = 64            # images per timed sampling call (speed)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRIC_GROUPS]
+        if unknown:
+            raise ValueError(f"metrics: unknown {', '.join(map(repr, unknown))}; "
+                             f"choose from {', '.join(METRIC_GROUPS)}")
+        if self.n < 10:
+            raise ValueError(f"n must be >= 10, got {self.n}")
 
 
 @dataclass
@@ -323,18 +341,13 @@ class Run:
         s = self.cfg.sample
         val = self.load_split("val")
         rows = min(s.conditions, len(val["images"]))
-        given = self.dataset.for_sampling({k: v[:rows] for k, v in val.items() if k != "images"})
-        given = {k: np.repeat(v, s.per_graph, axis=0) for k, v in given.items()}
+        given = {k: np.repeat(v[:rows], s.per_graph, axis=0) for k, v in val.items() if k != "images"}
         groups = np.repeat(np.arange(rows), s.per_graph)
-        pipe = Pipeline.from_run(self.dir, str(self.device))
-        conditional = pipe.generator.conditioner is not None
-        gen = torch.Generator(device=self.device).manual_seed(s.seed)
         t = time.perf_counter()
-        options = self.sampling_options(pipe.generator)
-        images = pipe.generate(self.condition("val", given) if conditional else None, n=len(groups),
-                               generator=gen, batch_size=s.batch_size, **options)
+        images, given = self.draw_samples(given, len(groups), s.seed)
         seconds = time.perf_counter() - t
-        write_npz(self.dir / "samples.npz", images=images, groups=groups, **(given if conditional else {}))
+        conditional = bool(given)
+        write_npz(self.dir / "samples.npz", images=images, groups=groups, **given)
         write_json(self.dir / "sample_info.json", {
             "images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
             "conditional": conditional,
@@ -343,9 +356,23 @@ class Run:
 
         show = self._show_indices(groups)
         captions = self.dataset.captions({k: v[show] for k, v in given.items()}) if conditional else None
+        options = self.sampling_options(Pipeline.from_run(self.dir, "cpu").generator)
         shown = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
         save_captioned_grid(images[show], captions or [""] * len(show), self.dir / "samples.png",
                             title=f"samples ({shown})")
+
+    def draw_samples(self, rows: dict[str, np.ndarray], n: int, seed: int,
+                     pipe: Pipeline | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """n samples with the run's sampling settings: one per row of `rows` (a split's
+        non-image entries) for a conditional generator, else n unconditional ones. Returns the
+        images and the rows as the sampler was given them (empty when unconditional)."""
+        pipe = pipe or Pipeline.from_run(self.dir, str(self.device))
+        conditional = pipe.generator.conditioner is not None
+        given = self.dataset.for_sampling({k: v[:n] for k, v in rows.items()}) if conditional else {}
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        images = pipe.generate(self.condition("val", given) if conditional else None, n=n, generator=gen,
+                               batch_size=self.cfg.sample.batch_size, **self.sampling_options(pipe.generator))
+        return images, given
 
     def sampling_options(self, generator: torch.nn.Module) -> dict[str, Any]:
         """The sample section as keyword arguments of this generator's `sample`: the common

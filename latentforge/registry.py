@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-KINDS = ("tokenizer", "generator", "conditioner", "quantizer", "dataset")
+KINDS = ("tokenizer", "generator", "conditioner", "quantizer", "dataset", "probe")
 _TABLES: dict[str, dict[str, tuple[type, type]]] = {kind: {} for kind in KINDS}
 
 M = TypeVar("M", bound=type)
@@ -48,6 +48,7 @@ def _import_all() -> None:
     # Importing the packages runs their @register decorators.
     import latentforge.conditioning  # noqa: F401
     import latentforge.data  # noqa: F401
+    import latentforge.eval.probe  # noqa: F401
     import latentforge.generators  # noqa: F401
     import latentforge.quantize  # noqa: F401
     import latentforge.tokenizers  # noqa: F401

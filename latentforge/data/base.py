@@ -37,6 +37,7 @@ class DataSet:
     condition_keys: tuple[str, ...] = ()     # the numeric condition entries of a split
     condition_text = "unconditional samples"  # for the report: what a sample was drawn for
     caption_key: str | None = None           # the text entry of a split holding captions, if any
+    probe_shift = 0                          # a probe's training shift, in pixels per 32 of image side
 
     def __init__(self, config: DataConfig) -> None:
         self.config = config
@@ -64,6 +65,11 @@ class DataSet:
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
         """One line per row to print under an image."""
         return [""] * len(arrays["images"]) if "images" in arrays else []
+
+    def probe_targets(self, arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, int]]:
+        """Ground truth for a probe network (`latentforge.eval.probe`): head name ->
+        (int labels [N, K], number of classes). Empty when the data carry no labels."""
+        return {}
 
     def adherence(self, samples: np.ndarray, arrays: dict[str, np.ndarray],
                   real: np.ndarray) -> dict[str, float]:

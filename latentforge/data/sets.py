@@ -19,6 +19,9 @@ from latentforge.data.base import DataConfig, DataSet, check_split
 from latentforge.data.digits import NUM_CLASSES, DigitsConfig, digits_images
 from latentforge.data.photos import PHOTOS, PhotosConfig, photo_crops
 from latentforge.data.shapes import (
+    COLORS,
+    SHAPES,
+    SIZES,
     SceneGraph,
     ShapesConfig,
     encode_graphs,
@@ -91,6 +94,17 @@ class ShapesData(DataSet):
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
         return [_scene(g).caption() for g in arrays["graphs"]]
 
+    def probe_targets(self, arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, int]]:
+        # how many objects of each shape, colour and size, and in all: what a scene is, up to placement
+        scenes = [_scene(g) for g in arrays["graphs"]]
+        counts = self.config.max_objects + 1
+        out = {}
+        for key, values in (("shape", SHAPES), ("color", tuple(COLORS)), ("size", SIZES)):
+            out[key] = (np.array([[sum(getattr(o, key) == v for o in s.objects) for v in values]
+                                  for s in scenes], dtype=np.int64), counts)
+        out["count"] = (np.array([[len(s.objects)] for s in scenes], dtype=np.int64), counts)
+        return out
+
     def adherence(self, samples: np.ndarray, arrays: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
         from latentforge.eval.shapes import scene_adherence
 
@@ -128,6 +142,7 @@ class DigitsData(DataSet):
     natural_conditioner = "class"
     condition_keys = ("label",)
     condition_text = "Each sample is drawn for the digit class in its caption."
+    probe_shift = 2  # handwriting sits anywhere near the centre: a class does not depend on it
 
     def split(self, name: str) -> dict[str, np.ndarray]:
         images, labels = digits_images(self.config.digits(), name)
@@ -138,6 +153,19 @@ class DigitsData(DataSet):
 
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
         return [f"digit {int(label)}" for label in arrays["label"]]
+
+    def probe_targets(self, arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, int]]:
+        return {"class": (arrays["label"].astype(np.int64)[:, None], NUM_CLASSES)}
+
+    def adherence(self, samples: np.ndarray, arrays: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
+        # read by the digits probe (trained on first use, then cached); the floor is the
+        # probe on the data's own images of the same classes
+        from latentforge.eval.probe import load_probe
+
+        probe = load_probe(self.config)
+        labels = arrays["label"]
+        return {"class_acc": float((probe.predict(samples)["class"][:, 0].numpy() == labels).mean()),
+                "real_images_class_acc": float((probe.predict(real)["class"][:, 0].numpy() == labels).mean())}
 
 
 # ------------------------------------------------------------------------------------- photos

@@ -68,6 +68,36 @@ def _metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
     return "<table>" + "\n".join(rows) + "</table>"
 
 
+# how to read each distribution metric: which way is better
+_DIRECTION = {"fid": "lower", "kid": "lower", "precision": "higher", "recall": "higher",
+              "density": "≈ 1", "coverage": "higher", "nearest_train_ratio": "≈ 1 (≪ 1: copies)"}
+
+
+def _distribution_table(dist: dict[str, Any]) -> str:
+    """The model's FID/KID/PR beside the floor (real vs real) and the trivial baselines."""
+    columns = ([("model", dist["model"])] if "model" in dist else []) + list(dist.get("baselines", {}).items())
+    keys = [k for k in _DIRECTION if any(k in values for _, values in columns)]
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in columns)
+    rows = [f"<tr><th>metric</th>{head}<th>better</th></tr>"]
+    for k in keys:
+        cells = "".join(f'<td class="num">{_fmt(values[k]) if k in values else ""}'
+                        f'{" ± " + _fmt(values["kid_std"]) if k == "kid" and values.get("kid_std") else ""}</td>'
+                        for _, values in columns)
+        rows.append(f'<tr id="dist-{k}"><td>{k}</td>{cells}<td>{_DIRECTION[k]}</td></tr>')
+    f = dist["features"]
+    extra = ""
+    if f.get("test_accuracy"):
+        extra = "; the probe's own test accuracy: " + ", ".join(f"{h} {v:.1%}" for h, v in f["test_accuracy"].items())
+    note = (f"<p>{dist['n']} images a set, seed {dist['seed']}, against the first {dist['n']} images of the "
+            f"{html.escape(dist['reference'])}. Features: {html.escape(f['name'])} "
+            f"(<code>{html.escape(f['source'])}</code>, sha256 {html.escape(f['hash'])}){html.escape(extra)}. "
+            "<em>real (test split)</em> is the floor a perfect model reaches at this N; "
+            "<em>pixel gaussian</em> (independent per-pixel Gaussians) is a model that learnt nothing "
+            "but colours; <em>train copies</em> is a model that memorised its training images, which is "
+            "why nearest_train_ratio sits beside FID.</p>")
+    return "<table>" + "\n".join(rows) + "</table>" + note
+
+
 def write_report(run_dir: str | os.PathLike) -> Path:
     run = Path(run_dir)
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
@@ -83,12 +113,23 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     info = json.loads((run / "sample_info.json").read_text()) if (run / "sample_info.json").exists() else None
     samples = ("<p><em>a tokenizer-only run: no generator, no samples</em></p>" if info is None else
                f"<p>{html.escape(info.get('shows', ''))}</p>\n" + _img(run / "samples.png", "samples"))
+    tables = {k: v for k, v in metrics.items() if k in ("tokenizer", "generator")}
+    dist = metrics.get("distribution")
+    distribution = (_distribution_table(dist) if dist else
+                    "<p><em>no FID / KID / precision-recall: run <code>latentforge eval "
+                    f"{html.escape(str(run))}</code></em></p>")
+    left_out = metrics.get("eval", {}).get("skipped", {})
+    skipped = ("<p>Not measured: " + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in left_out.items())
+               + "</p>") if left_out else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>latentforge run: {html.escape(run.name)}</title>
 <style>{CSS}</style></head><body>
 <h1>latentforge run <code>{html.escape(run.name)}</code></h1>
 <h2>Metrics</h2>
-{_metrics_table(metrics) if metrics else "<p><em>no metrics yet: run the eval stage</em></p>"}
+{_metrics_table(tables) if tables else "<p><em>no metrics yet: run the eval stage</em></p>"}
+{skipped}
+<h2>Sample quality</h2>
+{distribution}
 <h2>Samples</h2>
 {samples}
 <h2>Reconstructions</h2>
