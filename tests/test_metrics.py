@@ -4,7 +4,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from latentforge.eval.diversity import diversity
-from latentforge.eval.image_metrics import psnr, ssim, to_unit
+from latentforge.eval.image_metrics import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, psnr, ssim, to_unit
 
 
 def images(seed, n=3, size=32):
@@ -47,3 +47,30 @@ def test_diversity_known_answers():
     assert out["unique_frac"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="at least two samples"):
         diversity(imgs[:2], np.array([0, 1]))
+
+
+def test_ms_ssim_matches_pytorch_msssim():
+    import pytorch_msssim
+    a, b = images(1, size=192)  # the reference needs > 160 pixels for its five scales
+    x, y = to_unit(a), to_unit(b)
+    ours = ms_ssim(x, y)
+    ref = pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=False)
+    # the reference builds its Gaussian window in float32: agreement to ~1e-7, not 1e-15
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    # fewer scales, given explicitly, agree too
+    w = (0.3, 0.3, 0.4)
+    torch.testing.assert_close(ms_ssim(x, y, w), pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=False,
+                                                                      weights=list(w)), rtol=1e-5, atol=1e-6)
+
+
+def test_ms_ssim_known_answers_and_scales():
+    a, b = images(2, size=32)
+    x, y = to_unit(a), to_unit(b)
+    torch.testing.assert_close(ms_ssim(x, x), torch.ones(len(x), dtype=torch.float64))
+    assert [ms_ssim_scales(s) for s in (16, 21, 32, 64, 176)] == [1, 2, 2, 3, 5]
+    # two scales fit 32 pixels: the two standard weights, renormalised
+    w = MS_SSIM_WEIGHTS[:2]
+    torch.testing.assert_close(ms_ssim(x, y), ms_ssim(x, y, tuple(v / sum(w) for v in w)))
+    assert (ms_ssim(x, y) < 1).all() and (ms_ssim(x, y) > 0).all()
+    with pytest.raises(ValueError, match=r"at least 21 pixels"):
+        ms_ssim(x[..., :16, :16], y[..., :16, :16])

@@ -99,8 +99,60 @@ def test_sample_and_eval_commands(run_dir, tmp_path, capsys):
     bad.write_text(json.dumps({"objects": [{"shape": "hexagon", "color": "red", "size": "large"}]}))
     assert main(["sample", str(run_dir), "--graph", str(bad), "--out", str(out)]) == 2
     assert "objects[0].shape: 'hexagon' is not one of" in capsys.readouterr().err
-    assert main(["eval", str(run_dir)]) == 0
+    assert main(["eval", str(run_dir), "--metrics", "recon,adherence", "--no-progress"]) == 0
     assert "scene_exact" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eval_command_writes_every_metric_deterministically(run_dir, shapes_probe, capsys):
+    args = ["eval", str(run_dir), "--n", "40", "--seed", "3", "--no-progress"]
+    assert main(args) == 0
+    first = json.loads((run_dir / "metrics.json").read_text())
+    dist = first["distribution"]
+    assert dist["n"] == 40 and dist["seed"] == 3 and dist["features"]["name"] == "probe"
+    assert len(dist["features"]["hash"]) == 16 and dist["features"]["test_accuracy"]["count"] >= 0.95
+    for values in (dist["model"], *dist["baselines"].values()):
+        assert {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage"} <= set(values)
+    # a 6-step model is far from the data: worse than the floor; the floor beats the Gaussian
+    floor, gaussian = dist["baselines"]["real (test split)"], dist["baselines"]["pixel gaussian"]
+    assert floor["fid"] < dist["model"]["fid"] and floor["fid"] < gaussian["fid"]
+    assert floor["precision"] > gaussian["precision"]
+    assert {"ms_ssim", "psnr_low", "psnr_high_1", "rfid"} <= set(first["tokenizer"])
+    assert {"images_per_s", "ms_per_step", "steps_per_batch"} <= set(first["generator"])
+    assert first["generator"]["steps_per_batch"] == 64  # one per code of the 8x8 grid (KV cache)
+    assert first["eval"] == {"metrics": ["recon", "val", "adherence", "diversity", "speed", "fid", "kid", "pr"],
+                             "n": 40, "seed": 3, "skipped": {}}
+    out = capsys.readouterr().out
+    assert "real (test split): fid=" in out
+    html = (run_dir / "report.html").read_text()
+    assert 'id="dist-fid"' in html and dist["features"]["hash"] in html
+    # the same n and seed give the same numbers (timings aside)
+    assert main(args) == 0
+    second = json.loads((run_dir / "metrics.json").read_text())
+    timing = {"images_per_s", "ms_per_step"}
+    assert second["distribution"] == first["distribution"] and second["tokenizer"] == first["tokenizer"]
+    assert {k: v for k, v in second["generator"].items() if k not in timing} == \
+        {k: v for k, v in first["generator"].items() if k not in timing}
+    assert main([*args[:-2], "4", "--no-progress"]) == 0  # another seed, other samples
+    assert json.loads((run_dir / "metrics.json").read_text())["distribution"]["model"] != dist["model"]
+
+
+def test_eval_command_errors(tmp_path, capsys):
+    assert main(["eval", "train-probe", "photos", "--steps", "2"]) == 2
+    assert "no labels to train a probe on" in capsys.readouterr().err
+    assert main(["eval", "train-probe", "mnist"]) == 2
+    assert "unknown dataset 'mnist'" in capsys.readouterr().err
+    assert main(["eval", "train-probe", "digits", "sizes=16"]) == 2
+    assert "unknown config key 'data.sizes'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_probe_command(capsys):
+    assert main(["eval", "train-probe", "digits", "size=16", "--steps", "30", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "digits probe in" in out and "test accuracy (179 images): class" in out
+    assert main(["eval", "train-probe", "digits", "size=16"]) == 0
+    assert "probe already trained" in capsys.readouterr().out
 
 
 def test_cli_config_errors(tmp_path, capsys):

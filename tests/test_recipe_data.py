@@ -16,7 +16,7 @@ TINY_GENERATOR = ["generator.dim=32", "generator.depth=1", "generator.heads=2", 
 
 
 @pytest.mark.slow
-def test_digits_class_conditional_run(tmp_path):
+def test_digits_class_conditional_run(tmp_path, digits_probe):
     cfg = load_recipe("configs/digits_class_ar.yaml", [f"out_dir={tmp_path}", *TINY_TOKENIZER, *TINY_GENERATOR,
                                                       "sample.conditions=5", "sample.per_graph=2"])
     assert cfg.generator.conditioner.num_classes == 10
@@ -28,7 +28,9 @@ def test_digits_class_conditional_run(tmp_path):
         assert f["images"].shape == (10, 32, 32, 3)
         val_labels = np.load(run / "data" / "val.npz")["label"][:5]
         assert np.array_equal(f["label"], np.repeat(val_labels, 2))  # sampled for the val labels
-    assert {"val_loss", "bits_per_token", "diversity", "images_per_s"} <= set(metrics["generator"])
+    assert {"val_loss", "bits_per_token", "diversity", "images_per_s", "class_acc"} <= set(metrics["generator"])
+    assert metrics["generator"]["real_images_class_acc"] >= 0.8  # the probe reads real digits
+    assert metrics["distribution"]["features"]["name"] == "probe"
     info = json.loads((run / "sample_info.json").read_text())
     assert info["conditional"] and "digit class" in info["shows"]
 
@@ -40,7 +42,10 @@ def test_tokenizer_only_photo_run(tmp_path):
     assert cfg.generator is None
     metrics = Run(cfg, progress=False).run()
     run = tmp_path / "photos_tok"
-    assert set(metrics) == {"tokenizer"} and 0 < metrics["tokenizer"]["psnr"] < 100
+    assert set(metrics) == {"tokenizer", "eval"} and 0 < metrics["tokenizer"]["psnr"] < 100
+    # no labels to train a probe on and no Inception weights: FID is left out, and says why
+    assert "no probe network" in metrics["eval"]["skipped"]["fid"]
+    assert "ms_ssim" in metrics["tokenizer"]
     assert set(json.loads((run / "stages.json").read_text())) == {"data", "tokenizer", "eval", "report"}
     assert not (run / "generator").exists() and not (run / "samples.npz").exists()
     assert "tokenizer-only run" in (run / "report.html").read_text()

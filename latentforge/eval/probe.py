@@ -216,7 +216,7 @@ def train_probe(data_config: Any, train: ProbeTrainConfig | None = None, folder:
         return {"image": x, **{h: y[idx] for h, y in y_all.items()}}
 
     tcfg = TrainConfig(steps=train.steps, batch_size=B, lr=train.lr, warmup=min(100, train.steps // 10 + 1),
-                       weight_decay=0.0, log_every=50, ckpt_every=500)
+                       weight_decay=0.0, grad_clip=0.0, log_every=50, ckpt_every=500)
     print(f"training the {data_config.name} probe ({train.steps} steps; once, cached in {folder})",
           file=sys.stderr, flush=True)
     Trainer(model, tcfg, folder / "train", batch_fn, device=device, desc=f"probe {data_config.name}",
