@@ -74,3 +74,18 @@ def test_ms_ssim_known_answers_and_scales():
     assert (ms_ssim(x, y) < 1).all() and (ms_ssim(x, y) > 0).all()
     with pytest.raises(ValueError, match=r"at least 21 pixels"):
         ms_ssim(x[..., :16, :16], y[..., :16, :16])
+
+
+def test_degradations_known_answers():
+    from latentforge.eval.degrade import gaussian_blur, gaussian_noise
+
+    flat = np.full((2, 16, 16, 3), 77, np.uint8)
+    assert np.array_equal(gaussian_blur(flat, 1.5), flat)  # a constant image has nothing to blur
+    a, _ = images(3, n=2, size=16)
+    assert gaussian_blur(a, 0) is a and gaussian_noise(a, 0) is a
+    blurred = gaussian_blur(a, 2.0)
+    assert blurred.std() < 0.5 * a.std()  # white noise loses most of its variance
+    assert abs(blurred.astype(float).mean() - a.astype(float).mean()) < 3
+    assert np.array_equal(gaussian_noise(a, 8, seed=1), gaussian_noise(a, 8, seed=1))
+    spread = (gaussian_noise(flat, 8).astype(float) - 77).std()
+    assert 7 < spread < 9

@@ -3,12 +3,12 @@ features, and FID in their feature space ranks degraded sample sets worse, monot
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from latentforge.data.shapes import COLORS
 from latentforge.data.sets import DigitsDataConfig, PhotosDataConfig, ShapesData, ShapesDataConfig
+from latentforge.eval.degrade import gaussian_blur, gaussian_noise
 from latentforge.eval.distribution import fid
 from latentforge.eval.features import pick_features
 from latentforge.eval.probe import has_probe, load_probe, probe_dir, probe_info, probe_key
@@ -60,19 +60,6 @@ def test_probe_choice_per_data_set(shapes_probe):
     assert features.name == "probe" and features.info["test_accuracy"]["count"] >= 0.95
 
 
-def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma == 0:
-        return images
-    radius = int(np.ceil(3 * sigma))
-    g = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
-    g /= g.sum()
-    x = images.astype(np.float64)
-    for axis in (1, 2):
-        padded = np.pad(x, [(radius, radius) if a == axis else (0, 0) for a in range(4)], mode="edge")
-        x = sum(w * np.take(padded, np.arange(i, i + x.shape[axis]), axis=axis) for i, w in enumerate(g))
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
 @pytest.mark.slow
 def test_fid_ranks_degraded_shapes_worse_monotonically(shapes_probe):
     n = 300
@@ -85,9 +72,8 @@ def test_fid_ranks_degraded_shapes_worse_monotonically(shapes_probe):
     def score(images):
         return fid(a, shapes_probe.features(images))
 
-    rng = np.random.default_rng(0)
-    noise = [score(np.clip(clean + rng.normal(0, s, clean.shape), 0, 255).astype(np.uint8)) for s in (0, 8, 16, 32, 64)]
-    blur = [score(_blur(clean, s)) for s in (0, 0.5, 1.0, 1.5, 2.0)]
+    noise = [score(gaussian_noise(clean, s)) for s in (0, 8, 16, 32, 64)]
+    blur = [score(gaussian_blur(clean, s)) for s in (0, 0.5, 1.0, 1.5, 2.0)]
     # mode dropping: only scenes without any of the first k palette colours
     scenes = [json.loads(g)["objects"] for g in test["graphs"]]
     colours = list(COLORS)

@@ -143,6 +143,7 @@ class ProbeTrainConfig:
     lr: float = 3e-3
     train_size: int = 20000       # training images, where the data set lets us choose
     test_size: int = 2000         # test images for the reported accuracy, likewise
+    seed: int = 0                 # initial weights and batches
     width: int = 32
     feature_dim: int = 256
 
@@ -162,10 +163,12 @@ def probe_dir(data_config: Any) -> Path:
     return cache_root() / "probes" / probe_key(data_config)
 
 
-def _with_sizes(data_config: Any, train_size: int, test_size: int) -> Any:
-    sizes = {k: v for k, v in (("train_size", train_size), ("val_size", test_size))
+def _probe_data(data_config: Any, train: ProbeTrainConfig) -> Any:
+    """The data a probe learns from: the run's appearance, the probe's own seed and sizes, so the
+    cached probe does not depend on which run happened to train it."""
+    sizes = {k: v for k, v in (("train_size", train.train_size), ("val_size", train.test_size))
              if hasattr(data_config, k)}
-    return dataclasses.replace(data_config, **sizes)
+    return dataclasses.replace(data_config, seed=train.seed, **sizes)
 
 
 def has_probe(data_config: Any) -> bool:
@@ -191,7 +194,7 @@ def train_probe(data_config: Any, train: ProbeTrainConfig | None = None, folder:
 
     train = train or ProbeTrainConfig()
     folder = Path(folder) if folder is not None else probe_dir(data_config)
-    cfg = _with_sizes(data_config, train.train_size, train.test_size)
+    cfg = _probe_data(data_config, train)
     dataset = build_dataset(cfg)
     arrays = dataset.split("train")
     targets = dataset.probe_targets(arrays)
@@ -203,6 +206,7 @@ def train_probe(data_config: Any, train: ProbeTrainConfig | None = None, folder:
                        heads=tuple(targets), slots=tuple(t.shape[1] for t, _ in targets.values()),
                        classes=tuple(c for _, c in targets.values()),
                        shift=dataset.probe_shift * images.shape[1] // 32)
+    torch.manual_seed(train.seed)
     model = Probe(pcfg)
     x_all = torch.from_numpy(images)
     y_all = {h: torch.from_numpy(t) for h, (t, _) in targets.items()}
@@ -215,7 +219,8 @@ def train_probe(data_config: Any, train: ProbeTrainConfig | None = None, folder:
             x = _shift(x, pcfg.shift)
         return {"image": x, **{h: y[idx] for h, y in y_all.items()}}
 
-    tcfg = TrainConfig(steps=train.steps, batch_size=B, lr=train.lr, warmup=min(100, train.steps // 10 + 1),
+    tcfg = TrainConfig(steps=train.steps, batch_size=B, lr=train.lr, seed=train.seed,
+                       warmup=min(100, train.steps // 10 + 1),
                        weight_decay=0.0, grad_clip=0.0, log_every=50, ckpt_every=500)
     print(f"training the {data_config.name} probe ({train.steps} steps; once, cached in {folder})",
           file=sys.stderr, flush=True)
