@@ -119,6 +119,7 @@ def plot(curves: dict[str, list], path: Path) -> None:
         ax.plot(xs, ys, "o-")
         ax.set_xlabel(labels[name])
         ax.set_ylabel("Shapes-FID (probe features)")
+        ax.set_yscale("log")
         ax.set_title(name)
         ax.grid(alpha=0.3)
     fig.suptitle("Shapes-FID rises monotonically with each degradation (N = 1,000 against the val split)")

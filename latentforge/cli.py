@@ -1,6 +1,7 @@
-"""`latentforge` command line: run | sample | eval | report | data.
+"""`latentforge` command line: run | train | sample | eval | report | data.
 
     latentforge run configs/shapes_sg2im.yaml [--quick] [--restart] [key.path=value ...]
+    torchrun --nproc_per_node 2 -m latentforge.cli train configs/shapes_sg2im.yaml
     latentforge sample runs/demo --graph g.json --n 8 --out x.png
     latentforge eval runs/demo [--metrics fid,kid,pr] [--n 1000] [--seed 0]
     latentforge eval train-probe shapes
@@ -19,14 +20,19 @@ from latentforge.config import ConfigError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from latentforge.recipes import Run, load_recipe, remove_run
+    from latentforge.recipes import STAGES, Run, load_recipe, remove_run
+    from latentforge.train import distributed
 
+    world = distributed.init_from_env()  # under torchrun: join the process group
     cfg = load_recipe(args.config, args.overrides, quick=args.quick)
-    if args.restart:
+    if args.restart and world.main:
         remove_run(cfg.run_dir)
-    metrics = Run(cfg, progress=not args.no_progress).run()
-    _print_metrics(metrics)
-    print(f"report: {cfg.run_dir / 'report.html'}")
+    distributed.barrier()
+    stages = STAGES[: STAGES.index("generator") + 1] if args.command == "train" else STAGES
+    metrics = Run(cfg, progress=not args.no_progress).run(stages)
+    if world.main:
+        _print_metrics(metrics)
+        print(f"run folder: {cfg.run_dir}" if args.command == "train" else f"report: {cfg.run_dir / 'report.html'}")
     return 0
 
 
@@ -192,13 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run a recipe end to end (stages are cached in runs/<name>/)")
-    r.add_argument("config", help="recipe YAML, e.g. configs/shapes_sg2im.yaml")
-    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. generator_train.steps=500")
-    r.add_argument("--quick", action="store_true", help="apply the recipe's `quick` overrides (a smoke run)")
-    r.add_argument("--restart", action="store_true", help="delete the run folder first")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.set_defaults(func=_run)
+    for name, text in (("run", "run a recipe end to end (stages are cached in runs/<name>/)"),
+                       ("train", "only the training stages of a recipe (data, tokenizer, encode, generator); "
+                                 "under `torchrun --nproc_per_node N -m latentforge.cli train ...` data-parallel")):
+        r = sub.add_parser(name, help=text)
+        r.add_argument("config", help="recipe YAML, e.g. configs/shapes_sg2im.yaml")
+        r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. generator_train.steps=500")
+        r.add_argument("--quick", action="store_true", help="apply the recipe's `quick` overrides (a smoke run)")
+        r.add_argument("--restart", action="store_true", help="delete the run folder first")
+        r.add_argument("--no-progress", action="store_true", help="no progress bars")
+        r.set_defaults(func=_run)
 
     s = sub.add_parser("sample", help="sample images for scene graphs given in a JSON file")
     s.add_argument("run", help="run folder, e.g. runs/demo")
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after flags (`run cfg.yaml --quick a.b=1`), which argparse leaves over
-    if args.command == "run":
+    if args.command in ("run", "train"):
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if e not in args.overrides]
     if extra:

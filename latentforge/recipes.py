@@ -41,6 +41,7 @@ from latentforge.pipeline import Pipeline, to_float
 from latentforge.registry import lookup
 from latentforge.serialization import from_pretrained, save_pretrained
 from latentforge.tokenizers.base import TokenizerConfig
+from latentforge.train import distributed
 from latentforge.train.trainer import TrainConfig, Trainer
 
 STAGES = ("data", "tokenizer", "encode", "generator", "sample", "eval", "report")
@@ -180,7 +181,8 @@ def _spec_of(tok_cls: type, tok_cfg: TokenizerConfig):
 # ---------------------------------------------------------------------------------- run
 
 def _say(message: str) -> None:
-    print(f"[latentforge] {message}", file=sys.stderr, flush=True)
+    if distributed.current().main:
+        print(f"[latentforge] {message}", file=sys.stderr, flush=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -237,9 +239,13 @@ class Run:
 
     # -- driver ----------------------------------------------------------------------
     def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+        """Run `stages` in order, skipping finished ones. Under torchrun every process trains
+        (data-parallel); the other stages run on rank 0 while the rest wait for it."""
+        world = distributed.current()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.check_compatible()
-        write_text(self.dir / "config.yaml", _yaml(to_dict(self.cfg)))
+        if world.main:
+            write_text(self.dir / "config.yaml", _yaml(to_dict(self.cfg)))
         done = self._stages()
         t0 = time.perf_counter()
         if self.cfg.generator is None:  # a tokenizer-only run
@@ -250,8 +256,11 @@ class Run:
                 continue
             _say(f"stage {stage} ...")
             t = time.perf_counter()
-            getattr(self, f"stage_{stage}")()
-            self._mark(stage)
+            if world.main or stage in TRAINING_STAGES:
+                getattr(self, f"stage_{stage}")()
+            if world.main:
+                self._mark(stage)
+            distributed.barrier()
             _say(f"stage {stage}: finished in {time.perf_counter() - t:.1f} s")
         _say(f"run {self.dir} complete in {time.perf_counter() - t0:.1f} s")
         metrics = self.dir / "metrics.json"
@@ -274,11 +283,15 @@ class Run:
                loss_fn: Callable | None = None) -> None:
         folder = self.dir / stage / "train"
         folder.mkdir(parents=True, exist_ok=True)
-        write_text(folder / "fingerprint.txt", self.fingerprint(stage))
+        main = distributed.current().main
+        if main:
+            write_text(folder / "fingerprint.txt", self.fingerprint(stage))
         trainer = Trainer(model, tcfg, folder, batch_fn, loss_fn, device=self.device, desc=stage,
                           progress=self.progress)
         trainer.fit()
-        save_pretrained(model, self.dir / stage, extra={"precision": trainer.precision.name})
+        if main:  # with EMA on, the model now holds the averaged weights: those are saved
+            save_pretrained(model, self.dir / stage, extra={"precision": trainer.precision.name,
+                                                            "ema_decay": tcfg.ema_decay})
 
     def stage_tokenizer(self) -> None:
         cfg = self.cfg

@@ -1,4 +1,4 @@
-"""Training checkpoints: model + optimizer tensors in safetensors, the rest in JSON.
+"""Training checkpoints: model, optimizer, EMA and RNG tensors in safetensors, the rest in JSON.
 
 A checkpoint is a folder `ckpt-<step>/` written under a temporary name and renamed into place,
 so a run killed mid-save keeps its previous checkpoint intact. The last `keep` are kept.
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
 from latentforge.atomic import write_json
 from latentforge.serialization import load_state_dict, save_state_dict
@@ -23,17 +24,20 @@ from latentforge.serialization import load_state_dict, save_state_dict
 _NAME = re.compile(r"^ckpt-(\d+)$")
 
 
-def save_checkpoint(folder: str | os.PathLike, step: int, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, extra: dict[str, Any] | None = None,
-                    keep: int = 2) -> Path:
+def save_checkpoint(folder: str | os.PathLike, step: int, model_state: dict[str, torch.Tensor],
+                    optimizer_state: dict, extra: dict[str, Any] | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None, keep: int = 2) -> Path:
+    """Write `ckpt-<step>/`: model.safetensors, optimizer.safetensors, extra.safetensors (EMA,
+    RNG states) and state.json (step, optimizer scalars, `extra`), then keep the last `keep`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"ckpt-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=folder))
     try:
-        save_state_dict(model.state_dict(), tmp / "model.safetensors")
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        save_state_dict(model_state, tmp / "model.safetensors")
+        tensors, meta = _flatten_optimizer(optimizer_state)
         save_state_dict(tensors, tmp / "optimizer.safetensors")
+        save_state_dict(extra_tensors or {}, tmp / "extra.safetensors")
         write_json(tmp / "state.json", {"step": step, "optimizer": meta, "extra": extra or {}})
         if final.exists():
             shutil.rmtree(final)
@@ -54,15 +58,44 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Restore model (and optimizer) in place; return the JSON state (step, extra)."""
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
+    """(model state, optimizer state, extra tensors, the JSON state) of a checkpoint folder."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_state_dict(path / "model.safetensors"))
-    if optimizer is not None:
-        tensors = load_state_dict(path / "optimizer.safetensors")
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
-    return state
+    model = load_state_dict(path / "model.safetensors")
+    optimizer = _unflatten_optimizer(load_state_dict(path / "optimizer.safetensors"), state["optimizer"])
+    extra = load_state_dict(path / "extra.safetensors") if (path / "extra.safetensors").is_file() else {}
+    return model, optimizer, extra, state
+
+
+# Every random number generator a batch function or a model might draw from. Each step reseeds
+# torch from (seed, step), but a data pipeline may keep NumPy's or Python's generator running.
+def rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def rng_json() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, inner, gauss = random.getstate()
+    return {"numpy": [kind, keys.tolist(), pos, has_gauss, cached], "python": [version, list(inner), gauss]}
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    if "numpy" in saved:
+        kind, keys, pos, has_gauss, cached = saved["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "python" in saved:
+        version, inner, gauss = saved["python"]
+        random.setstate((version, tuple(inner), gauss))
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -78,10 +111,15 @@ def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {}
+    # parameters are keyed by index (a plain optimizer) or by name (torch.distributed's
+    # state-dict helpers); JSON made both strings
+    def key_of(idx: str) -> int | str:
+        return int(idx) if idx.isdigit() else idx
+
+    state: dict[int | str, dict[str, Any]] = {}
     for name, value in tensors.items():
-        idx, key = name.split("/", 1)
-        state.setdefault(int(idx), {})[key] = value
+        idx, key = name.rsplit("/", 1)
+        state.setdefault(key_of(idx), {})[key] = value
     for idx, values in meta["scalars"].items():
-        state.setdefault(int(idx), {}).update(values)
+        state.setdefault(key_of(idx), {}).update(values)
     return {"state": state, "param_groups": meta["param_groups"]}
