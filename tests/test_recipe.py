@@ -169,3 +169,13 @@ def test_data_command_writes_a_grid(tmp_path):
     out = tmp_path / "grid.png"
     assert main(["data", "shapes", "--n", "6", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_train_command_runs_the_training_stages_only(tmp_path, capsys):
+    assert main(["train", "configs/shapes_sg2im.yaml", "--no-progress", f"out_dir={tmp_path}", "name=t", *TINY]) == 0
+    stages = json.loads((tmp_path / "t" / "stages.json").read_text())
+    assert list(stages) == ["data", "tokenizer", "encode", "generator"]
+    assert (tmp_path / "t" / "generator" / "model.safetensors").is_file()
+    assert not (tmp_path / "t" / "samples.npz").exists()
+    assert f"run folder: {tmp_path / 't'}" in capsys.readouterr().out
