@@ -432,3 +432,13 @@ def test_scene_adherence_on_ground_truth_and_on_wrong_graphs():
     assert wrong["scene_exact"] < 0.2
     with pytest.raises(ValueError, match="images"):
         scene_adherence(images[:3], scenes)
+
+
+def test_rendering_over_worker_processes_gives_the_same_scenes_and_pixels():
+    from latentforge.data.shapes import sample_and_render
+
+    cfg = ShapesConfig()
+    scenes_1, images_1 = sample_and_render(cfg, "val", range(40), workers=1)
+    scenes_2, images_2 = sample_and_render(cfg, "val", range(40), workers=2)
+    assert scenes_1 == scenes_2 and np.array_equal(images_1, images_2)
+    assert np.array_equal(render_batch(cfg, "val", [7, 3]), images_1[[7, 3]])

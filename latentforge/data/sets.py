@@ -25,7 +25,7 @@ from latentforge.data.shapes import (
     SceneGraph,
     ShapesConfig,
     encode_graphs,
-    render_batch,
+    sample_and_render,
     sample_scene,
 )
 from latentforge.registry import register
@@ -70,10 +70,9 @@ class ShapesData(DataSet):
         check_split(name)
         cfg = self.config
         n = cfg.train_size if name == "train" else cfg.val_size
-        scfg = cfg.shapes()
-        graphs = [sample_scene(scfg, name, i) for i in range(n)]
+        graphs, images = sample_and_render(cfg.shapes(), name, range(n))
         cond = encode_graphs(graphs, cfg.max_objects)
-        return {"images": render_batch(scfg, name, range(n)),
+        return {"images": images,
                 "graphs": np.array([json.dumps(g.to_json()) for g in graphs]),
                 "captions": np.array([g.caption() for g in graphs]),
                 **{k: v.numpy() for k, v in cond.items()}}

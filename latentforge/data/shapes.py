@@ -15,7 +15,10 @@ Coordinates are fractions of the image side: x grows to the right, y downwards.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -487,12 +490,35 @@ def render(scene: SceneGraph, size: int = 32, supersample: int = 4) -> np.ndarra
     return np.rint(canvas).astype(np.uint8)
 
 
-def render_batch(cfg: ShapesConfig, split: str, indices: Sequence[int]) -> np.ndarray:
-    """Sample and render several examples: uint8 [N, cfg.size, cfg.size, 3]."""
+def _sample_and_render_chunk(job: tuple[ShapesConfig, str, list[int]]) -> tuple[list[SceneGraph], np.ndarray]:
+    cfg, split, indices = job
+    scenes = [sample_scene(cfg, split, i) for i in indices]
     images = np.empty((len(indices), cfg.size, cfg.size, 3), np.uint8)
-    for n, index in enumerate(indices):
-        images[n] = render(sample_scene(cfg, split, index), cfg.size, cfg.supersample)
-    return images
+    for n, scene in enumerate(scenes):
+        images[n] = render(scene, cfg.size, cfg.supersample)
+    return scenes, images
+
+
+def sample_and_render(cfg: ShapesConfig, split: str, indices: Sequence[int],
+                      workers: int | None = None) -> tuple[list[SceneGraph], np.ndarray]:
+    """Scenes and their renders, uint8 [N, cfg.size, cfg.size, 3], over `workers` processes
+    (default: every core for 2,000 scenes or more). Scene i is a pure function of (seed, split, i),
+    so the result does not depend on the number of workers."""
+    indices = list(indices)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(indices) >= 2000 else 1
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return _sample_and_render_chunk((cfg, split, indices))
+    chunks = [c.tolist() for c in np.array_split(np.array(indices, dtype=np.int64), 4 * workers) if len(c)]
+    # fork: workers inherit the imported modules, so they start at once (spawn would re-import torch)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        parts = list(pool.map(_sample_and_render_chunk, [(cfg, split, c) for c in chunks]))
+    return [s for scenes, _ in parts for s in scenes], np.concatenate([images for _, images in parts])
+
+
+def render_batch(cfg: ShapesConfig, split: str, indices: Sequence[int], workers: int | None = None) -> np.ndarray:
+    """Sample and render several examples: uint8 [N, cfg.size, cfg.size, 3]."""
+    return sample_and_render(cfg, split, indices, workers)[1]
 
 
 # --- tensors for models -----------------------------------------------------------
