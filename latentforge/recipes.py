@@ -152,6 +152,10 @@ def link(cfg: RecipeConfig) -> RecipeConfig:
                               "codes: pick a continuous bottleneck (gaussian) for it")
         updates["channels"] = spec.channels
     dataset = build_dataset(cfg.data)
+    if gen.conditioner is not None and getattr(cfg.data, "labels", None) == "auto" and not dataset.condition_keys \
+            and not isinstance(gen.conditioner, CaptionConfig):
+        _say(f"data {cfg.data.name!r} has no classes (fewer than 2 labelled subfolders): the generator is unconditional")
+        gen = dataclasses.replace(gen, conditioner=None)
     if isinstance(gen.conditioner, CaptionConfig):
         if dataset.caption_key is None:
             raise ConfigError(f"generator.conditioner 'caption' reads captions, which data {cfg.data.name!r} does not "
@@ -203,6 +207,7 @@ class Run:
         self.device = resolve_device(cfg.device)
         self.progress = progress
         self.dataset: DataSet = build_dataset(cfg.data)
+        self.dataset.run_dir = self.dir  # where a data set may cache what it decodes
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
 
@@ -216,7 +221,7 @@ class Run:
         return {k: c[k] for s in upto for k in own.get(s, [])}
 
     def fingerprint(self, stage: str) -> str:
-        blob = json.dumps(self._sections(stage), sort_keys=True)
+        blob = json.dumps({**self._sections(stage), "data content": self.dataset.content_key()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _stages(self) -> dict[str, str]:
@@ -234,7 +239,7 @@ class Run:
             path = self.dir / stage / "train" / "fingerprint.txt"
             if path.exists() and path.read_text().strip() != self.fingerprint(stage):
                 raise ConfigError(
-                    f"{self.dir} already holds a {stage} trained with another config; "
+                    f"{self.dir} already holds a {stage} trained with another config or other data; "
                     f"choose a new run name (name=...) or pass --restart to delete the old run")
 
     # -- driver ----------------------------------------------------------------------

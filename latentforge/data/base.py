@@ -38,12 +38,18 @@ class DataSet:
     condition_text = "unconditional samples"  # for the report: what a sample was drawn for
     caption_key: str | None = None           # the text entry of a split holding captions, if any
     probe_shift = 0                          # a probe's training shift, in pixels per 32 of image side
+    run_dir = None                           # the run folder (set by the recipe): for caches
 
     def __init__(self, config: DataConfig) -> None:
         self.config = config
 
     def split(self, name: str) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def content_key(self) -> str:
+        """What the config does not say about the data (a user folder's files); part of the data
+        stage's fingerprint, so a changed folder is noticed. Generated data sets: empty."""
+        return ""
 
     @staticmethod
     def numeric(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

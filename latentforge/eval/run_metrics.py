@@ -160,9 +160,13 @@ def distribution_metrics(run: Run, features: FeatureExtractor, groups: set[str],
         model.update(baselines.nearest_train_ratio(samples, real, train))
         out["model"] = model
     if with_baselines:
-        test = real_split(run, "test", n)["images"]
-        out["baselines"] = {
-            "real (test split)": set_metrics(features, real, test, groups, seed, real_features=a),
+        out["baselines"] = {}
+        try:
+            test = real_split(run, "test", n)["images"]
+            out["baselines"]["real (test split)"] = set_metrics(features, real, test, groups, seed, real_features=a)
+        except ValueError as err:  # a data set without a test split (a user's folder)
+            out["no_floor"] = str(err)
+        out["baselines"] |= {
             "pixel gaussian": set_metrics(features, real, baselines.pixel_gaussian(train, n, seed),
                                           groups, seed, real_features=a),
             "train copies": set_metrics(features, real, baselines.train_copies(train, n, seed),
