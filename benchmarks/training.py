@@ -76,15 +76,8 @@ def tokenizer_job(data: dict):
     return "tokenizer (default: conv 64/128, VQ 256)", make, batch_fn, None, batch
 
 
-def generator_job(data: dict, dim: int | None = None, conditional: bool = True):
-    overrides = [f"generator.dim={dim}", "generator.heads=8"] if dim else []
-    if not conditional:
-        overrides.append("generator.conditioner=null")
-    cfg = load_recipe("configs/shapes_sg2im.yaml", overrides)
-    gcfg = cfg.generator
-    cond = {k: torch.from_numpy(v) for k, v in DataSet.numeric(data).items()}
-    codes = torch.randint(gcfg.vocab_size, (len(data["images"]), *gcfg.grid))
-    batch = cfg.generator_train.batch_size
+def _code_job(name: str, gcfg, codes: torch.Tensor, cond: dict[str, torch.Tensor], batch: int):
+    """A generator of discrete codes trained on (codes, conditions) rows."""
     holder = {}
 
     def make():
@@ -99,9 +92,21 @@ def generator_job(data: dict, dim: int | None = None, conditional: bool = True):
         m = holder["model"]
         return m.loss(b["codes"], m.encode_condition(b) if m.conditioner is not None else None)
 
+    return name, make, batch_fn, loss_fn, batch
+
+
+def generator_job(data: dict, dim: int | None = None, conditional: bool = True):
+    """The default generator (or a wider one) on Shapes graphs and random codes."""
+    overrides = [f"generator.dim={dim}", "generator.heads=8"] if dim else []
+    if not conditional:
+        overrides.append("generator.conditioner=null")
+    cfg = load_recipe("configs/shapes_sg2im.yaml", overrides)
+    gcfg = cfg.generator
+    cond = {k: torch.from_numpy(v) for k, v in DataSet.numeric(data).items()}
+    codes = torch.randint(gcfg.vocab_size, (len(data["images"]), *gcfg.grid))
     name = (f"generator width {dim} (AR, 4 layers, {'scene graph' if conditional else 'unconditional'})"
             if dim else "generator (default: AR 128 x 4 + scene graph + layout)")
-    return name, make, batch_fn, loss_fn, batch
+    return _code_job(name, gcfg, codes, cond, cfg.generator_train.batch_size)
 
 
 def step_time(job, precision: str, compile_: bool, steps: int, warmup: int) -> dict:
@@ -172,23 +177,8 @@ def real_generator_job(run_dir: Path):
 
     cfg = load_recipe("configs/shapes_sg2im.yaml", [f"out_dir={run_dir.parent}", f"name={run_dir.name}"])
     run = Run(cfg, progress=False)
-    codes, cond = run.load_latents("train"), run.condition("train")
-    holder = {}
-    batch = cfg.generator_train.batch_size
-
-    def make():
-        holder["model"] = lookup("generator", cfg.generator.name)[1](cfg.generator)
-        return holder["model"]
-
-    def batch_fn(step):
-        idx = torch.randint(len(codes), (batch,))
-        return {"codes": codes[idx], **{k: v[idx] for k, v in cond.items()}}
-
-    def loss_fn(b):
-        m = holder["model"]
-        return m.loss(b["codes"], m.encode_condition(b))
-
-    return "generator (default) on runs/demo latents", make, batch_fn, loss_fn, batch
+    return _code_job("generator (default) on runs/demo latents", cfg.generator, run.load_latents("train"),
+                     run.condition("train"), cfg.generator_train.batch_size)
 
 
 def plot_curves(curves: dict[str, list], path: Path) -> None:

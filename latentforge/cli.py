@@ -106,7 +106,12 @@ def _train_probe(args: argparse.Namespace) -> int:
     import shutil
 
     from latentforge.config import apply_overrides, from_dict
-    from latentforge.eval.probe import ProbeTrainConfig, probe_dir, probe_info, train_probe
+    from latentforge.eval.probe import (
+        ProbeTrainConfig,
+        probe_dir,
+        probe_info,
+        train_probe,
+    )
     from latentforge.registry import lookup, names
 
     if not args.rest:

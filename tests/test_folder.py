@@ -8,7 +8,13 @@ from PIL import Image
 
 from latentforge.cli import main
 from latentforge.config import ConfigError
-from latentforge.data.folder import ImageFolderConfig, ImageFolderData, find_images, fit_square, to_rgb
+from latentforge.data.folder import (
+    ImageFolderConfig,
+    ImageFolderData,
+    find_images,
+    fit_square,
+    to_rgb,
+)
 from latentforge.data.shapes import ShapesConfig, render_batch
 from latentforge.recipes import Run, load_recipe
 

@@ -6,12 +6,23 @@ import json
 import pytest
 import torch
 
+from latentforge.data.sets import (
+    DigitsDataConfig,
+    PhotosDataConfig,
+    ShapesData,
+    ShapesDataConfig,
+)
 from latentforge.data.shapes import COLORS
-from latentforge.data.sets import DigitsDataConfig, PhotosDataConfig, ShapesData, ShapesDataConfig
 from latentforge.eval.degrade import gaussian_blur, gaussian_noise
 from latentforge.eval.distribution import fid
 from latentforge.eval.features import pick_features
-from latentforge.eval.probe import has_probe, load_probe, probe_dir, probe_info, probe_key
+from latentforge.eval.probe import (
+    has_probe,
+    load_probe,
+    probe_dir,
+    probe_info,
+    probe_key,
+)
 
 
 def test_shapes_probe_learns_every_head(shapes_probe):

@@ -63,7 +63,7 @@ def test_link_names_a_conditioner_the_data_cannot_feed():
         load_recipe("configs/shapes_sg2im.yaml", ["data.name=digits"])
     with pytest.raises(ConfigError, match="'class' reads label.*data 'photos'.*unlabelled"):
         load_recipe("configs/digits_class_ar.yaml", ["data.name=photos"])
-    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; available: digits, photos, shapes"):
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; available: digits, imagefolder, photos, shapes"):
         load_recipe("configs/digits_class_ar.yaml", ["data.name=mnist"])
 
 

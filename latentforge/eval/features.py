@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentforge.eval.probe import file_hash, has_probe, load_probe, probe_dir, probe_info
+from latentforge.eval.probe import (
+    file_hash,
+    has_probe,
+    load_probe,
+    probe_dir,
+    probe_info,
+)
 from latentforge.serialization import WEIGHTS_NAME
 
 

@@ -107,7 +107,10 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_st
 def unshard(wrapped: nn.Module, model: nn.Module, prefix: str = "model.") -> None:
     """After FSDP training: gather every parameter (a collective) and put it back into `model`
     as a plain tensor, so the model can be saved and sampled like any other."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True))
     for name, value in full.items():
