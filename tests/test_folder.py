@@ -159,9 +159,15 @@ def test_tiny_imagefolder_recipe_end_to_end(folder, tmp_path, capsys):
     with np.load(run / "samples.npz") as f:
         assert f["images"].shape == (8, 16, 16, 3) and set(f["label"]) <= {0, 1}
     assert (run / "report.html").is_file() and list((run / "data").glob("folder-*.npy"))
+    rows = sum(len(np.load(run / "data" / f"{split}.npz")["images"]) for split in ("train", "val"))
+    assert rows == 26  # every readable file, none of the two bad ones
     capsys.readouterr()
     assert main(args) == 0  # everything cached: nothing decoded or trained again
     assert "stage data: done already, skipped" in capsys.readouterr().err
+    # a changed folder is other data: the trained run is not silently mixed with it
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "circles" / "late.png")
+    assert main(args) == 2
+    assert "already holds a tokenizer trained with another config or other data" in capsys.readouterr().err
 
 
 @pytest.mark.slow
