@@ -82,7 +82,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.rest:
         raise ConfigError(f"eval takes one run folder, got also: {' '.join(args.rest)}")
     run = _recipe_of(args.run)
-    run.progress = not args.no_progress
+    run.progress = run.dataset.progress = not args.no_progress
     if run.cfg.generator is not None and not (run.dir / "samples.npz").exists():
         run.stage_sample()
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(METRIC_GROUPS)

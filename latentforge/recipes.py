@@ -208,6 +208,7 @@ class Run:
         self.progress = progress
         self.dataset: DataSet = build_dataset(cfg.data)
         self.dataset.run_dir = self.dir  # where a data set may cache what it decodes
+        self.dataset.progress = progress
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
 

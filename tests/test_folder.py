@@ -101,6 +101,7 @@ def test_bad_files_are_skipped_listed_and_strict_names_them(folder, tmp_path):
     assert all(data.classes[lab] == f.split("/")[0] for lab, f in zip(labels, files, strict=True))
     captions = dict(zip(files, np.concatenate([train["captions"], val["captions"]]), strict=True))
     assert captions["squares/img02.png"] == "two squares here" and captions["squares/img04.png"] == ""
+    assert len(set(val["label"][:3].tolist())) == 2  # shuffled rows: the first val rows mix the classes
     split = json.loads((tmp_path / "run" / "data" / "split.json").read_text())
     assert sorted(split["train"] + split["val"]) == sorted(files.tolist()) and not set(split["train"]) & set(split["val"])
     strict = ImageFolderData(ImageFolderConfig(path=str(folder), size=16, strict=True))

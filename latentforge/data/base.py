@@ -39,6 +39,7 @@ class DataSet:
     caption_key: str | None = None           # the text entry of a split holding captions, if any
     probe_shift = 0                          # a probe's training shift, in pixels per 32 of image side
     run_dir = None                           # the run folder (set by the recipe): for caches
+    progress = True                          # progress bars on long work (the recipe passes its own)
 
     def __init__(self, config: DataConfig) -> None:
         self.config = config

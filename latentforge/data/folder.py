@@ -20,8 +20,9 @@
 * A file that does not decode (truncated, or not an image whatever its extension) is skipped and
   counted, and the list goes to `runs/<name>/skipped.txt`. `strict: true` stops instead, naming
   the first bad file. An empty folder, or fewer than 2 good images, stops before any training.
-* The train/val split is a permutation of the good files drawn from `seed`. It is written to
-  `data/split.json` in the run folder.
+* The train/val split is a permutation of the good files drawn from `seed`, and the rows keep that
+  order, so the first val rows mix the classes. The split is written to `data/split.json` in the
+  run folder.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class ImageFolderData(DataSet):
     def _cache_dir(self) -> Path | None:
         return self.run_dir / "data" if self.run_dir is not None else None
 
-    def decoded(self, progress: bool = True) -> tuple[np.ndarray, dict]:
+    def decoded(self, progress: bool | None = None) -> tuple[np.ndarray, dict]:
         """All good images (memory-mapped when cached) and the index: files, skipped, cache hit."""
         key = self._key()
         cache = self._cache_dir()
@@ -166,7 +167,8 @@ class ImageFolderData(DataSet):
 
         cfg = self.config
         good, skipped, images = [], [], []
-        for f in tqdm(self.files, desc="decoding images", disable=not progress, file=sys.stderr, mininterval=1.0):
+        show = self.progress if progress is None else progress
+        for f in tqdm(self.files, desc="decoding images", disable=not show, file=sys.stderr, mininterval=1.0):
             rel = f.relative_to(self.root).as_posix()
             try:
                 images.append(decode(f, cfg.size, cfg.fit))
@@ -204,7 +206,9 @@ class ImageFolderData(DataSet):
                   f"{self.run_dir / 'skipped.txt' if self.run_dir else 'the run folder'}", file=sys.stderr)
         order = np.random.default_rng(self.config.seed).permutation(len(files))
         n_val = min(len(files) - 1, max(1, round(self.config.val_fraction * len(files))))
-        rows = np.sort(order[:n_val] if name == "val" else order[n_val:])
+        # in the permutation's order, not the folder's: the first val rows (the ones a run draws
+        # samples for) then mix the classes instead of all coming from the first subfolder
+        rows = order[:n_val] if name == "val" else order[n_val:]
         if self.run_dir is not None:
             write_json(self.run_dir / "data" / "split.json",
                        {"seed": self.config.seed, "train": [files[i] for i in np.sort(order[n_val:])],
