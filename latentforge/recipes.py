@@ -218,11 +218,17 @@ class Run:
         own = {"data": ["data"], "tokenizer": ["tokenizer", "tokenizer_train"],
                "generator": ["generator", "generator_train"], "sample": ["sample"], "eval": ["eval"]}
         c = to_dict(self.cfg)
+        for key in ("tokenizer_train", "generator_train"):
+            c[key] = getattr(self.cfg, key).identity()
         upto = STAGES[: STAGES.index(stage) + 1]
         return {k: c[k] for s in upto for k in own.get(s, [])}
 
     def fingerprint(self, stage: str) -> str:
-        blob = json.dumps({**self._sections(stage), "data content": self.dataset.content_key()}, sort_keys=True)
+        sections = self._sections(stage)
+        content = self.dataset.content_key()
+        if content:  # only data that lives outside the config (a user's folder) has one
+            sections["data content"] = content
+        blob = json.dumps(sections, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _stages(self) -> dict[str, str]:

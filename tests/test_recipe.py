@@ -179,3 +179,16 @@ def test_train_command_runs_the_training_stages_only(tmp_path, capsys):
     assert (tmp_path / "t" / "generator" / "model.safetensors").is_file()
     assert not (tmp_path / "t" / "samples.npz").exists()
     assert f"run folder: {tmp_path / 't'}" in capsys.readouterr().out
+
+
+def test_fingerprints_ignore_run_time_switches_and_survive_new_defaults():
+    def fingerprints(*overrides):
+        run = Run(load_recipe("configs/shapes_sg2im.yaml", ["name=demo", *overrides]))
+        return run.fingerprint("tokenizer"), run.fingerprint("generator")
+
+    # what `make demo` recorded before the trainer gained accumulate / ema_decay / compile / ...:
+    # those runs still match, so they resume instead of being refused
+    assert fingerprints() == ("8ca50ba8dd89a100", "8bdfb46af67a53fd")
+    assert fingerprints("generator_train.compile=true", "generator_train.tensorboard=false",
+                        "tokenizer_train.detect_anomaly=true") == fingerprints()
+    assert fingerprints("generator_train.ema_decay=0.999")[1] != fingerprints()[1]

@@ -8,6 +8,7 @@ the checkpoint of step k therefore replays steps k+1.. exactly as an uninterrupt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -34,6 +35,13 @@ from latentforge.train.checkpoint import (
 from latentforge.train.ema import EMA
 from latentforge.train.log import JsonlLogger
 from latentforge.train.precision import resolve_precision
+
+
+# switches that change how fast or where training runs, not what it produces
+RUNTIME_ONLY = ("compile", "distributed", "detect_anomaly", "tensorboard")
+# fields added after runs were first fingerprinted: left out at their defaults, so those runs
+# still match (and go on resuming) after an upgrade
+LATER_DEFAULTS = {"accumulate": 1, "ema_decay": 0.0}
 
 
 @dataclass
@@ -70,6 +78,11 @@ class TrainConfig:
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size {self.batch_size} does not split into accumulate={self.accumulate} "
                              f"equal micro-batches")
+
+    def identity(self) -> dict:
+        """The fields that decide what training produces, for a run's fingerprint."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in RUNTIME_ONLY and not (k in LATER_DEFAULTS and LATER_DEFAULTS[k] == v)}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
