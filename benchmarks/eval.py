@@ -156,7 +156,7 @@ def main() -> None:
         result["scale"][name] = {"n": n}
         for label, images in (("real (test split)", test), ("pixel gaussian", baselines.pixel_gaussian(train, n)),
                               ("train copies", baselines.train_copies(train, n))):
-            values = set_metrics(probe.features, val, images, GROUPS, seed=0, real_features=a)
+            values = set_metrics(probe.features, a, images, GROUPS, seed=0)
             values.update(baselines.nearest_train_ratio(images, val, train))
             result["scale"][name][label] = values
             print(name, label, {k: round(v, 4) for k, v in values.items() if isinstance(v, float)}, flush=True)

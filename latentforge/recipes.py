@@ -368,8 +368,9 @@ class Run:
         rows = min(s.conditions, len(val["images"]))
         given = {k: np.repeat(v[:rows], s.per_graph, axis=0) for k, v in val.items() if k != "images"}
         groups = np.repeat(np.arange(rows), s.per_graph)
+        pipe = Pipeline.from_run(self.dir, str(self.device))
         t = time.perf_counter()
-        images, given = self.draw_samples(given, len(groups), s.seed)
+        images, given = self.draw_samples(given, len(groups), s.seed, pipe)
         seconds = time.perf_counter() - t
         conditional = bool(given)
         write_npz(self.dir / "samples.npz", images=images, groups=groups, **given)
@@ -381,7 +382,7 @@ class Run:
 
         show = self._show_indices(groups)
         captions = self.dataset.captions({k: v[show] for k, v in given.items()}) if conditional else None
-        options = self.sampling_options(Pipeline.from_run(self.dir, "cpu").generator)
+        options = self.sampling_options(pipe.generator)
         shown = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
         save_captioned_grid(images[show], captions or [""] * len(show), self.dir / "samples.png",
                             title=f"samples ({shown})")

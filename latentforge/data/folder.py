@@ -149,7 +149,8 @@ class ImageFolderData(DataSet):
 
     def _key(self) -> str:
         cfg = self.config
-        listing = [(f.relative_to(self.root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in self.files]
+        stats = [(f, f.stat()) for f in self.files]
+        listing = [(f.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns) for f, st in stats]
         blob = json.dumps({"files": listing, "size": cfg.size, "fit": cfg.fit, "version": CACHE_VERSION})
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

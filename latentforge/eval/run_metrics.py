@@ -110,10 +110,9 @@ def validation_terms(generator, latents: torch.Tensor, cond: dict[str, torch.Ten
     return out
 
 
-def set_metrics(features: FeatureExtractor, real: np.ndarray, fake: np.ndarray, groups: set[str],
-                seed: int, real_features: torch.Tensor | None = None) -> dict[str, float]:
-    """The distribution metrics in `groups` (fid, kid, pr) of `fake` against `real` images."""
-    a = features(real) if real_features is None else real_features
+def set_metrics(features: FeatureExtractor, a: torch.Tensor, fake: np.ndarray, groups: set[str],
+                seed: int) -> dict[str, float]:
+    """The distribution metrics in `groups` (fid, kid, pr) of `fake` images against real features `a`."""
     b = features(fake)
     out: dict[str, float] = {}
     if "fid" in groups:
@@ -156,21 +155,19 @@ def distribution_metrics(run: Run, features: FeatureExtractor, groups: set[str],
     if pipe is not None:
         rows = {k: v for k, v in val.items() if k != "images"}
         samples, _ = run.draw_samples(rows, n, seed, pipe)
-        model = set_metrics(features, real, samples, groups, seed, real_features=a)
+        model = set_metrics(features, a, samples, groups, seed)
         model.update(baselines.nearest_train_ratio(samples, real, train))
         out["model"] = model
     if with_baselines:
         out["baselines"] = {}
         try:
             test = real_split(run, "test", n)["images"]
-            out["baselines"]["real (test split)"] = set_metrics(features, real, test, groups, seed, real_features=a)
+            out["baselines"]["real (test split)"] = set_metrics(features, a, test, groups, seed)
         except ValueError as err:  # a data set without a test split (a user's folder)
             out["no_floor"] = str(err)
         out["baselines"] |= {
-            "pixel gaussian": set_metrics(features, real, baselines.pixel_gaussian(train, n, seed),
-                                          groups, seed, real_features=a),
-            "train copies": set_metrics(features, real, baselines.train_copies(train, n, seed),
-                                        groups, seed, real_features=a),
+            "pixel gaussian": set_metrics(features, a, baselines.pixel_gaussian(train, n, seed), groups, seed),
+            "train copies": set_metrics(features, a, baselines.train_copies(train, n, seed), groups, seed),
         }
     return out
 

@@ -224,7 +224,7 @@ class Trainer:
                 count += 1
                 bar.update(1)
                 done = step + 1
-                if done % check_every == 0 or done % cfg.log_every == 0 or done % cfg.ckpt_every == 0:
+                if done % check_every == 0 or done % cfg.ckpt_every == 0 or done == cfg.steps:
                     self._check_finite(step, out)
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     elapsed = time.perf_counter() - t_log
@@ -253,9 +253,7 @@ class Trainer:
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = distributed.shard(self.batch_fn(step), self.world)
-        batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        micro = _split(batch, cfg.accumulate)
+        micro = _split(self._local_batch(step), cfg.accumulate)
         stats: dict[str, Tensor] = {}
         counting = self.flops_per_step is None
         counter = FlopCounterMode(display=False) if counting else contextlib.nullcontext()
@@ -288,6 +286,11 @@ class Trainer:
             self.ema.update(self.model, step)
         return stats
 
+    def _local_batch(self, step: int) -> dict[str, Any]:
+        """This process's rows of the step's global batch, on the device."""
+        batch = distributed.shard(self.batch_fn(step), self.world)
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
     def _check_finite(self, step: int, out: dict[str, Tensor]) -> None:
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -316,8 +319,7 @@ class Trainer:
         """torch.compile the objective; eager, with the reason, when it cannot be compiled here."""
         try:
             compiled = torch.compile(self.objective)
-            probe = distributed.shard(self.batch_fn(0), self.world)
-            probe = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in _split(probe, self.config.accumulate)[0].items()}
+            probe = _split(self._local_batch(0), self.config.accumulate)[0]
             state, was_training = torch.get_rng_state(), self.model.training
             self.model.eval()  # leaves batch-norm statistics alone
             with torch.no_grad(), self.precision.autocast(self.device.type):
