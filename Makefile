@@ -35,6 +35,7 @@ quick: $(STAMP)
 	$(VENV)/bin/latentforge run configs/shapes_sg2im.yaml --quick
 
 test: $(DEV)
+	$(PY) -m ruff check latentforge tests benchmarks
 	$(PY) -m pytest -q
 
 clean:

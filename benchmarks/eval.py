@@ -154,10 +154,10 @@ def main() -> None:
         result["agreement"][name] = agreement(a.numpy(), b.numpy())
         print(name, "agreement", result["agreement"][name], flush=True)
         result["scale"][name] = {"n": n}
-        for label, images in (("real (test split)", test), ("pixel gaussian", baselines.pixel_gaussian(train, n)),
-                              ("train copies", baselines.train_copies(train, n))):
+        modality = data.modality
+        for label, images in (("real (test split)", test), *modality.baselines(train, n, seed=0).items()):
             values = set_metrics(probe.features, a, images, GROUPS, seed=0)
-            values.update(baselines.nearest_train_ratio(images, val, train))
+            values.update(baselines.nearest_train_ratio(modality.flat(images), modality.flat(val), modality.flat(train)))
             result["scale"][name][label] = values
             print(name, label, {k: round(v, 4) for k, v in values.items() if isinstance(v, float)}, flush=True)
         if name == "shapes":

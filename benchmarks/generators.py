@@ -113,7 +113,7 @@ def train_tokenizer(out: Path, kind: str, data_size: int, tokenizer_steps: int) 
     run = Run(cfg)
     run.run(("data", "tokenizer", "encode"))
     tok = from_pretrained(run.dir / "tokenizer")
-    metrics, _ = tokenizer_metrics(tok, run.load_split("val")["images"][:500], torch.device("cpu"))
+    metrics, _ = tokenizer_metrics(tok, run.modality, run.load_split("val")["images"][:500], torch.device("cpu"))
     return cfg.run_dir, metrics
 
 
@@ -178,7 +178,7 @@ def generator_row(out: Path, name: str, tokenizer_dir: Path, budget: float, cond
         gen = metrics["generator"]
         info = json.loads((run_k.dir / "sample_info.json").read_text())
         point = {"options": opts, **{k: gen.get(k) for k in (*ADHERENCE, "diversity", "unique_frac")},
-                 "images_per_s": info["images_per_s"]}
+                 "images_per_s": info["samples_per_s"]}
         row["sweep"].append(point)
         print(f"  {name} {opts}: exact {point['scene_exact']:.3f} rel {point['relation_acc']:.3f} "
               f"{point['images_per_s']:.1f} img/s", flush=True)

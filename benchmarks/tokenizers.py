@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from latentforge.atomic import write_json
-from latentforge.eval.image_metrics import psnr, ssim, to_unit
+from latentforge.modalities.image_metrics import psnr, ssim, to_unit
 from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, code_histogram, codebook_stats
 from latentforge.registry import register
 from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer

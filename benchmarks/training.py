@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from latentforge.data.base import DataSet, build_dataset
+from latentforge.data.base import build_dataset
 from latentforge.data.sets import ShapesDataConfig
-from latentforge.pipeline import to_float
+from latentforge.modalities.image import ImageModality
 from latentforge.recipes import load_recipe
 from latentforge.registry import lookup
 from latentforge.train.precision import cpu_flags
@@ -71,7 +71,7 @@ def tokenizer_job(data: dict):
         return lookup("tokenizer", cfg.tokenizer.name)[1](cfg.tokenizer)
 
     def batch_fn(step):
-        return {"image": to_float(images[torch.randint(len(images), (batch,))])}
+        return {"image": ImageModality(images.shape[1]).to_model(images[torch.randint(len(images), (batch,))])}
 
     return "tokenizer (default: conv 64/128, VQ 256)", make, batch_fn, None, batch
 
@@ -102,7 +102,7 @@ def generator_job(data: dict, dim: int | None = None, conditional: bool = True):
         overrides.append("generator.conditioner=null")
     cfg = load_recipe("configs/shapes_sg2im.yaml", overrides)
     gcfg = cfg.generator
-    cond = {k: torch.from_numpy(v) for k, v in DataSet.numeric(data).items()}
+    cond = {k: torch.from_numpy(v) for k, v in build_dataset(cfg.data).numeric(data).items()}
     codes = torch.randint(gcfg.vocab_size, (len(data["images"]), *gcfg.grid))
     name = (f"generator width {dim} (AR, 4 layers, {'scene graph' if conditional else 'unconditional'})"
             if dim else "generator (default: AR 128 x 4 + scene graph + layout)")

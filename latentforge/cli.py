@@ -2,11 +2,13 @@
 
     latentforge run configs/shapes_sg2im.yaml [--quick] [--restart] [key.path=value ...]
     torchrun --nproc_per_node 2 -m latentforge.cli train configs/shapes_sg2im.yaml
-    latentforge sample runs/demo --graph g.json --n 8 --out x.png
-    latentforge eval runs/demo [--metrics fid,kid,pr] [--n 1000] [--seed 0]
+    latentforge sample runs/demo --condition g.json --n 8 --out x.png [sample.cfg_scale=2 ...]
+    latentforge eval runs/demo [--metrics fid,kid,pr] [--n 1000] [--seed 0] [eval.n=500 ...]
     latentforge eval train-probe shapes
     latentforge report runs/demo
-    latentforge data shapes --n 16 --out grid.png
+    latentforge data shapes --n 16 --out grid.png [size=64 ...]
+
+Every command that reads a recipe (run, train, sample, eval) takes the same dotted overrides.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from latentforge.config import ConfigError
+from latentforge.serialization import CorruptFileError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -47,7 +50,8 @@ def _print_metrics(metrics: dict) -> None:
     dist = metrics.get("distribution")
     if dist:
         f = dist["features"]
-        print(f"distribution ({dist['n']} images a set, seed {dist['seed']}, {f['name']} features {f['hash']}):")
+        print(f"distribution ({dist['n']} {dist.get('noun', 'images')} a set, seed {dist['seed']}, "
+              f"{f['name']} features {f['hash']}):")
         sets = ([("model", dist["model"])] if "model" in dist else []) + list(dist.get("baselines", {}).items())
         for name, values in sets:
             print(f"  {name}: {shown(values)}")
@@ -56,14 +60,15 @@ def _print_metrics(metrics: dict) -> None:
         print("not measured: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
 
 
-def _recipe_of(run_dir: str):
-    from latentforge.config import from_dict, load_yaml
+def _recipe_of(run_dir: str, overrides: list[str] | None = None):
+    """The Run of a run folder, its recorded recipe changed by dotted `overrides`."""
+    from latentforge.config import apply_overrides, from_dict, load_yaml
     from latentforge.recipes import RecipeConfig, Run, link
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run folder ({path} is missing)")
-    cfg = link(from_dict(RecipeConfig, load_yaml(path)))
+    cfg = link(from_dict(RecipeConfig, apply_overrides(load_yaml(path), overrides or []), path=""))
     # the folder may have been moved: trust its location over the recorded one
     cfg.out_dir, cfg.name = str(Path(run_dir).parent), Path(run_dir).name
     return Run(cfg)
@@ -73,15 +78,16 @@ def _eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from latentforge.atomic import write_json
-    from latentforge.eval.run_metrics import evaluate_run
+    from latentforge.eval.run_metrics import evaluate
     from latentforge.recipes import METRIC_GROUPS
     from latentforge.report.html import write_report
 
     if args.run == "train-probe":
         return _train_probe(args)
-    if args.rest:
-        raise ConfigError(f"eval takes one run folder, got also: {' '.join(args.rest)}")
-    run = _recipe_of(args.run)
+    stray = [r for r in args.rest if "=" not in r]
+    if stray:
+        raise ConfigError(f"eval takes one run folder and key=value overrides, got also: {' '.join(stray)}")
+    run = _recipe_of(args.run, args.rest)
     run.progress = run.dataset.progress = not args.no_progress
     if run.cfg.generator is not None and not (run.dir / "samples.npz").exists():
         run.stage_sample()
@@ -94,7 +100,7 @@ def _eval(args: argparse.Namespace) -> int:
         ecfg = dataclasses.replace(run.cfg.eval, **changes)
     except ValueError as err:
         raise ConfigError(f"eval: {err}") from None
-    result = evaluate_run(run, ecfg, progress=run.progress)
+    result = evaluate(run.eval_inputs(), ecfg, progress=run.progress)
     write_json(run.dir / "metrics.json", result)
     write_report(run.dir)
     _print_metrics(result)
@@ -146,55 +152,74 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from latentforge.data.shapes import SceneGraph, encode_graphs
-    from latentforge.pipeline import Pipeline
-    from latentforge.report.grids import save_captioned_grid
-
-    run = _recipe_of(args.run)
+def _read_conditions(text: str) -> tuple[object, str]:
+    """`--condition`: a JSON file, or JSON given inline (`'{"label": 3}'`)."""
+    path = Path(text)
+    if path.suffix == ".json" or path.is_file():
+        try:
+            return json.loads(path.read_text()), str(path)
+        except FileNotFoundError:
+            raise ConfigError(f"condition file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from None
     try:
-        raw = json.loads(Path(args.graph).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"scene graph file not found: {args.graph}") from None
+        return json.loads(text), "--condition"
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{args.graph}: not valid JSON: {err}") from None
-    raw_graphs = raw if isinstance(raw, list) else [raw]
-    try:
-        graphs = [SceneGraph.from_json(g) for g in raw_graphs]
-    except ValueError as err:
-        raise ConfigError(f"{args.graph}: {err}") from None
-    max_objects = run.cfg.data.max_objects
-    too_big = [i for i, g in enumerate(graphs) if len(g.objects) > max_objects]
-    if too_big:
-        raise ConfigError(f"{args.graph}: graph {too_big[0]} has {len(graphs[too_big[0]].objects)} objects; "
-                          f"this run was trained with at most {max_objects}")
-    repeated = [g for g in graphs for _ in range(args.n)]
-    cond = encode_graphs(repeated, max_objects)
-    pipe = Pipeline.from_run(run.dir, str(run.device))
-    s = run.cfg.sample
-    images = pipe.generate(cond, generator=torch.Generator().manual_seed(args.seed),
-                           temperature=args.temperature if args.temperature is not None else s.temperature,
-                           top_k=args.top_k if args.top_k is not None else s.top_k,
-                           top_p=args.top_p if args.top_p is not None else s.top_p,
-                           cfg_scale=args.cfg_scale if args.cfg_scale is not None else s.cfg_scale)
+        raise ConfigError(f"--condition: neither a file nor valid JSON ({err})") from None
+
+
+def _sample(args: argparse.Namespace) -> int:
+    """Samples of a run for conditions read through its data set (unconditional runs: --n samples)."""
+    import numpy as np
+
+    from latentforge.atomic import write_npz
+
+    run = _recipe_of(args.run, args.overrides)
+    pipe = run.pipeline()
+    conditional = pipe.generator.conditioner is not None
+    if conditional and args.condition is None:
+        raise ConfigError(f"{args.run} samples {run.dataset.condition_text.lower()[:-1] or 'for conditions'}: "
+                          "give them with --condition FILE.json (README: conditions)")
+    if not conditional and args.condition is not None:
+        raise ConfigError(f"{args.run} was trained unconditionally: drop --condition")
+    if conditional:
+        raw, where = _read_conditions(args.condition)
+        try:
+            rows = run.dataset.parse_conditions(raw, where)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        rows = {k: np.repeat(v, args.n, axis=0) for k, v in rows.items()}
+        total = len(next(iter(rows.values())))
+    else:
+        rows, total = {}, args.n
+    samples, given = pipe.sample(rows, total, args.seed, run.dataset, run.sampling(pipe), run.cfg.sample.batch_size)
     out = Path(args.out)
-    save_captioned_grid(images, [g.caption() for g in repeated], out, ncols=min(args.n, 8))
-    print(f"wrote {len(images)} samples to {out}")
+    captions = run.dataset.captions(given) if given else None
+    files = run.modality.preview(samples, captions, out.with_suffix(""), title=f"{run.dir.name}: samples")
+    write_npz(out.with_suffix(".npz"), samples=samples, **given)
+    print(f"wrote {len(samples)} {run.modality.noun} to {', '.join(str(out.parent / f) for f in files)} "
+          f"and {out.with_suffix('.npz')}")
     return 0
 
 
 def _data(args: argparse.Namespace) -> int:
-    from latentforge.data.shapes import ShapesConfig, render_batch, sample_scene
-    from latentforge.report.grids import save_captioned_grid
+    """A preview of a data set's split, captioned: what a recipe would train on."""
+    from latentforge.config import apply_overrides, from_dict
+    from latentforge.data.base import build_dataset
+    from latentforge.registry import lookup, names
 
-    cfg = ShapesConfig(size=args.size, max_objects=args.max_objects, seed=args.seed)
-    scenes = [sample_scene(cfg, args.split, i) for i in range(args.n)]
-    images = render_batch(cfg, args.split, range(args.n))
-    save_captioned_grid(images, [s.caption() for s in scenes], args.out,
-                        title=f"Shapes, {args.split} split, seed {args.seed}")
-    print(f"wrote {args.n} scenes to {args.out}")
+    try:
+        config_cls = lookup("dataset", args.dataset)[0]
+    except KeyError:
+        raise ConfigError(f"unknown data set {args.dataset!r}; available: {', '.join(names('dataset'))}") from None
+    cfg = from_dict(config_cls, apply_overrides({"name": args.dataset, "seed": args.seed}, args.overrides), path="data")
+    dataset = build_dataset(cfg)
+    arrays = {k: v[: args.n] for k, v in dataset.split(args.split).items()}
+    modality = dataset.modality
+    out = Path(args.out)
+    files = modality.preview(dataset.examples(arrays), dataset.captions(arrays), out.with_suffix(""),
+                             title=f"{args.dataset}, {args.split} split, seed {args.seed}")
+    print(f"wrote {len(dataset.examples(arrays))} {modality.noun} to {', '.join(str(out.parent / f) for f in files)}")
     return 0
 
 
@@ -214,16 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--no-progress", action="store_true", help="no progress bars")
         r.set_defaults(func=_run)
 
-    s = sub.add_parser("sample", help="sample images for scene graphs given in a JSON file")
+    s = sub.add_parser("sample", help="sample a trained run for conditions given as JSON (scene graphs, labels, "
+                       "captions, actions; none for unconditional runs)")
     s.add_argument("run", help="run folder, e.g. runs/demo")
-    s.add_argument("--graph", required=True, help="JSON scene graph (or a list of them); format in README")
-    s.add_argument("--n", type=int, default=8, help="samples per graph")
-    s.add_argument("--out", default="samples.png")
+    s.add_argument("overrides", nargs="*", help="dotted overrides of the run's recipe, e.g. sample.cfg_scale=2")
+    s.add_argument("--condition", "--graph", dest="condition",
+                   help="JSON file or inline JSON: one condition or a list (README: conditions)")
+    s.add_argument("--n", type=int, default=8, help="samples per condition (unconditional runs: in all)")
+    s.add_argument("--out", default="samples.png", help="preview file; the samples also go to the same name .npz")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--temperature", type=float)
-    s.add_argument("--top-k", type=int)
-    s.add_argument("--top-p", type=float)
-    s.add_argument("--cfg-scale", type=float)
     s.set_defaults(func=_sample)
 
     e = sub.add_parser("eval", help="recompute metrics.json and the report of a run; "
@@ -232,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "latentforge eval train-probe DATASET [key=value ...] [--steps N] [--force]",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("run", help="run folder, e.g. runs/demo; or `train-probe`")
-    e.add_argument("rest", nargs="*", help="train-probe: the data set and its config overrides (size=64)")
+    e.add_argument("rest", nargs="*", help="dotted overrides of the run's recipe (eval.n=500); train-probe: the "
+                   "data set and its config overrides (size=64)")
     e.add_argument("--metrics", help="comma-separated groups: recon, val, adherence, diversity, speed, "
                    "fid, kid, pr (default: all)")
     e.add_argument("--n", type=int, help="images per set for fid / kid / pr (default: eval.n of the run)")
@@ -248,16 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run")
     rep.set_defaults(func=_report)
 
-    d = sub.add_parser("data", help="look at a data set")
-    dsub = d.add_subparsers(dest="dataset", required=True)
-    sh = dsub.add_parser("shapes", help="write a labelled grid of Shapes scenes")
-    sh.add_argument("--n", type=int, default=16)
-    sh.add_argument("--out", default="shapes.png")
-    sh.add_argument("--split", default="train", choices=["train", "val", "test"])
-    sh.add_argument("--seed", type=int, default=0)
-    sh.add_argument("--size", type=int, default=32)
-    sh.add_argument("--max-objects", type=int, default=3)
-    sh.set_defaults(func=_data)
+    d = sub.add_parser("data", help="look at a data set: a captioned preview of its first examples")
+    d.add_argument("dataset", help="a registered data set: shapes, digits, photos, ...")
+    d.add_argument("overrides", nargs="*", help="its config fields, e.g. size=64 max_objects=4")
+    d.add_argument("--n", type=int, default=16)
+    d.add_argument("--out", default="data.png", help="preview file (motion: .gif and a filmstrip .png)")
+    d.add_argument("--split", default="val", choices=["train", "val", "test"])
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_data)
     return p
 
 
@@ -265,14 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after flags (`run cfg.yaml --quick a.b=1`), which argparse leaves over
-    if args.command in ("run", "train"):
+    if args.command in ("run", "train", "sample", "data"):
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if e not in args.overrides]
+    elif args.command == "eval":
+        args.rest += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.rest]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, CorruptFileError) as err:
         print(f"latentforge: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,63 +1,118 @@
-"""Inference: a tokenizer and a generator together, from conditions to images.
+"""Inference: a tokenizer, a generator and the data's modality, from conditions to examples.
 
-    pipe = Pipeline.from_run("runs/demo")
-    images = pipe.generate(cond, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+    pipe = Pipeline.from_run("runs/demo", dataset.modality)
+    rows = dataset.parse_conditions(json.loads(text), "conditions.json")   # or a split's rows
+    samples, given = pipe.sample(rows, n=8, seed=0, dataset=dataset, options=sampling)
+
+This is the only sampling path: the recipe's sample and eval stages and `latentforge sample`
+all come through `Pipeline.sample`, so they draw the same examples for the same seed.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from latentforge.conditioning.caption import CaptionConfig, encode_captions
+from latentforge.config import ConfigError
 from latentforge.generators.base import Generator
 from latentforge.serialization import from_pretrained
 from latentforge.tokenizers.base import Tokenizer
 
 
-def to_uint8(images: Tensor) -> np.ndarray:
-    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+@dataclass
+class SampleConfig:
+    conditions: int = 200            # validation conditions (scene graphs, labels) to sample for
+    per_graph: int = 2               # samples per condition (>= 2 measures diversity)
+    batch_size: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    cfg_scale: float = 1.0
+    seed: int = 0
+    options: dict = field(default_factory=dict)   # generator-specific: steps, method, eta, ...
 
 
-def to_float(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 [N, H, W, C] -> float [N, C, H, W] in [-1, 1]."""
-    x = torch.as_tensor(images)
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def sampling_options(generator: Generator, s: SampleConfig) -> dict[str, Any]:
+    """The sample section as keyword arguments of this generator's `sample`: the common knobs it
+    takes (a diffusion model has no top-k) plus `sample.options`, checked by name."""
+    accepted = set(inspect.signature(generator.sample).parameters) - {"n", "context", "generator"}
+    unknown = sorted(set(s.options) - accepted)
+    if unknown:
+        raise ConfigError(f"sample.options: {', '.join(unknown)} not accepted by generator "
+                          f"{generator.config.name!r}; it takes {', '.join(sorted(accepted))}")
+    common = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale}
+    if generator.conditioner is None:  # a recipe's guidance scale means nothing to an unconditional model
+        common.pop("cfg_scale")
+    return {**{k: v for k, v in common.items() if k in accepted}, **s.options}
+
+
+def condition_tensors(dataset: Any, rows: dict[str, np.ndarray], generator: Generator) -> dict[str, Tensor]:
+    """A data set's condition rows (numeric entries, captions) -> the tensors a conditioner
+    selects from; a caption conditioner gets the captions as word ids in its vocabulary."""
+    out = {k: torch.from_numpy(np.asarray(v)) for k, v in dataset.numeric(rows).items()}
+    cond = generator.config.conditioner
+    if isinstance(cond, CaptionConfig):
+        texts = [str(t) for t in rows[dataset.caption_key]]
+        out.update(encode_captions(texts, cond.vocab, cond.max_len))
+    return out
 
 
 class Pipeline:
-    def __init__(self, tokenizer: Tokenizer, generator: Generator) -> None:
+    def __init__(self, tokenizer: Tokenizer, generator: Generator, modality: Any) -> None:
         if tuple(generator.config.grid) != tuple(tokenizer.spec.grid):
             raise ValueError(f"generator grid {generator.config.grid} does not match the tokenizer's "
                              f"latent grid {tokenizer.spec.grid}")
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
+        self.modality = modality
 
     @classmethod
-    def from_run(cls, run: str | os.PathLike, device: str = "cpu") -> "Pipeline":
+    def from_run(cls, run: str | os.PathLike, modality: Any, device: str | torch.device = "cpu") -> "Pipeline":
         run = Path(run)
         for part in ("tokenizer", "generator"):
             if not (run / part / "config.json").is_file():
                 raise FileNotFoundError(f"{run} has no trained {part} yet ({run / part / 'config.json'} "
                                         f"is missing): run `latentforge run` first")
-        return cls(from_pretrained(run / "tokenizer", device), from_pretrained(run / "generator", device))
+        return cls(from_pretrained(run / "tokenizer", device), from_pretrained(run / "generator", device), modality)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
 
     @torch.no_grad()
     def generate(self, cond: dict[str, Tensor] | None, n: int | None = None, *,
                  generator: torch.Generator | None = None, batch_size: int = 256, **sampling) -> np.ndarray:
-        """Sample one image per condition row (or n unconditional ones) -> uint8 [N, H, W, C]."""
-        device = next(self.generator.parameters()).device
+        """Sample one example per condition row (or n unconditional ones), in the modality's
+        stored layout (images: uint8 [N, H, W, 3])."""
         total = n if cond is None else len(next(iter(cond.values())))
         out = []
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
-            part = None if cond is None else {k: v[start:stop].to(device) for k, v in cond.items()}
+            part = None if cond is None else {k: v[start:stop].to(self.device) for k, v in cond.items()}
             context = self.generator.encode_condition(part, generator=generator)
             z = self.generator.sample(stop - start, context, generator=generator, **sampling)
-            out.append(to_uint8(self.tokenizer.decode(z)))
+            out.append(self.modality.from_model(self.tokenizer.decode(z)))
         return np.concatenate(out)
+
+    def sample(self, rows: dict[str, np.ndarray], n: int, seed: int, dataset: Any,
+               options: dict[str, Any] | None = None, batch_size: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """n samples: one per row of `rows` (a split's entries without the examples) for a
+        conditional generator, else n unconditional ones. Returns the samples and the rows as the
+        sampler was given them (`dataset.for_sampling`; empty when unconditional)."""
+        conditional = self.generator.conditioner is not None
+        given = dataset.for_sampling({k: v[:n] for k, v in rows.items()}) if conditional else {}
+        if conditional and len(next(iter(given.values()), ())) < n:
+            raise ValueError(f"{n} conditional samples asked for, but only "
+                             f"{len(next(iter(given.values()), ()))} condition rows given")
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        cond = condition_tensors(dataset, given, self.generator) if conditional else None
+        samples = self.generate(cond, n=n, generator=gen, batch_size=batch_size, **(options or {}))
+        return samples, given

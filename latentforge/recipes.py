@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from latentforge.atomic import write_json, write_npz, write_text
+from latentforge.conditioning.caption import CaptionConfig, build_vocab
 from latentforge.config import (
     ConfigError,
     apply_overrides,
@@ -33,16 +34,18 @@ from latentforge.config import (
     load_yaml,
     to_dict,
 )
-from latentforge.conditioning.caption import CaptionConfig, build_vocab, encode_captions
 from latentforge.data.base import DataConfig, DataSet, build_dataset
 from latentforge.data.sets import ShapesDataConfig
 from latentforge.generators.base import GeneratorConfig
-from latentforge.pipeline import Pipeline, to_float
+from latentforge.pipeline import Pipeline, SampleConfig, condition_tensors, sampling_options
 from latentforge.registry import lookup
 from latentforge.serialization import from_pretrained, save_pretrained
 from latentforge.tokenizers.base import TokenizerConfig
 from latentforge.train import distributed
 from latentforge.train.trainer import TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    from latentforge.eval.run_metrics import EvalInputs
 
 STAGES = ("data", "tokenizer", "encode", "generator", "sample", "eval", "report")
 TRAINING_STAGES = ("tokenizer", "generator")
@@ -50,33 +53,20 @@ TRAINING_STAGES = ("tokenizer", "generator")
 
 # ---------------------------------------------------------------------------------- config
 
-@dataclass
-class SampleConfig:
-    conditions: int = 200            # validation conditions (scene graphs, labels) to sample for
-    per_graph: int = 2               # samples per condition (>= 2 measures diversity)
-    batch_size: int = 256
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    cfg_scale: float = 1.0
-    seed: int = 0
-    options: dict = field(default_factory=dict)   # generator-specific: steps, method, eta, ...
-
-
 # what `eval.metrics` may name; the eval stage computes those that apply to the run
 METRIC_GROUPS = ("recon", "val", "adherence", "diversity", "speed", "fid", "kid", "pr")
 
 
 @dataclass
 class EvalConfig:
-    recon_images: int = 1000         # validation images for the tokenizer metrics
-    show: int = 16                   # images in each picture of the report
+    recon_images: int = 1000         # validation examples for the tokenizer metrics
+    show: int = 16                   # examples in each preview of the report
     metrics: tuple[str, ...] = METRIC_GROUPS
-    n: int = 1000                    # images per set for fid / kid / pr (capped by the val split)
+    n: int = 1000                    # examples per set for fid / kid / pr (capped by the val split)
     seed: int = 0                    # samples and subsets of the distribution metrics
     inception_weights: str = ""      # an Inception-v3 weights file: standard FID instead of the probe's
     baselines: bool = True           # floor (real vs real) and trivial models beside fid / kid / pr
-    speed_batch: int = 64            # images per timed sampling call (speed)
+    speed_batch: int = 64            # examples per timed sampling call (speed)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRIC_GROUPS]
@@ -123,35 +113,30 @@ def link(cfg: RecipeConfig) -> RecipeConfig:
     """Derive the fields one component takes from another: the generator's grid and latent
     format from the tokenizer, the conditioner's object slots or classes from the data."""
     tok_cls = lookup("tokenizer", cfg.tokenizer.name)[1]
-    if hasattr(cfg.tokenizer, "image_size") and cfg.tokenizer.image_size != cfg.data.size:
-        try:  # the tokenizer is built for the data's images
-            cfg.tokenizer = dataclasses.replace(cfg.tokenizer, image_size=cfg.data.size)
+    dataset = build_dataset(cfg.data)
+    modality = dataset.modality
+    if cfg.tokenizer.layout != modality.layout:
+        raise ConfigError(f"tokenizer {cfg.tokenizer.name!r} reads {cfg.tokenizer.layout} data, but data "
+                          f"{cfg.data.name!r} holds {modality.name} ({modality.layout}): pick a "
+                          f"{modality.layout} tokenizer")
+    fields = modality.tokenizer_fields()  # the tokenizer is built for the data's examples
+    if any(getattr(cfg.tokenizer, k) != v for k, v in fields.items()):
+        try:
+            cfg.tokenizer = dataclasses.replace(cfg.tokenizer, **fields)
         except ValueError as err:
-            raise ConfigError(f"data.size {cfg.data.size} does not suit tokenizer {cfg.tokenizer.name!r}: {err}") from None
+            given = ", ".join(f"{k} {v}" for k, v in fields.items())
+            raise ConfigError(f"data {cfg.data.name!r} gives {given}, which does not suit tokenizer "
+                              f"{cfg.tokenizer.name!r}: {err}") from None
     spec = _spec_of(tok_cls, cfg.tokenizer)
     gen = cfg.generator
     if gen is None:
         return cfg
-    updates: dict[str, Any] = {"grid": spec.grid}
     quantizer = getattr(cfg.tokenizer, "quantizer", None)
     made = f"tokenizer {cfg.tokenizer.name!r}" + (f" with quantizer {quantizer.name!r}" if quantizer else "")
-    if hasattr(gen, "vocab_size"):  # a generator of discrete codes
-        multi_level = hasattr(gen, "levels")
-        if spec.kind != "discrete" or (spec.depth != 1 and not multi_level):
-            raise ConfigError(
-                f"generator {gen.name!r} models one discrete code per position, but {made} gives {spec.kind} "
-                f"latents" + (f" with {spec.depth} levels" if spec.depth > 1 else "")
-                + ": pick a single-level discrete quantizer (vq, fsq, lfq, gumbel) for it"
-                + ("" if spec.kind != "discrete" else ", or the hierarchical generator for residual codes"))
-        updates["vocab_size"] = spec.vocab_size
-        if multi_level:
-            updates["levels"] = spec.depth
-    elif hasattr(gen, "channels"):  # a generator of continuous latents
-        if spec.kind != "continuous":
-            raise ConfigError(f"generator {gen.name!r} models continuous latents, but {made} gives discrete "
-                              "codes: pick a continuous bottleneck (gaussian) for it")
-        updates["channels"] = spec.channels
-    dataset = build_dataset(cfg.data)
+    try:
+        updates = gen.fields_for(spec, made)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if gen.conditioner is not None and getattr(cfg.data, "labels", None) == "auto" and not dataset.condition_keys \
             and not isinstance(gen.conditioner, CaptionConfig):
         _say(f"data {cfg.data.name!r} has no classes (fewer than 2 labelled subfolders): the generator is unconditional")
@@ -209,6 +194,7 @@ class Run:
         self.dataset: DataSet = build_dataset(cfg.data)
         self.dataset.run_dir = self.dir  # where a data set may cache what it decodes
         self.dataset.progress = progress
+        self.modality = self.dataset.modality
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
 
@@ -307,14 +293,15 @@ class Run:
 
     def stage_tokenizer(self) -> None:
         cfg = self.cfg
-        images = torch.from_numpy(self.load_split("train")["images"])  # uint8 [N, H, W, 3]
+        examples = torch.from_numpy(self.dataset.examples(self.load_split("train")))  # the stored layout
         tcls = lookup("tokenizer", cfg.tokenizer.name)[1]
         model = tcls(cfg.tokenizer)
         B = cfg.tokenizer_train.batch_size
+        key, to_model = cfg.tokenizer.layout, self.modality.to_model
 
         def batch_fn(step: int) -> dict[str, torch.Tensor]:
-            idx = torch.randint(len(images), (B,))
-            return {"image": to_float(images[idx])}
+            idx = torch.randint(len(examples), (B,))
+            return {key: to_model(examples[idx])}
 
         self._train("tokenizer", model, cfg.tokenizer_train, batch_fn)
 
@@ -323,9 +310,9 @@ class Run:
         out = {}
         with torch.no_grad():
             for split in ("train", "val"):
-                images = self.load_split(split)["images"]
-                codes = [tok.encode(to_float(images[i:i + 500]).to(self.device)).cpu()
-                         for i in range(0, len(images), 500)]
+                examples = self.dataset.examples(self.load_split(split))
+                codes = [tok.encode(self.modality.to_model(examples[i:i + 500]).to(self.device)).cpu()
+                         for i in range(0, len(examples), 500)]
                 out[split] = torch.cat(codes).numpy()
         write_npz(self.dir / "latents.npz", **out)
 
@@ -333,22 +320,11 @@ class Run:
         with np.load(self.dir / "latents.npz") as f:
             return torch.from_numpy(f[split])
 
-    def condition(self, split: str, data: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-        """The condition entries of a split (or of given rows) as tensors, for the conditioner;
-        a caption conditioner gets the captions as word ids in its vocabulary."""
-        data = self.load_split(split) if data is None else data
-        out = {k: torch.from_numpy(v) for k, v in DataSet.numeric(data).items()}
-        cond = self.cfg.generator.conditioner if self.cfg.generator is not None else None
-        if isinstance(cond, CaptionConfig):
-            texts = [str(t) for t in data[self.dataset.caption_key]]
-            out.update(encode_captions(texts, cond.vocab, cond.max_len))
-        return out
-
     def stage_generator(self) -> None:
         cfg = self.cfg
         codes = self.load_latents("train")
-        cond = self.condition("train")
         model = lookup("generator", cfg.generator.name)[1](cfg.generator)
+        cond = condition_tensors(self.dataset, self.load_split("train"), model) if model.conditioner is not None else {}
         if hasattr(model, "fit_normalization"):  # continuous latents: learn in unit-variance units
             model.fit_normalization(codes)
         B = cfg.generator_train.batch_size
@@ -362,67 +338,61 @@ class Run:
 
         self._train("generator", model, cfg.generator_train, batch_fn, loss_fn)
 
+    def pipeline(self) -> Pipeline:
+        return Pipeline.from_run(self.dir, self.modality, self.device)
+
+    def sampling(self, pipe: Pipeline) -> dict[str, Any]:
+        return sampling_options(pipe.generator, self.cfg.sample)
+
     def stage_sample(self) -> None:
         s = self.cfg.sample
         val = self.load_split("val")
-        rows = min(s.conditions, len(val["images"]))
-        given = {k: np.repeat(v[:rows], s.per_graph, axis=0) for k, v in val.items() if k != "images"}
+        rows = min(s.conditions, len(self.dataset.examples(val)))
+        given = {k: np.repeat(v[:rows], s.per_graph, axis=0) for k, v in self.dataset.conditions(val).items()}
         groups = np.repeat(np.arange(rows), s.per_graph)
-        pipe = Pipeline.from_run(self.dir, str(self.device))
+        pipe = self.pipeline()
+        options = self.sampling(pipe)
         t = time.perf_counter()
-        images, given = self.draw_samples(given, len(groups), s.seed, pipe)
+        samples, given = pipe.sample(given, len(groups), s.seed, self.dataset, options, s.batch_size)
         seconds = time.perf_counter() - t
         conditional = bool(given)
-        write_npz(self.dir / "samples.npz", images=images, groups=groups, **given)
-        write_json(self.dir / "sample_info.json", {
-            "images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
-            "conditional": conditional,
-            "shows": self.dataset.condition_text if conditional else "unconditional samples"})
-        from latentforge.report.grids import save_captioned_grid
-
+        write_npz(self.dir / "samples.npz", samples=samples, groups=groups, **given)
         show = self._show_indices(groups)
         captions = self.dataset.captions({k: v[show] for k, v in given.items()}) if conditional else None
-        options = self.sampling_options(pipe.generator)
         shown = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
-        save_captioned_grid(images[show], captions or [""] * len(show), self.dir / "samples.png",
-                            title=f"samples ({shown})")
-
-    def draw_samples(self, rows: dict[str, np.ndarray], n: int, seed: int,
-                     pipe: Pipeline | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """n samples with the run's sampling settings: one per row of `rows` (a split's
-        non-image entries) for a conditional generator, else n unconditional ones. Returns the
-        images and the rows as the sampler was given them (empty when unconditional)."""
-        pipe = pipe or Pipeline.from_run(self.dir, str(self.device))
-        conditional = pipe.generator.conditioner is not None
-        given = self.dataset.for_sampling({k: v[:n] for k, v in rows.items()}) if conditional else {}
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        images = pipe.generate(self.condition("val", given) if conditional else None, n=n, generator=gen,
-                               batch_size=self.cfg.sample.batch_size, **self.sampling_options(pipe.generator))
-        return images, given
-
-    def sampling_options(self, generator: torch.nn.Module) -> dict[str, Any]:
-        """The sample section as keyword arguments of this generator's `sample`: the common
-        knobs it takes (a diffusion model has no top-k) plus `sample.options`, checked by name."""
-        import inspect
-
-        s = self.cfg.sample
-        accepted = set(inspect.signature(generator.sample).parameters) - {"n", "context", "generator"}
-        unknown = sorted(set(s.options) - accepted)
-        if unknown:
-            raise ConfigError(f"sample.options: {', '.join(unknown)} not accepted by generator "
-                              f"{generator.config.name!r}; it takes {', '.join(sorted(accepted))}")
-        common = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale}
-        return {**{k: v for k, v in common.items() if k in accepted}, **s.options}
+        previews = self.modality.preview(samples[show], captions, self.dir / "samples", title=f"samples ({shown})")
+        noun = self.modality.noun
+        write_json(self.dir / "sample_info.json", {
+            "samples": len(samples), "seconds": seconds, "samples_per_s": len(samples) / seconds, "noun": noun,
+            "conditional": conditional, "previews": previews,
+            "shows": self.dataset.condition_text if conditional else f"unconditional {noun}"})
 
     def _show_indices(self, groups: np.ndarray) -> np.ndarray:
         """The first `eval.show` samples, taking up to two per graph so diversity is visible."""
         picked = [i for i in range(len(groups)) if (groups[:i] == groups[i]).sum() < 2]
         return np.array(picked[: self.cfg.eval.show])
 
-    def stage_eval(self) -> None:
-        from latentforge.eval.run_metrics import evaluate_run
+    def eval_inputs(self) -> "EvalInputs":
+        """What the eval stage reads, as artifacts: the run folder's splits, models and samples."""
+        from latentforge.eval.run_metrics import EvalInputs
 
-        metrics = evaluate_run(self)
+        pipe = self.pipeline() if self.cfg.generator is not None else None
+        samples = None
+        if pipe is not None:
+            with np.load(self.dir / "samples.npz") as f:
+                # runs sampled before the modalities stored their samples as "images"
+                samples = {"samples" if k == "images" else k: f[k] for k in f.files}
+        return EvalInputs(
+            folder=self.dir, dataset=self.dataset, train=self.load_split("train"), val=self.load_split("val"),
+            tokenizer=pipe.tokenizer if pipe is not None else from_pretrained(self.dir / "tokenizer", self.device),
+            pipeline=pipe, val_latents=self.load_latents("val") if pipe is not None else None,
+            samples=samples, sampling=self.sampling(pipe) if pipe is not None else {},
+            batch_size=self.cfg.sample.batch_size, device=self.device)
+
+    def stage_eval(self) -> None:
+        from latentforge.eval.run_metrics import evaluate
+
+        metrics = evaluate(self.eval_inputs(), self.cfg.eval, progress=self.progress)
         write_json(self.dir / "metrics.json", metrics)
 
     def stage_report(self) -> None:

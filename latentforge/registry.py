@@ -1,16 +1,38 @@
 """Name -> (config class, model class) tables, one per kind of model.
 
-A recipe picks a data set, tokenizer, generator, conditioner or quantizer by `name`; a saved model records the
-name in its `config.json` so `from_pretrained` can rebuild it. Each model file registers
-itself with the decorator below, so adding a model is adding a file.
+A recipe picks a data set, tokenizer, generator, conditioner, quantizer or probe by `name`; a
+saved model records the name in its `config.json` so `from_pretrained` can rebuild it. Each
+model file registers itself with the decorator below.
+
+The registry imports nothing of the library itself: `MODULES` lists, per kind, the modules whose
+`@register` decorators fill that kind's table, and a lookup imports that kind's modules by name
+on first use. So parsing a config loads only the kinds it names, and no room of the package
+imports the registry while the registry imports it back. Adding a model is adding its file and
+its line here (tests/test_registry.py fails on a registered file that is missing from the list).
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import importlib
+from collections.abc import Callable
+from typing import TypeVar
 
-KINDS = ("tokenizer", "generator", "conditioner", "quantizer", "dataset", "probe")
+MODULES: dict[str, tuple[str, ...]] = {
+    "quantizer": ("latentforge.quantize.vq", "latentforge.quantize.rvq", "latentforge.quantize.fsq",
+                  "latentforge.quantize.lfq", "latentforge.quantize.gumbel", "latentforge.quantize.gaussian",
+                  "latentforge.quantize.topk"),
+    "tokenizer": ("latentforge.tokenizers.conv", "latentforge.tokenizers.conv1d", "latentforge.tokenizers.vit"),
+    "conditioner": ("latentforge.conditioning.class_label", "latentforge.conditioning.caption",
+                    "latentforge.conditioning.scene_graph"),
+    "generator": ("latentforge.generators.autoregressive", "latentforge.generators.axial",
+                  "latentforge.generators.masked", "latentforge.generators.diffusion",
+                  "latentforge.generators.mar", "latentforge.generators.hierarchical"),
+    "dataset": ("latentforge.data.sets", "latentforge.data.folder", "latentforge.data.motion"),
+    "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe"),
+}
+KINDS = tuple(MODULES)
 _TABLES: dict[str, dict[str, tuple[type, type]]] = {kind: {} for kind in KINDS}
+_LOADED: set[str] = set()
 
 M = TypeVar("M", bound=type)
 
@@ -31,24 +53,22 @@ def register(kind: str, name: str, config_cls: type) -> Callable[[M], M]:
     return wrap
 
 
+def _load(kind: str) -> dict[str, tuple[type, type]]:
+    if kind not in _TABLES:
+        raise KeyError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in _LOADED:
+        for module in MODULES[kind]:
+            importlib.import_module(module)
+        _LOADED.add(kind)
+    return _TABLES[kind]
+
+
 def lookup(kind: str, name: str) -> tuple[type, type]:
-    _import_all()
-    table = _TABLES[kind]
+    table = _load(kind)
     if name not in table:
         raise KeyError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table)) or 'none'}")
     return table[name]
 
 
 def names(kind: str) -> list[str]:
-    _import_all()
-    return sorted(_TABLES[kind])
-
-
-def _import_all() -> None:
-    # Importing the packages runs their @register decorators.
-    import latentforge.conditioning  # noqa: F401
-    import latentforge.data  # noqa: F401
-    import latentforge.eval.probe  # noqa: F401
-    import latentforge.generators  # noqa: F401
-    import latentforge.quantize  # noqa: F401
-    import latentforge.tokenizers  # noqa: F401
+    return sorted(_load(kind))

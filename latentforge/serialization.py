@@ -1,7 +1,8 @@
 """A saved model is a folder: `config.json` + `model.safetensors`. Never pickle.
 
 `config.json` records the registry kind and name and the model's config dataclass, so
-`from_pretrained(path)` rebuilds the same module and loads its weights.
+`from_pretrained(path)` rebuilds the same module and loads its weights. A file that cannot be
+read back (truncated, overwritten, not JSON) raises `CorruptFileError` naming it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -20,6 +23,18 @@ from latentforge.config import from_dict, to_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+class CorruptFileError(ValueError):
+    """A saved file exists but cannot be read back: truncated, overwritten or not the format its
+    name says. The message names the file and what is wrong with it."""
+
+    def __init__(self, path: str | os.PathLike, message: str) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+
+    def __reduce__(self):  # pickles (across processes) with its path
+        return type(self), (self.path, self.args[0])
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -45,10 +60,13 @@ def from_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     cfg_file = path / CONFIG_NAME
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{path} is not a saved model: {CONFIG_NAME} is missing")
-    meta = json.loads(cfg_file.read_text())
+    meta = read_json(cfg_file)
+    if not isinstance(meta, dict):
+        raise CorruptFileError(cfg_file, f"{cfg_file}: not a saved model's config "
+                                         f"(a JSON {type(meta).__name__}, not an object)")
     for key in ("kind", "name", "config"):
         if key not in meta:
-            raise ValueError(f"{cfg_file}: missing key {key!r}")
+            raise CorruptFileError(cfg_file, f"{cfg_file}: missing key {key!r}")
     config_cls, model_cls = registry.lookup(meta["kind"], meta["name"])
     model = model_cls(from_dict(config_cls, meta["config"], path=str(cfg_file)))
     state = load_state_dict(path / WEIGHTS_NAME, map_location)
@@ -69,7 +87,20 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> 
 
 
 def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; `CorruptFileError` when the file is truncated or not safetensors."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    return load_file(str(path), device=str(map_location))
+    try:
+        return load_file(str(path), device=str(map_location))
+    except SafetensorError as err:
+        # safetensors says what is wrong ("incomplete metadata, file not fully covered") but not where
+        raise CorruptFileError(path, f"truncated or corrupt safetensors file {path}: {err}") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; `CorruptFileError` naming the file when it is not valid JSON text."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(path, f"truncated or corrupt JSON file {path}: {err}") from None
 

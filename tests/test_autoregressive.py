@@ -2,14 +2,13 @@ import json
 
 import pytest
 import torch
+from helpers import graphs, randomize
 
 from latentforge import from_pretrained, save_pretrained
 from latentforge.conditioning.base import Context
 from latentforge.conditioning.scene_graph import SceneGraphConfig
 from latentforge.generators.autoregressive import ARConfig, ARGenerator, coarse_to_fine_order
 from latentforge.generators.sampling import filter_logits, sample_tokens
-from helpers import graphs, randomize
-
 
 ORDERS = ["raster", "random", "coarse_to_fine"]
 

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import graphs, randomize
 
 from latentforge.conditioning.class_label import ClassConfig
 from latentforge.conditioning.scene_graph import SceneGraphConfig
 from latentforge.generators.axial import AxialARGenerator, AxialConfig
 from latentforge.nn.axial import AxialAttention, AxialStack, attention_flops
-from helpers import graphs, randomize
 
 
 def tiny(conditioner="scene_graph", grid=(4, 4), vocab=16, **kw) -> AxialARGenerator:

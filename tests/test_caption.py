@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from helpers import randomize
 
 from latentforge import from_pretrained, save_pretrained
 from latentforge.conditioning.caption import (
@@ -14,7 +15,6 @@ from latentforge.conditioning.caption import (
 from latentforge.data.shapes import ShapesConfig, sample_scene
 from latentforge.generators.autoregressive import ARConfig, ARGenerator
 from latentforge.generators.sampling import guide
-from helpers import randomize
 
 
 def captions(n, split="train"):

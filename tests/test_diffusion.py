@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import graphs, randomize
 
 from latentforge import registry
 from latentforge.conditioning.class_label import ClassConfig
@@ -10,7 +11,6 @@ from latentforge.conditioning.scene_graph import SceneGraphConfig
 from latentforge.config import from_dict
 from latentforge.generators.diffusion import DiTConfig, DiTGenerator
 from latentforge.nn.adaln import AdaLNBlock, AdaLNFinal, modulate
-from helpers import graphs, randomize
 
 
 def tiny(conditional=False, grid=(4, 4), channels=3, **kwargs) -> DiTGenerator:

@@ -143,7 +143,7 @@ def test_folders_that_cannot_train_stop_with_a_message(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "one" / "a.png")
     with pytest.raises(ConfigError, match="has 1 readable image.*at least 2 are needed"):
         ImageFolderData(ImageFolderConfig(path=str(tmp_path / "one"))).split("train")
-    with pytest.raises(ConfigError, match="data.size 30 does not suit tokenizer 'conv'"):
+    with pytest.raises(ConfigError, match="data 'imagefolder' gives image_size 30, which does not suit tokenizer 'conv'"):
         load_recipe("configs/imagefolder.yaml", [f"data.path={tmp_path / 'one'}", "data.size=30"])
 
 
@@ -158,7 +158,7 @@ def test_tiny_imagefolder_recipe_end_to_end(folder, tmp_path, capsys):
     cfg = json.loads((run / "generator" / "config.json").read_text())["config"]
     assert cfg["conditioner"]["name"] == "class" and cfg["conditioner"]["num_classes"] == 2
     with np.load(run / "samples.npz") as f:
-        assert f["images"].shape == (8, 16, 16, 3) and set(f["label"]) <= {0, 1}
+        assert f["samples"].shape == (8, 16, 16, 3) and set(f["label"]) <= {0, 1}
     assert (run / "report.html").is_file() and list((run / "data").glob("folder-*.npy"))
     rows = sum(len(np.load(run / "data" / f"{split}.npz")["images"]) for split in ("train", "val"))
     assert rows == 26  # every readable file, none of the two bad ones
@@ -181,4 +181,4 @@ def test_a_folder_without_classes_trains_an_unconditional_generator(tmp_path):
     assert cfg.generator.conditioner is None
     Run(cfg, progress=False).run()
     with np.load(tmp_path / "imagefolder" / "samples.npz") as f:
-        assert f["images"].shape[1:] == (16, 16, 3)
+        assert f["samples"].shape[1:] == (16, 16, 3)

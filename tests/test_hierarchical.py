@@ -2,7 +2,9 @@ import math
 
 import pytest
 import torch
+from helpers import graphs, randomize
 
+from latentforge.conditioning.base import Context
 from latentforge.conditioning.scene_graph import SceneGraphConfig
 from latentforge.generators.hierarchical import (
     HierarchicalConfig,
@@ -10,7 +12,6 @@ from latentforge.generators.hierarchical import (
 )
 from latentforge.quantize.rvq import ResidualVQ, RVQConfig
 from latentforge.registry import lookup
-from helpers import graphs, randomize
 
 
 def tiny(conditional=True, grid=(4, 4), vocab=16, levels=3, **kw) -> HierarchicalGenerator:
@@ -145,3 +146,75 @@ def test_tiny_model_learns_fine_level_from_base_level():
     s1 = model.sample(64, generator=torch.Generator().manual_seed(1), levels_to_sample=1)
     assert s1.shape == (64, N, 1)
     assert ((s1[:, 1:, 0] - s1[:, :-1, 0]) % V == 1).float().mean().item() >= 0.8
+
+
+# -- streaming past the training length (motion: 1D grids) ---------------------------------------
+
+
+def motion_model(**kw) -> HierarchicalGenerator:
+    """A motion-like model: T = 6 latent frames of 3-level RVQ codes, class-conditioned."""
+    from latentforge.conditioning.class_label import ClassConfig
+
+    torch.manual_seed(0)
+    cfg = HierarchicalConfig(grid=(6,), vocab_size=16, levels=3, dim=32, depth=2, heads=2, depth_dim=24,
+                             depth_layers=1, depth_heads=2, conditioner=ClassConfig(dim=32, num_classes=3), **kw)
+    return randomize(HierarchicalGenerator(cfg))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"window_stride": 3}, {"cfg_scale": 2.0, "top_k": 5},
+                                    {"levels_to_sample": 2, "window_stride": 5}])
+def test_streaming_never_changes_a_generated_prefix(kwargs):
+    model = motion_model(prefix_dropout=0.3)
+    ctx = model.encode_condition({"label": torch.tensor([0, 2])})
+    L = kwargs.get("levels_to_sample", 3)
+
+    def stream(length):
+        return model.sample(2, ctx, generator=torch.Generator().manual_seed(4), length=length, **kwargs)
+
+    trained = stream(6)
+    assert torch.equal(trained, model.sample(2, ctx, generator=torch.Generator().manual_seed(4), **kwargs))
+    double = stream(12)
+    assert double.shape == (2, 12, L) and double.dtype == torch.long
+    assert double.min() >= 0 and double.max() < 16
+    assert torch.equal(double[:, :6], trained)
+    longer = stream(17)
+    assert torch.equal(longer[:, :12], double)
+    assert torch.equal(stream(4), trained[:, :4])  # shorter than trained: a prefix as well
+    # the KV-cached windows equal recomputing every window prefix from scratch
+    again = model.sample(2, ctx, generator=torch.Generator().manual_seed(4), length=12, use_cache=False, **kwargs)
+    assert torch.equal(again, double)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_streamed_frames_are_what_the_model_predicts_from_the_window(stride):
+    """Greedy decoding: frame p past the training length T is the argmax of the teacher-forced logits of
+    the window that drew it (the crop of T frames ending at p's window, fed from BOS), at p's position in
+    it; so a window sees exactly what training shows the model of a clip cropped there."""
+    model = motion_model()
+    T = 6
+    out = model.sample(3, model.encode_condition({"label": torch.tensor([0, 1, 2])}), temperature=0, length=2 * T + 1,
+                       window_stride=stride)
+    ctx = model.encode_condition({"label": torch.tensor([0, 1, 2])})
+    assert torch.equal(model.logits(out[:, :T], ctx).argmax(-1), out[:, :T])  # the first window: no sliding
+    start, drawn = 0, T
+    while drawn < out.shape[1]:
+        start = drawn - (T - stride)
+        window = out[:, start : start + T]
+        new = range(T - stride, min(T, out.shape[1] - start))  # the window positions this window drew
+        pred = model.logits(window, ctx).argmax(-1)  # [B, T, Q]
+        assert torch.equal(pred[:, list(new)], window[:, list(new)]), (start, list(new))
+        drawn += len(new)
+
+
+def test_streaming_errors():
+    model = randomize(tiny(conditional=False, grid=(2, 3)))
+    with pytest.raises(ValueError, match="1D grid"):
+        model.sample(1, length=12)
+    model = motion_model()
+    ctx = model.encode_condition({"label": torch.tensor([0])})
+    with pytest.raises(ValueError, match="window_stride"):
+        model.sample(1, ctx, length=12, window_stride=6)
+    # a condition that paints a map on the grid (P1's layout) has nothing to say past it
+    painted = Context(ctx.tokens, ctx.mask, spatial=torch.randn(1, 6, 32))
+    with pytest.raises(ValueError, match="spatial"):
+        model.sample(1, painted, length=8)

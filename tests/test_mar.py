@@ -2,12 +2,14 @@ import math
 
 import pytest
 import torch
+from helpers import graphs, randomize
 
 from latentforge import registry
 from latentforge.conditioning.class_label import ClassConfig
 from latentforge.conditioning.scene_graph import SceneGraphConfig
-from latentforge.generators.mar import MARConfig, MARGenerator, reveal_schedule
-from helpers import graphs, randomize
+from latentforge.generators.guidance import Guidance
+from latentforge.generators.mar import MARConfig, MARGenerator
+from latentforge.generators.masking import reveal_counts
 
 
 def tiny(conditioner=None, grid=(4, 4), channels=3, **kw) -> MARGenerator:
@@ -62,8 +64,8 @@ def test_loss_counts_only_masked_tokens():
     # reference: per-token eps MSE over all R*B*N tokens, averaged over the masked ones only
     x = z.reshape(B, N, C)
     feats = model.features(x, mask, None)
-    x_t = model.process.noisy(x.expand(R, B, N, C).reshape(-1, C), noise.reshape(-1, C), t.reshape(-1))
-    eps = model.predict(x_t, t.reshape(-1), feats.expand(R, B, N, -1).reshape(R * B * N, -1))
+    x_t = model.head.process.noisy(x.expand(R, B, N, C).reshape(-1, C), noise.reshape(-1, C), t.reshape(-1))
+    eps = model.head.predict(x_t, t.reshape(-1), feats.expand(R, B, N, -1).reshape(R * B * N, -1))
     per_token = (eps - noise.reshape(-1, C)).pow(2).mean(-1).view(R, B, N)
     ref = (per_token * mask).sum() / (R * mask.sum())
     assert torch.allclose(base, ref, atol=1e-6)
@@ -102,28 +104,29 @@ def test_normalization_makes_the_loss_affine_invariant():
     model.fit_normalization(z)
     a = model.loss(z, **draws)["loss"]
     model.fit_normalization(z * scale + shift)
-    assert torch.allclose(model.latent_std, z.reshape(-1, 2).std(0) * scale, atol=1e-5)
+    # the population std, as DiT's (base.latent_stats)
+    assert torch.allclose(model.latent_std, z.reshape(-1, 2).std(0, unbiased=False) * scale, atol=1e-5)
     b = model.loss(z * scale + shift, **draws)["loss"]
     assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_reveal_counts_follow_the_cosine_schedule(monkeypatch):
     # N = 16, K = 4: still unknown after each step = floor(16 cos(k pi / 8)) = 14, 11, 6, then 0
-    assert reveal_schedule(16, 4) == [2, 3, 5, 6]
+    assert reveal_counts(16, 4) == [2, 3, 5, 6]
     assert [16 - math.floor(16 * math.cos(math.pi / 2 * k / 4)) for k in range(1, 4)] == [2, 5, 10]
-    assert reveal_schedule(5, 8) == [1, 1, 1, 1, 0, 0, 0, 1]  # at least one per step until one is left
-    assert all(sum(reveal_schedule(n, k)) == n for n in (1, 7, 64) for k in (1, 3, 8, 100))
+    assert reveal_counts(5, 8) == [1, 1, 1, 1, 0, 0, 0, 1]  # at least one per step until one is left
+    assert all(sum(reveal_counts(n, k)) == n for n in (1, 7, 64) for k in (1, 3, 8, 100))
 
     model = randomize(tiny())
     model.latent_mean.fill_(0.5)
     model.latent_std.fill_(2.0)
     seen = []
 
-    def fake_draw(z, scale, guided, **kw):
+    def fake_draw(z, guidance, **kw):
         seen.append(z.shape[0])
         return torch.full((z.shape[0], 3), float(len(seen)))  # step number, in normalised units
 
-    monkeypatch.setattr(model, "_draw", fake_draw)
+    monkeypatch.setattr(model.head, "sample", fake_draw)
     out = model.sample(2, steps=4, generator=torch.Generator().manual_seed(0))
     assert seen == [2 * 2, 2 * 3, 2 * 5, 2 * 6]
     step_of = ((out[..., 0] - 0.5) / 2.0).round().long().view(2, 16)  # denormalised on the way out
@@ -148,10 +151,11 @@ def test_guided_head_mixes_cond_and_uncond():
     torch.manual_seed(0)
     model = randomize(tiny())
     cond, uncond = torch.randn(5, 32), torch.randn(5, 32)
-    kw = dict(temperature=1.0, head_steps=5, eta=0.0, flow_method="euler")
 
     def draw(z, scale, guided):
-        return model._draw(z, scale, guided, generator=torch.Generator().manual_seed(3), **kw)
+        # 5 samples revealing one token each; guided rows are [cond; null]
+        g = Guidance(5, None, scale, guided)
+        return model.head.sample(z, g, generator=torch.Generator().manual_seed(3), temperature=1.0, steps=5)
 
     both = torch.cat([cond, uncond])
     assert torch.allclose(draw(both, 1.0, True), draw(cond, 1.0, False), atol=1e-5)
@@ -181,13 +185,13 @@ def test_cfg_with_scene_graph_conditioner(monkeypatch):
     assert not torch.allclose(a, plain) and not torch.allclose(a, const)
 
     # linear schedule: scale 1 + (s - 1) * revealed / N after each step, s at the end
-    scales, draw = [], model._draw
+    scales, draw = [], model.head.sample
 
-    def spy(z, scale, guided, **k):
-        scales.append((scale, guided))
-        return draw(z, scale, guided, **k)
+    def spy(z, guidance, **k):
+        scales.append((k["scale"], guidance.guided))
+        return draw(z, guidance, **k)
 
-    monkeypatch.setattr(model, "_draw", spy)
+    monkeypatch.setattr(model.head, "sample", spy)
     model.sample(2, ctx, generator=torch.Generator().manual_seed(1), **kw)
     revealed = [2, 5, 10, 16]
     assert scales == [(pytest.approx(1 + 2.0 * r / 16), True) for r in revealed]

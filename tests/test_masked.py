@@ -2,13 +2,14 @@ import math
 
 import pytest
 import torch
+from helpers import graphs, randomize
 from torch.utils.flop_counter import FlopCounterMode
 
 from latentforge.conditioning.class_label import ClassConfig
 from latentforge.conditioning.scene_graph import SceneGraphConfig
-from latentforge.generators.masked import (MaskedConfig, MaskedGenerator, mask_schedule, masked_cross_entropy,
-                                           random_mask)
-from helpers import graphs, randomize
+from latentforge.generators.heads import code_nll
+from latentforge.generators.masked import MaskedConfig, MaskedGenerator
+from latentforge.generators.masking import cosine_ratio, masked_counts, random_rank_mask, reveal_counts
 
 
 def tiny(conditioner="scene_graph", enat=False, grid=(4, 4), vocab=16, depth=2) -> MaskedGenerator:
@@ -20,19 +21,33 @@ def tiny(conditioner="scene_graph", enat=False, grid=(4, 4), vocab=16, depth=2) 
 
 def test_mask_schedule_known_answers():
     # floor(16 cos(pi/2 k/8)), k = 1..8: 15.69, 14.78, 13.30, 11.31, 8.89, 6.12, 3.12, 0
-    assert mask_schedule(16, 8) == [15, 14, 13, 11, 8, 6, 3, 0]
+    assert masked_counts(16, 8) == [15, 14, 13, 11, 8, 6, 3, 0]
     # floor(8 cos(pi/3)) = 4 exactly, not 3; floor(8 cos(pi/6)) = floor(6.93) = 6
-    assert mask_schedule(8, 3) == [6, 4, 0]
-    # every step reveals at least one token, so fewer tokens than steps ends early at 0
-    assert mask_schedule(4, 8) == [3, 2, 1, 0, 0, 0, 0, 0]
-    assert mask_schedule(64, 1) == [0]
+    assert masked_counts(8, 3) == [6, 4, 0]
+    # 64 cos(pi/2 * 26/39) = 64 cos(pi/3) is 31.999999999999993 in floating point: it still floors to 32
+    assert masked_counts(64, 39)[25] == 32
+    # every step reveals at least one token while more than one is masked, and one waits for the last step
+    assert masked_counts(4, 8) == [3, 2, 1, 1, 1, 1, 1, 0]
+    assert reveal_counts(4, 8) == [1, 1, 1, 0, 0, 0, 0, 1]
+    assert masked_counts(64, 1) == [0]
     with pytest.raises(ValueError):
-        mask_schedule(16, 0)
+        masked_counts(16, 0)
+
+
+def test_fewer_tokens_than_steps_skips_the_empty_steps():
+    """With K > N some steps reveal nothing: the sampler skips them (no model call)."""
+    torch.manual_seed(0)
+    model = randomize(tiny(None, grid=(2, 2)))
+    calls = []
+    hook = model.head.register_forward_hook(lambda m, i, o: calls.append(1))
+    out = model.sample(2, generator=torch.Generator().manual_seed(0), steps=8)
+    hook.remove()
+    assert len(calls) == 4 and out.shape == (2, 2, 2)  # one call per revealed token here
 
 
 def test_random_mask_follows_the_cosine_ratio():
     g = torch.Generator().manual_seed(0)
-    m = random_mask(20000, 16, generator=g)
+    m = random_rank_mask(cosine_ratio(20000, generator=g), 16, generator=g)
     counts = m.sum(1)
     assert counts.min() >= 1
     # E[ceil(16 cos(pi/2 u))] is about 16 * 2/pi + 0.5 = 10.7
@@ -46,7 +61,8 @@ def test_logits_never_see_masked_tokens_and_loss_counts_only_masked(enat):
     torch.manual_seed(0)
     model = randomize(tiny(None, enat=enat))
     codes = torch.randint(16, (3, 16))
-    masked = random_mask(3, 16, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    masked = random_rank_mask(cosine_ratio(3, generator=g), 16, generator=g)
     masked[:, 0], masked[:, 1] = True, False
     reveal = torch.randint(3, (3, 16))
     base = model.logits(codes, masked, reveal=reveal)
@@ -56,13 +72,13 @@ def test_logits_never_see_masked_tokens_and_loss_counts_only_masked(enat):
     visible_changed[:, 1] = (codes[:, 1] + 1) % 16
     assert not torch.allclose(model.logits(visible_changed, masked, reveal=reveal), base, atol=1e-3)
     # the loss: changing a target at an unmasked position does not change it, at a masked one it does
-    ref = masked_cross_entropy(base, codes, masked)
+    ref = code_nll(base, codes, masked)
     other = codes.clone()
     other[~masked] = (other[~masked] + 3) % 16
-    assert torch.equal(masked_cross_entropy(base, other, masked), ref)
+    assert torch.equal(code_nll(base, other, masked), ref)
     flipped = codes.clone()
     flipped[:, 0] = (flipped[:, 0] + 3) % 16
-    assert not torch.isclose(masked_cross_entropy(base, flipped, masked), ref)
+    assert not torch.isclose(code_nll(base, flipped, masked), ref)
     # and equals the mean of -log p over masked tokens
     logp = base.log_softmax(-1).gather(-1, codes[..., None]).squeeze(-1)
     assert torch.allclose(ref, -logp[masked].mean(), atol=1e-6)
@@ -120,7 +136,7 @@ def test_enat_reuse_encodes_each_token_once_and_costs_less():
     assert sum(b * t for b, t in seen) == 2 * (64 - 12)
     seen.clear()
     model.sample(2, generator=torch.Generator().manual_seed(0), steps=8, reuse=False)
-    visible = [64 - m for m in [64] + mask_schedule(64, 8)[:-1]]
+    visible = [64 - m for m in [64] + masked_counts(64, 8)[:-1]]
     assert sum(b * t for b, t in seen) == 2 * sum(v for v in visible if v > 0)
     hook.remove()
 

@@ -4,7 +4,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from latentforge.eval.diversity import diversity
-from latentforge.eval.image_metrics import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, psnr, ssim, to_unit
+from latentforge.modalities.image import ImageModality
+from latentforge.modalities.image_metrics import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, psnr, ssim, to_unit
 
 
 def images(seed, n=3, size=32):
@@ -42,11 +43,11 @@ def test_diversity_known_answers():
     imgs = black.copy()
     imgs[1] = 255                    # group 0: black and white -> distance 1
     imgs[3] = imgs[2]                # group 1: two identical -> distance 0, not unique
-    out = diversity(imgs, np.array([0, 0, 1, 1]))
+    out = diversity(ImageModality(2).flat(imgs), np.array([0, 0, 1, 1]))
     assert out["diversity"] == pytest.approx(0.5)
     assert out["unique_frac"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="at least two samples"):
-        diversity(imgs[:2], np.array([0, 1]))
+        diversity(ImageModality(2).flat(imgs[:2]), np.array([0, 1]))
 
 
 def test_ms_ssim_matches_pytorch_msssim():

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from latentforge.data.base import build_dataset
 from latentforge.data.sets import (
     DigitsDataConfig,
     PhotosDataConfig,
@@ -66,8 +67,8 @@ def test_features_are_deterministic_and_batch_independent(shapes_probe):
 
 def test_probe_choice_per_data_set(shapes_probe):
     assert has_probe(ShapesDataConfig()) and has_probe(DigitsDataConfig()) and not has_probe(PhotosDataConfig())
-    assert pick_features(PhotosDataConfig()) is None  # no labels, no Inception weights: no FID
-    features = pick_features(ShapesDataConfig(), progress=False)
+    assert pick_features(build_dataset(PhotosDataConfig())) is None  # no labels, no Inception weights: no FID
+    features = pick_features(build_dataset(ShapesDataConfig()), progress=False)
     assert features.name == "probe" and features.info["test_accuracy"]["count"] >= 0.95
 
 

@@ -38,13 +38,13 @@ def test_run_writes_every_output(run_dir):
     for key in ["psnr", "ssim", "codebook_usage", "perplexity"]:
         assert key in metrics["tokenizer"]
     for key in ["bits_per_token", "scene_exact", "count_acc", "shape_acc", "color_acc", "size_acc",
-                "relation_acc", "diversity", "unique_frac", "images_per_s"]:
+                "relation_acc", "diversity", "unique_frac", "samples_per_s"]:
         assert key in metrics["generator"]
-        if key not in ("bits_per_token", "images_per_s"):
+        if key not in ("bits_per_token", "samples_per_s"):
             assert 0.0 <= metrics["generator"][key] <= 1.0
     assert metrics["generator"]["real_images_scene_exact"] == 1.0
     with np.load(run_dir / "samples.npz") as f:
-        assert f["images"].dtype == np.uint8 and f["images"].shape == (8, 32, 32, 3)
+        assert f["samples"].dtype == np.uint8 and f["samples"].shape == (8, 32, 32, 3)
         assert len(f["graphs"]) == 8 and "objects" in json.loads(f["graphs"][0])
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and 'id="metric-generator-scene_exact"' in html
@@ -118,10 +118,11 @@ def test_eval_command_writes_every_metric_deterministically(run_dir, shapes_prob
     assert floor["fid"] < dist["model"]["fid"] and floor["fid"] < gaussian["fid"]
     assert floor["precision"] > gaussian["precision"]
     assert {"ms_ssim", "psnr_low", "psnr_high_1", "rfid"} <= set(first["tokenizer"])
-    assert {"images_per_s", "ms_per_step", "steps_per_batch"} <= set(first["generator"])
+    assert {"samples_per_s", "ms_per_step", "steps_per_batch"} <= set(first["generator"])
     assert first["generator"]["steps_per_batch"] == 64  # one per code of the 8x8 grid (KV cache)
     assert first["eval"] == {"metrics": ["recon", "val", "adherence", "diversity", "speed", "fid", "kid", "pr"],
-                             "n": 40, "seed": 3, "skipped": {}}
+                             "n": 40, "seed": 3, "skipped": {},
+                             "previews": {"reconstructions": ["reconstructions.png"]}}
     out = capsys.readouterr().out
     assert "real (test split): fid=" in out
     html = (run_dir / "report.html").read_text()
@@ -129,7 +130,7 @@ def test_eval_command_writes_every_metric_deterministically(run_dir, shapes_prob
     # the same n and seed give the same numbers (timings aside)
     assert main(args) == 0
     second = json.loads((run_dir / "metrics.json").read_text())
-    timing = {"images_per_s", "ms_per_step"}
+    timing = {"samples_per_s", "ms_per_step"}
     assert second["distribution"] == first["distribution"] and second["tokenizer"] == first["tokenizer"]
     assert {k: v for k, v in second["generator"].items() if k not in timing} == \
         {k: v for k, v in first["generator"].items() if k not in timing}

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from latentforge.config import ConfigError
+from latentforge.pipeline import condition_tensors
 from latentforge.recipes import Run, load_recipe
+from latentforge.registry import lookup
 
 TINY_TOKENIZER = ["tokenizer.channels=[16, 32]", "tokenizer.quantizer.codebook_size=64",
                   "tokenizer_train.steps=4", "tokenizer_train.batch_size=16", "eval.recon_images=32", "eval.show=8"]
@@ -25,10 +27,10 @@ def test_digits_class_conditional_run(tmp_path, digits_probe):
     with np.load(run / "data" / "train.npz") as f:
         assert f["images"].shape[1:] == (32, 32, 3) and set(np.unique(f["label"])) == set(range(10))
     with np.load(run / "samples.npz") as f:
-        assert f["images"].shape == (10, 32, 32, 3)
+        assert f["samples"].shape == (10, 32, 32, 3)
         val_labels = np.load(run / "data" / "val.npz")["label"][:5]
         assert np.array_equal(f["label"], np.repeat(val_labels, 2))  # sampled for the val labels
-    assert {"val_loss", "bits_per_token", "diversity", "images_per_s", "class_acc"} <= set(metrics["generator"])
+    assert {"val_loss", "bits_per_token", "diversity", "samples_per_s", "class_acc"} <= set(metrics["generator"])
     assert metrics["generator"]["real_images_class_acc"] >= 0.8  # the probe reads real digits
     assert metrics["distribution"]["features"]["name"] == "probe"
     info = json.loads((run / "sample_info.json").read_text())
@@ -54,7 +56,7 @@ def test_tokenizer_only_photo_run(tmp_path):
 def test_data_size_sets_the_tokenizer_and_bad_sizes_are_named():
     cfg = load_recipe("configs/photos_tokenizer.yaml", ["data.size=64"])
     assert cfg.tokenizer.image_size == 64
-    with pytest.raises(ConfigError, match="data.size 30 does not suit tokenizer 'conv'.*multiple"):
+    with pytest.raises(ConfigError, match="data 'shapes' gives image_size 30, which does not suit tokenizer 'conv'.*multiple"):
         load_recipe("configs/shapes_sg2im.yaml", ["data.size=30"])
 
 
@@ -63,17 +65,18 @@ def test_link_names_a_conditioner_the_data_cannot_feed():
         load_recipe("configs/shapes_sg2im.yaml", ["data.name=digits"])
     with pytest.raises(ConfigError, match="'class' reads label.*data 'photos'.*unlabelled"):
         load_recipe("configs/digits_class_ar.yaml", ["data.name=photos"])
-    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; available: digits, imagefolder, photos, shapes"):
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; available: deepmimic, digits, imagefolder, "
+                                          "photos, shapes, stickfigure"):
         load_recipe("configs/digits_class_ar.yaml", ["data.name=mnist"])
 
 
 def test_unknown_sampling_option_is_named(tmp_path):
     from latentforge.generators.autoregressive import ARConfig, ARGenerator
+    from latentforge.pipeline import sampling_options
 
     cfg = load_recipe("configs/shapes_sg2im.yaml", [f"out_dir={tmp_path}", "sample.options={steps: 8}"])
-    run = Run(cfg, progress=False)
     with pytest.raises(ConfigError, match="sample.options: steps not accepted by generator 'autoregressive'"):
-        run.sampling_options(ARGenerator(ARConfig(dim=32, depth=1, heads=2, vocab_size=8, grid=(2, 2))))
+        sampling_options(ARGenerator(ARConfig(dim=32, depth=1, heads=2, vocab_size=8, grid=(2, 2))), cfg.sample)
 
 
 @pytest.mark.slow
@@ -88,15 +91,32 @@ def test_caption_conditioned_masked_generator_run(tmp_path):
     vocab = cfg.generator.conditioner.vocab
     assert {"circle", "left", "of", "red"} <= set(vocab) and len(vocab) < 40  # the data's own words
     run = Run(cfg, progress=False)
-    cond = run.condition("val", {"captions": np.array(["a red circle left of a blue square"])})
+    model = lookup("generator", cfg.generator.name)[1](cfg.generator)
+    cond = condition_tensors(run.dataset, {"captions": np.array(["a red circle left of a blue square"])}, model)
     ids = cond["caption_ids"][0, :8].tolist()
     assert ids[:3] == [vocab.index("a") + 2, vocab.index("red") + 2, vocab.index("circle") + 2]
     metrics = run.run()
     with np.load(tmp_path / "cap" / "samples.npz") as f:
-        assert f["images"].shape == (6, 32, 32, 3)
+        assert f["samples"].shape == (6, 32, 32, 3)
     assert {"scene_exact", "bits_per_token"} <= set(metrics["generator"])
 
 
 def test_link_refuses_captions_the_data_lacks():
     with pytest.raises(ConfigError, match="'caption' reads captions, which data 'digits'.*its conditioner is 'class'"):
         load_recipe("configs/digits_class_ar.yaml", ["generator.conditioner.name=caption"])
+
+
+def test_link_derives_the_generator_from_the_latent_spec():
+    cfg = load_recipe("configs/shapes_sg2im.yaml", ["tokenizer.quantizer.codebook_size=64"])
+    assert cfg.generator.vocab_size == 64 and cfg.generator.grid == (8, 8)
+    cfg = load_recipe("configs/motion_mogo.yaml", ["tokenizer.quantizer.depth=3"])
+    assert cfg.generator.levels == 3 and cfg.generator.grid == (16,)
+    assert cfg.tokenizer.in_channels == 112 and cfg.tokenizer.seq_len == 64   # from the motion modality
+    with pytest.raises(ConfigError, match="generator 'dit' models continuous latents, but tokenizer 'conv' with "
+                                          "quantizer 'vq' gives discrete ones"):
+        load_recipe("configs/shapes_sg2im.yaml", ["generator.name=dit"])
+    with pytest.raises(ConfigError, match="generator 'autoregressive' models one discrete code per position, but "
+                                          "tokenizer 'conv1d' with quantizer 'rvq' gives 4 levels"):
+        load_recipe("configs/motion_mogo.yaml", ["generator.name=autoregressive"])
+    with pytest.raises(ConfigError, match="tokenizer 'conv' reads image data, but data 'deepmimic' holds motion"):
+        load_recipe("configs/shapes_sg2im.yaml", ["data.name=deepmimic"])

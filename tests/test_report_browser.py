@@ -47,7 +47,7 @@ def test_report_renders_in_headless_chromium(report):
     assert [alt for alt, *_ in images] == ["samples", "reconstructions", "training curves"]
     assert all(complete and width > 0 for _, complete, width in images), images
     for row in ("metric-tokenizer-psnr", "metric-tokenizer-ssim", "metric-tokenizer-codebook_usage",
-                "metric-generator-scene_exact", "metric-generator-count_acc", "metric-generator-images_per_s"):
+                "metric-generator-scene_exact", "metric-generator-count_acc", "metric-generator-samples_per_s"):
         assert row in metric_rows
     assert {"dist-fid", "dist-kid", "dist-precision", "dist-recall"} <= set(dist_rows)
     assert headings[:3] == ["Metrics", "Sample quality", "Samples"]

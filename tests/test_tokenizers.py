@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from latentforge import from_pretrained, save_pretrained
 from latentforge.config import ConfigError, from_dict
+from latentforge.nn.conv import Downsample, ResBlock, Upsample, conv_levels
 from latentforge.quantize import FSQConfig, GaussianConfig, RVQConfig, VQConfig
 from latentforge.registry import lookup
 from latentforge.tokenizers.base import LatentSpec
-from latentforge.nn.conv import Downsample, ResBlock, Upsample, conv_levels
 from latentforge.tokenizers.conv1d import Conv1dConfig, Conv1dTokenizer
 from latentforge.tokenizers.losses import image_psnr
 from latentforge.tokenizers.vit import ConvTokenEmbedding, PatchEmbedding, ViTConfig, ViTTokenizer, patchify, unpatchify
@@ -143,9 +143,9 @@ def test_token_receptive_field(conv_embedding):
 
 def shape_images(n: int = 8) -> torch.Tensor:
     from latentforge.data.shapes import ShapesConfig, render_batch
-    from latentforge.pipeline import to_float
+    from latentforge.modalities.image import ImageModality
 
-    return to_float(render_batch(ShapesConfig(size=16), "train", range(n)))
+    return ImageModality(16).to_model(render_batch(ShapesConfig(size=16), "train", range(n)))
 
 
 @pytest.mark.parametrize("conv_embedding", [False, True])
@@ -238,6 +238,19 @@ def test_conv1d_stats_measure_the_reconstruction():
     assert torch.allclose(out["mse"], F.mse_loss(x_hat, x)) and torch.allclose(out["l2"], out["mse"])
     assert torch.allclose(out["mae"], F.l1_loss(x_hat, x)) and torch.allclose(out["l1"], out["mae"])
     assert torch.allclose(tok.decode(tok.encode(x)), x_hat, atol=1e-5)
+
+
+def test_conv1d_velocity_term_is_the_loss_on_frame_differences():
+    tok = tiny_1d(recon_loss="l2", velocity_weight=0.5).eval()
+    x = torch.randn(2, 16, 5)
+    out = tok.loss({"sequence": x})
+    x_hat = tok(x)
+    want = 0.5 * F.mse_loss(x_hat[:, 1:] - x_hat[:, :-1], x[:, 1:] - x[:, :-1])
+    assert torch.allclose(out["velocity"], want, atol=1e-6)
+    assert torch.allclose(out["loss"], sum(v for k, v in out.items() if k in ("l2", "velocity", "commitment",
+                                                                             "codebook")), atol=1e-6)
+    with pytest.raises(ValueError, match="velocity_weight must be >= 0"):
+        tiny_1d(velocity_weight=-1.0)
 
 
 def test_conv1d_tokenizer_learns():

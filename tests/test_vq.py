@@ -101,9 +101,9 @@ def test_tokenizer_learns_to_reconstruct():
     """A tiny conv VQ autoencoder must fit 8 fixed images to PSNR > 22 dB in 150 steps."""
     torch.manual_seed(0)
     from latentforge.data.shapes import ShapesConfig, render_batch
-    from latentforge.pipeline import to_float
+    from latentforge.modalities.image import ImageModality
 
-    x = to_float(render_batch(ShapesConfig(), "train", range(8)))
+    x = ImageModality(32).to_model(render_batch(ShapesConfig(), "train", range(8)))
     tok = ConvTokenizer(ConvConfig(channels=(32, 64), quantizer=VQConfig(codebook_size=64, dim=16)))
     opt = torch.optim.Adam(tok.parameters(), 2e-3)
     for _ in range(150):

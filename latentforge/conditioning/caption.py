@@ -70,6 +70,11 @@ class CaptionConfig(ConditionerConfig):
         if repeated:
             raise ValueError(f"vocab lists words more than once: {repeated[:5]}")
 
+    @classmethod
+    def tiny(cls) -> "CaptionConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(dim=16, depth=1, heads=2, max_len=8, vocab=("a", "red", "circle", "left", "of"))
+
 
 @register("conditioner", "caption", CaptionConfig)
 class CaptionConditioner(Conditioner):

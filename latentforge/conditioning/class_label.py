@@ -16,6 +16,11 @@ class ClassConfig(ConditionerConfig):
     name: str = "class"
     num_classes: int = 10
 
+    @classmethod
+    def tiny(cls) -> "ClassConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(dim=16, num_classes=3)
+
 
 @register("conditioner", "class", ClassConfig)
 class ClassConditioner(Conditioner):

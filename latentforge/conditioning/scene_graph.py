@@ -45,6 +45,11 @@ class SceneGraphConfig(ConditionerConfig):
     layout_temperature: float = 1.0
     layout_candidates: int = 1       # draw this many layouts per graph, keep the most likely
 
+    @classmethod
+    def tiny(cls) -> "SceneGraphConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(dim=16, depth=1, heads=2, max_objects=2, grid=(2, 2), layout_bins=4, layout_depth=1)
+
 
 @register("conditioner", "scene_graph", SceneGraphConfig)
 class SceneGraphConditioner(Conditioner):

@@ -1,23 +1,29 @@
 """Data sets as a recipe sees them: a config picked by `data.name`, and a `DataSet` that cuts splits.
 
 A split is a dict of NumPy arrays with one row per example:
-    images    uint8 [N, H, W, 3]            always
+    examples  under the modality's key: `images` uint8 [N, H, W, 3], `motion` float32 [N, T, J, 3]
     numeric   condition entries for a conditioner (Shapes' obj_* / rel_* graph tensors, `label`)
     text      str [N] entries a person or a parser reads (Shapes' `graphs` JSON, `captions`)
 The recipe stores the splits once (`runs/<name>/data/`), feeds the numeric entries to whatever
 conditioner the generator has (it selects its keys), and asks the data set for what only it knows:
-how to caption a sample, what a sampler must not be told (Shapes' true object centres), and how
-to score whether samples follow their condition.
+its modality (how its examples become tensors and previews), how to caption a sample, what a
+sampler must not be told (Shapes' true object centres), which judge scores whether samples follow
+their condition (`judge`, a name in `latentforge.eval.judges`), and how to read a condition a
+user writes (`parse_conditions`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from latentforge.config import ModelConfig
+from latentforge.modalities.base import Modality
+from latentforge.modalities.image import ImageModality
 
 SPLITS = ("train", "val")
 
@@ -33,6 +39,7 @@ class DataSet:
     """Subclasses implement `split`; the rest has defaults for unlabelled image sets."""
 
     config: DataConfig
+    judge: str | None = None                 # the judge of adherence (latentforge.eval.judges), if any
     natural_conditioner: str | None = None   # the conditioner its condition entries feed
     condition_keys: tuple[str, ...] = ()     # the numeric condition entries of a split
     condition_text = "unconditional samples"  # for the report: what a sample was drawn for
@@ -47,15 +54,85 @@ class DataSet:
     def split(self, name: str) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    @property
+    def modality(self) -> Modality:
+        """How the examples are stored, fed to networks, previewed and scored: square RGB images
+        of side `config.size` unless a subclass says otherwise."""
+        return ImageModality(self.config.size)
+
+    def examples(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """The examples of a split (the modality's entry), or an error naming what is there."""
+        key = self.modality.key
+        if key not in arrays:
+            raise KeyError(f"data {self.config.name!r}: a split without {key!r} (it has {', '.join(arrays)})")
+        return arrays[key]
+
+    def resized(self, **changes: Any) -> "DataSet":
+        """The same data set with other config fields (a larger val split, say)."""
+        other = build_dataset(dataclasses.replace(self.config, **changes))
+        other.run_dir, other.progress = self.run_dir, self.progress
+        return other
+
     def content_key(self) -> str:
         """What the config does not say about the data (a user folder's files); part of the data
         stage's fingerprint, so a changed folder is noticed. Generated data sets: empty."""
         return ""
 
-    @staticmethod
-    def numeric(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The condition entries: every array but the images and the text."""
-        return {k: v for k, v in arrays.items() if k != "images" and v.dtype.kind not in "USO"}
+    def numeric(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The condition entries: every array but the examples and the text."""
+        return {k: v for k, v in arrays.items() if k != self.modality.key and v.dtype.kind not in "USO"}
+
+    def conditions(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every entry but the examples: what a sampler may be given, and what a judge reads."""
+        return {k: v for k, v in arrays.items() if k != self.modality.key}
+
+    def parse_conditions(self, raw: Any, where: str) -> dict[str, np.ndarray]:
+        """Conditions a user wrote (JSON: one or a list) -> split-like rows without the examples,
+        as `for_sampling` gives them. `where` names the file in errors. This default reads class
+        labels (`3`, `{"label": 3}`, `{"class": "walk"}` by `class_names`) and captions
+        (`{"caption": "a 3"}`) for data sets that have them; Shapes reads scene graphs."""
+        items = raw if isinstance(raw, list) else [raw]
+        if not items:
+            raise ValueError(f"{where}: no conditions given")
+        labels, texts = [], []
+        for i, item in enumerate(items):
+            item = {"label": item} if isinstance(item, int) and not isinstance(item, bool) else item
+            if not isinstance(item, dict) or not item.keys() <= {"label", "class", "caption"} or not item:
+                raise ValueError(f"{where}: condition {i}: expected a class label (an int, {{\"label\": k}} or "
+                                 f"{{\"class\": name}}) or {{\"caption\": text}}, got {json.dumps(item)}")
+            if "caption" in item:
+                if self.caption_key is None:
+                    raise ValueError(f"{where}: condition {i}: data {self.config.name!r} has no captions")
+                texts.append(str(item["caption"]))
+            if "label" in item or "class" in item:
+                labels.append(self._label_of(item, f"{where}: condition {i}"))
+        if labels and len(labels) != len(items) or texts and len(texts) != len(items):
+            raise ValueError(f"{where}: give every condition the same entries (a label, a caption or both)")
+        rows: dict[str, np.ndarray] = {}
+        if labels:
+            rows["label"] = np.array(labels, dtype=np.int64)
+        if texts:
+            rows[self.caption_key] = np.array(texts)
+        return rows
+
+    class_names: tuple[str, ...] = ()        # the classes' names, for conditions a user writes
+
+    def _label_of(self, item: dict[str, Any], where: str) -> int:
+        if "label" not in self.condition_keys:
+            raise ValueError(f"{where}: data {self.config.name!r} has no class labels")
+        if "class" in item:
+            if item["class"] not in self.class_names:
+                raise ValueError(f"{where}: unknown class {item['class']!r}; known: {', '.join(self.class_names)}")
+            return self.class_names.index(item["class"])
+        label = item["label"]
+        count = self.num_classes()
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < count:
+            raise ValueError(f"{where}: label {label!r} is not a class of data {self.config.name!r} (0..{count - 1})")
+        return label
+
+    def num_classes(self) -> int:
+        """How many classes `label` takes (data sets with labels say)."""
+        return len(self.class_names)
 
     def link_conditioner(self, cfg: Any) -> Any:
         """Set the conditioner fields that follow from the data (object slots, classes)."""
@@ -70,19 +147,15 @@ class DataSet:
         raise NotImplementedError(f"data {self.config.name!r} has no captions")
 
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
-        """One line per row to print under an image."""
-        return [""] * len(arrays["images"]) if "images" in arrays else []
+        """One line per row to print under a sample."""
+        rows = len(next(iter(arrays.values()))) if arrays else 0
+        return [""] * rows
 
     def probe_targets(self, arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, int]]:
         """Ground truth for a probe network (`latentforge.eval.probe`): head name ->
         (int labels [N, K], number of classes). Empty when the data carry no labels."""
         return {}
 
-    def adherence(self, samples: np.ndarray, arrays: dict[str, np.ndarray],
-                  real: np.ndarray) -> dict[str, float]:
-        """How well `samples` follow the conditions in `arrays` (one row each); `real` are the
-        data's own images for the same conditions, the floor. Empty when nothing is measurable."""
-        return {}
 
 
 def build_dataset(config: DataConfig) -> DataSet:

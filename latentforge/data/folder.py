@@ -62,6 +62,14 @@ class ImageFolderConfig(DataConfig):
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
+    @classmethod
+    def tiny(cls) -> "ImageFolderConfig":
+        """scikit-image's own sample photographs (the `data` extra), 16 pixels a side: a real
+        folder of PNG/JPEG files of mixed modes and sizes for the registry's contract tests."""
+        import skimage.data
+
+        return cls(path=skimage.data.data_dir, size=16, labels="none")
+
 
 def find_images(root: Path) -> list[Path]:
     """Image files under root, recursively, sorted by relative path (hidden files left out)."""
@@ -136,6 +144,7 @@ class ImageFolderData(DataSet):
         folders = sorted({r.parts[0] for r in rel if len(r.parts) > 1})
         labelled = config.labels == "auto" and len(folders) >= 2 and all(len(r.parts) > 1 for r in rel)
         self.classes = folders if labelled else []
+        self.class_names = tuple(self.classes)
         self.has_captions = any(f.with_suffix(".txt").is_file() for f in self.files)
         self.natural_conditioner = "class" if self.classes else None
         self.condition_keys = ("label",) if self.classes else ()

@@ -57,9 +57,15 @@ class ShapesDataConfig(DataConfig):
         return ShapesConfig(size=self.size, min_objects=self.min_objects, max_objects=self.max_objects,
                             supersample=self.supersample, seed=self.seed)
 
+    @classmethod
+    def tiny(cls) -> "ShapesDataConfig":
+        """A few small examples: the registry's contract tests use it."""
+        return cls(size=16, train_size=8, val_size=4)
+
 
 @register("dataset", "shapes", ShapesDataConfig)
 class ShapesData(DataSet):
+    judge = "shapes"
     natural_conditioner = "scene_graph"
     condition_keys = ("obj_shape", "obj_color", "obj_size", "obj_mask", "obj_x", "obj_y",
                       "rel_subj", "rel_pred", "rel_obj", "rel_mask")
@@ -87,15 +93,32 @@ class ShapesData(DataSet):
     def for_sampling(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # the graphs only: the true object centres stay hidden, so layouts are the model's own (P1)
         out = {k: v for k, v in arrays.items() if k not in ("obj_x", "obj_y")}
-        out["graphs"] = np.array([json.dumps(_scene(g).without_positions().to_json()) for g in arrays["graphs"]])
+        out["graphs"] = np.array([json.dumps(scene_of(g).without_positions().to_json()) for g in arrays["graphs"]])
         return out
 
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
-        return [_scene(g).caption() for g in arrays["graphs"]]
+        return [scene_of(g).caption() for g in arrays["graphs"]]
+
+    def parse_conditions(self, raw, where: str) -> dict[str, np.ndarray]:
+        """Scene graphs as JSON (one or a list; format in the README): the rows a sampler gets."""
+        items = raw if isinstance(raw, list) else [raw]
+        try:
+            graphs = [SceneGraph.from_json(g) for g in items]
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"{where}: {err}") from None
+        limit = self.config.max_objects
+        too_big = [i for i, g in enumerate(graphs) if len(g.objects) > limit]
+        if too_big:
+            raise ValueError(f"{where}: graph {too_big[0]} has {len(graphs[too_big[0]].objects)} objects; "
+                             f"this run was trained with at most {limit}")
+        cond = encode_graphs(graphs, limit)
+        rows = {"graphs": np.array([json.dumps(g.to_json()) for g in graphs]),
+                "captions": np.array([g.caption() for g in graphs]), **{k: v.numpy() for k, v in cond.items()}}
+        return self.for_sampling(rows)
 
     def probe_targets(self, arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, int]]:
         # how many objects of each shape, colour and size, and in all: what a scene is, up to placement
-        scenes = [_scene(g) for g in arrays["graphs"]]
+        scenes = [scene_of(g) for g in arrays["graphs"]]
         counts = self.config.max_objects + 1
         out = {}
         for key, values in (("shape", SHAPES), ("color", tuple(COLORS)), ("size", SIZES)):
@@ -104,17 +127,8 @@ class ShapesData(DataSet):
         out["count"] = (np.array([[len(s.objects)] for s in scenes], dtype=np.int64), counts)
         return out
 
-    def adherence(self, samples: np.ndarray, arrays: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
-        from latentforge.eval.shapes import scene_adherence
 
-        scenes = [_scene(g) for g in arrays["graphs"]]
-        out = scene_adherence(samples, scenes)
-        # the floor: the parser on the data's own images of the same graphs
-        out["real_images_scene_exact"] = scene_adherence(real, scenes)["scene_exact"]
-        return out
-
-
-def _scene(text: str) -> SceneGraph:
+def scene_of(text: str) -> SceneGraph:
     return SceneGraph.from_json(json.loads(str(text)))
 
 
@@ -135,9 +149,15 @@ class DigitsDataConfig(DataConfig):
         return DigitsConfig(size=self.size, seed=self.seed, val_fraction=self.val_fraction,
                             test_fraction=self.test_fraction, resample=self.resample)
 
+    @classmethod
+    def tiny(cls) -> "DigitsDataConfig":
+        """A few small examples: the registry's contract tests use it."""
+        return cls(size=8)
+
 
 @register("dataset", "digits", DigitsDataConfig)
 class DigitsData(DataSet):
+    judge = "digits"
     natural_conditioner = "class"
     condition_keys = ("label",)
     condition_text = "Each sample is drawn for the digit class in its caption."
@@ -147,6 +167,8 @@ class DigitsData(DataSet):
         images, labels = digits_images(self.config.digits(), name)
         return {"images": images, "label": labels}
 
+    class_names = tuple(str(d) for d in range(NUM_CLASSES))
+
     def link_conditioner(self, cfg):
         return dataclasses.replace(cfg, num_classes=NUM_CLASSES) if hasattr(cfg, "num_classes") else cfg
 
@@ -155,16 +177,6 @@ class DigitsData(DataSet):
 
     def probe_targets(self, arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, int]]:
         return {"class": (arrays["label"].astype(np.int64)[:, None], NUM_CLASSES)}
-
-    def adherence(self, samples: np.ndarray, arrays: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
-        # read by the digits probe (trained on first use, then cached); the floor is the
-        # probe on the data's own images of the same classes
-        from latentforge.eval.probe import load_probe
-
-        probe = load_probe(self.config)
-        labels = arrays["label"]
-        return {"class_acc": float((probe.predict(samples)["class"][:, 0].numpy() == labels).mean()),
-                "real_images_class_acc": float((probe.predict(real)["class"][:, 0].numpy() == labels).mean())}
 
 
 # ------------------------------------------------------------------------------------- photos
@@ -186,6 +198,11 @@ class PhotosDataConfig(DataConfig):
     def photos(self) -> PhotosConfig:
         return PhotosConfig(size=self.size, seed=self.seed, test_images=self.test_images,
                             val_fraction=self.val_fraction, images=self.images)
+
+    @classmethod
+    def tiny(cls) -> "PhotosDataConfig":
+        """A few small examples: the registry's contract tests use it."""
+        return cls(size=32, train_size=8, val_size=4)
 
 
 @register("dataset", "photos", PhotosDataConfig)

@@ -1,22 +1,23 @@
-"""Diversity of samples drawn for the same condition: does the generator memorise one image?"""
+"""Diversity of samples drawn for the same condition: does the generator memorise one example?"""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def diversity(images: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    """Mean pairwise pixel distance within groups, and the fraction of unique samples.
+def diversity(rows: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """Mean pairwise distance within groups, and the fraction of unique samples.
 
     Args:
-        images: uint8 [N, H, W, C].
+        rows: float [N, D], the samples as `Modality.flat` gives them (pixels in [0, 1] for
+            images, joint positions in metres for motion).
         groups: [N] int, the condition each sample was drawn for.
     Returns:
-        diversity: mean absolute pixel difference (in [0, 1]) over all pairs inside each group,
+        diversity: mean absolute difference per element over all pairs inside each group,
             averaged over groups with at least two samples;
         unique_frac: fraction of samples that differ from every other sample of their group.
     """
-    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    x = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
     distances, unique = [], []
     for g in np.unique(groups):
         members = x[groups == g]

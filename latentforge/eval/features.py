@@ -3,15 +3,16 @@
 A FID is only comparable with another FID from the very same network, so every number in
 `metrics.json` carries the extractor's name, where its weights came from and their hash.
 
-    features = pick_features(data_config, inception_weights=None)  # probe, else Inception
-    f = features(images)                                           # uint8 [N, H, W, 3] -> [N, D]
+    features = pick_features(dataset, inception_weights=None)  # by modality: probe, else Inception
+    f = features(examples)                                     # stored layout -> [N, D]
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,12 +60,31 @@ def inception_features(path: str | os.PathLike, device: str | torch.device = "cp
                             {"variant": variant, "dim": FEATURES})
 
 
-def pick_features(data_config: Any, inception_weights: str | None = None, device: str | torch.device = "cpu",
-                  progress: bool = True) -> FeatureExtractor | None:
+def image_features(dataset: Any, inception_weights: str | None, device: str | torch.device,
+                   progress: bool) -> FeatureExtractor | None:
     """Inception when the user gives its weights, else the data set's probe; None when neither
-    exists (photos without Inception weights): distribution metrics are then left out."""
+    exists (photos without Inception weights)."""
     if inception_weights:
         return inception_features(inception_weights, device)
-    if has_probe(data_config):
-        return probe_features(data_config, device, progress)
+    if has_probe(dataset.config):
+        return probe_features(dataset.config, device, progress)
     return None
+
+
+def motion_features(dataset: Any, inception_weights: str | None, device: str | torch.device,
+                    progress: bool) -> FeatureExtractor:
+    from latentforge.eval.motion_probe import dataset_features
+
+    return dataset_features(dataset, inception_weights, device, progress)
+
+
+# modality name -> the feature network of its distribution metrics
+FEATURES: dict[str, Callable[..., FeatureExtractor | None]] = {"image": image_features, "motion": motion_features}
+
+
+def pick_features(dataset: Any, inception_weights: str | None = None, device: str | torch.device = "cpu",
+                  progress: bool = True) -> FeatureExtractor | None:
+    """The feature network for `dataset`'s modality; None when it has none: distribution metrics
+    are then left out."""
+    make = FEATURES.get(dataset.modality.name)
+    return None if make is None else make(dataset, inception_weights, device, progress)

@@ -61,6 +61,11 @@ class ProbeConfig(ModelConfig):
         if self.size < 8:
             raise ValueError(f"size must be >= 8, got {self.size}")
 
+    @classmethod
+    def tiny(cls) -> "ProbeConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(size=8, width=4, feature_dim=8, heads=("class",), slots=(1,), classes=(3,))
+
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.SiLU()]

@@ -1,14 +1,15 @@
-"""Every number of a run's `metrics.json`, computed from the run folder.
+"""Every number of a run's `metrics.json`, computed from a run's artifacts (`EvalInputs`).
 
     {"tokenizer":    {psnr, ssim, ms_ssim, psnr_low, psnr_high_1, rfid, codebook_usage, ...},
-     "generator":    {val_loss, bits_per_token, <the data set's adherence>, diversity,
-                      images_per_s, ms_per_step, ...},                 (absent for tokenizer-only runs)
+     "generator":    {val_loss, bits_per_token, <the data set's judge>, diversity,
+                      samples_per_s, ms_per_step, ...},                (absent for tokenizer-only runs)
      "distribution": {"features": {name, source, hash, ...}, "n", "seed",
                       "model": {fid, kid, kid_std, precision, recall, density, coverage,
                                 nearest_train_ratio},
-                      "baselines": {"real (test split)": {...}, "pixel gaussian": {...},
-                                    "train copies": {...}}},
+                      "baselines": {"real (test split)": {...}, <the modality's baselines>}},
      "eval": {"metrics": [...], "n": ..., "seed": ...}}
+The tokenizer's reconstruction numbers are the modality's (`Modality.recon_metrics`: PSNR and
+SSIM for images, MPJPE for motion); adherence is the data set's judge (`eval/judges.py`).
 Fractions are in [0, 1], PSNR in dB. Which groups are computed is `eval.metrics`
 (recon, val, adherence, diversity, speed, fid, kid, pr); a group that does not apply to the
 run (adherence of unconditional samples, FID without a feature network) is left out and
@@ -17,9 +18,9 @@ run (adherence of unconditional samples, FID without a feature network) is left 
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,53 +29,61 @@ import torch
 from latentforge.eval import baselines
 from latentforge.eval.distribution import density_coverage, fid, kid, precision_recall
 from latentforge.eval.diversity import diversity
-from latentforge.eval.image_metrics import ms_ssim, ms_ssim_scales, psnr, ssim, to_unit
-from latentforge.pipeline import Pipeline, to_float, to_uint8
+from latentforge.eval.judges import judge_for
 from latentforge.quantize.base import code_histogram, codebook_stats
-from latentforge.serialization import from_pretrained
-from latentforge.tokenizers.losses import band_psnr
 
 if TYPE_CHECKING:
     from latentforge.eval.features import FeatureExtractor
-    from latentforge.recipes import EvalConfig, Run
+    from latentforge.pipeline import Pipeline
 
 DISTRIBUTION = ("fid", "kid", "pr")
+
+
+@dataclass
+class EvalInputs:
+    """A run's artifacts, as evaluation reads them."""
+    folder: Path                              # the run folder: previews are written here
+    dataset: Any                              # the data set: modality, judge, splits past the stored ones
+    train: dict[str, np.ndarray]              # the stored splits
+    val: dict[str, np.ndarray]
+    tokenizer: torch.nn.Module
+    pipeline: Pipeline | None                 # None for a tokenizer-only run
+    val_latents: torch.Tensor | None          # the encoded val split
+    samples: dict[str, np.ndarray] | None     # samples.npz of the sample stage
+    sampling: dict[str, Any]                  # the generator's sampling options
+    batch_size: int = 256
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def modality(self) -> Any:
+        return self.dataset.modality
+
+    def draw(self, rows: dict[str, np.ndarray], n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return self.pipeline.sample(rows, n, seed, self.dataset, self.sampling, self.batch_size)
 
 
 def _say(message: str) -> None:
     print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
-def _finite_mean(values: torch.Tensor) -> float:
-    finite = values[torch.isfinite(values)]
-    return float(finite.mean()) if len(finite) else math.inf
-
-
 @torch.no_grad()
-def tokenizer_metrics(tokenizer, images: np.ndarray, device: torch.device, batch: int = 500) -> tuple[dict, np.ndarray]:
-    """Val PSNR, SSIM, MS-SSIM (as many scales as the size allows) and per-Haar-band PSNR of
-    reconstructions; for discrete latents, codebook usage over the val codes (per level for
-    residual codes, the headline numbers averaged over levels)."""
+def tokenizer_metrics(tokenizer, modality: Any, examples: np.ndarray, device: torch.device,
+                      batch: int = 500) -> tuple[dict, np.ndarray]:
+    """The modality's reconstruction metrics over `examples`; for discrete latents, codebook usage
+    over their codes (per level for residual codes, the headline numbers averaged over levels)."""
     spec = tokenizer.spec
     recons, counts = [], None
-    for i in range(0, len(images), batch):
-        q = tokenizer.quantize(to_float(images[i:i + batch]).to(device))
-        recons.append(to_uint8(tokenizer.decode_latents(q.z_q)))
+    for i in range(0, len(examples), batch):
+        q = tokenizer.quantize(modality.to_model(examples[i:i + batch]).to(device))
+        recons.append(modality.from_model(tokenizer.decode_latents(q.z_q)))
         if spec.kind == "discrete":
             levels = q.codes.cpu().reshape(-1, spec.depth)  # [N, depth]
             h = torch.stack([code_histogram(levels[:, d], spec.vocab_size) for d in range(spec.depth)])
             counts = h if counts is None else counts + h
     recon = np.concatenate(recons)
-    x, y = to_unit(images), to_unit(recon)
-    out = {"psnr": float(psnr(x, y).clamp_max(100).mean()), "ssim": float(ssim(x, y).mean())}
-    scales = ms_ssim_scales(min(x.shape[-2:]))
-    if scales >= 2:
-        out["ms_ssim"] = float(ms_ssim(x, y).mean())
-        out["ms_ssim_scales"] = scales
-    if x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
-        bands = band_psnr(2 * y - 1, 2 * x - 1)  # one Haar level: low band and finest details
-        out["psnr_low"] = _finite_mean(bands["low"])
-        out["psnr_high_1"] = _finite_mean(bands["high_1"])
+    out = modality.recon_metrics(examples, recon)
+    if spec.kind == "discrete" and spec.depth > 1:
+        out.update(prefix_metrics(tokenizer, modality, examples, device, batch))
     if counts is not None:
         per_level = [codebook_stats(c) for c in counts]
         out.update({
@@ -85,8 +94,22 @@ def tokenizer_metrics(tokenizer, images: np.ndarray, device: torch.device, batch
         })
         if spec.depth > 1:
             out["per_level"] = per_level
-    out["n_images"] = len(images)
+    out["n_examples"] = len(examples)
     return out, recon
+@torch.no_grad()
+def prefix_metrics(tokenizer, modality: Any, examples: np.ndarray, device: torch.device,
+                   batch: int = 500) -> dict[str, list[float]]:
+    """Residual codes: the modality's headline reconstruction number (PSNR, MPJPE) when only the
+    first k levels are decoded, k = 1..depth: what each level adds (P3's check)."""
+    depth = tokenizer.spec.depth
+    recons: list[list[np.ndarray]] = [[] for _ in range(depth)]
+    for i in range(0, len(examples), batch):
+        codes = tokenizer.encode(modality.to_model(examples[i:i + batch]).to(device))   # [B, *grid, depth]
+        for k in range(depth):
+            recons[k].append(modality.from_model(tokenizer.decode(codes[..., : k + 1])))
+    per_level = [modality.recon_metrics(examples, np.concatenate(r)) for r in recons]
+    headline = next(iter(per_level[0]))
+    return {f"{headline}_by_levels": [m[headline] for m in per_level]}
 
 
 @torch.no_grad()
@@ -112,7 +135,7 @@ def validation_terms(generator, latents: torch.Tensor, cond: dict[str, torch.Ten
 
 def set_metrics(features: FeatureExtractor, a: torch.Tensor, fake: np.ndarray, groups: set[str],
                 seed: int) -> dict[str, float]:
-    """The distribution metrics in `groups` (fid, kid, pr) of `fake` images against real features `a`."""
+    """The distribution metrics in `groups` (fid, kid, pr) of `fake` examples against real features `a`."""
     b = features(fake)
     out: dict[str, float] = {}
     if "fid" in groups:
@@ -126,102 +149,101 @@ def set_metrics(features: FeatureExtractor, a: torch.Tensor, fake: np.ndarray, g
     return out
 
 
-def real_split(run: Run, split: str, n: int) -> dict[str, np.ndarray]:
-    """The first n rows of a split: from the run folder when it holds enough, else drawn from
-    the data set with a larger split (row i of a split does not depend on the split's size)."""
-    if split == "val":
-        stored = run.load_split("val")
-        if len(stored["images"]) >= n or not hasattr(run.cfg.data, "val_size"):
-            return {k: v[:n] for k, v in stored.items()}
-    cfg = run.cfg.data
-    if hasattr(cfg, "val_size"):
-        cfg = dataclasses.replace(cfg, val_size=max(n, cfg.val_size))
-    from latentforge.data.base import build_dataset
-
-    return {k: v[:n] for k, v in build_dataset(cfg).split(split).items()}
+def real_split(inputs: EvalInputs, split: str, n: int) -> dict[str, np.ndarray]:
+    """The first n rows of a split: the stored val split when it holds enough, else drawn from the
+    data set with a larger split (row i of a split does not depend on the split's size)."""
+    dataset = inputs.dataset
+    sized = hasattr(dataset.config, "val_size")
+    if split == "val" and (len(dataset.examples(inputs.val)) >= n or not sized):
+        return {k: v[:n] for k, v in inputs.val.items()}
+    if sized and dataset.config.val_size < n:
+        dataset = dataset.resized(val_size=n)
+    return {k: v[:n] for k, v in dataset.split(split).items()}
 
 
-def distribution_metrics(run: Run, features: FeatureExtractor, groups: set[str], n: int, seed: int,
-                         with_baselines: bool, pipe: Pipeline | None) -> dict[str, Any]:
+def distribution_metrics(inputs: EvalInputs, features: FeatureExtractor, groups: set[str], n: int, seed: int,
+                         with_baselines: bool) -> dict[str, Any]:
     """FID/KID/PR of n fresh samples (one per val condition, seeded) against the first n val
-    images, with the baselines beside them."""
-    val = real_split(run, "val", n)
-    real = val["images"]
+    examples, with the floor and the modality's baselines beside them."""
+    dataset, modality = inputs.dataset, inputs.modality
+    val = real_split(inputs, "val", n)
+    real = dataset.examples(val)
     n = len(real)
-    train = run.load_split("train")["images"]
-    _say(f"distribution metrics on {n} images a set ({features.name} features)")
+    train = dataset.examples(inputs.train)
+    _say(f"distribution metrics on {n} {modality.noun} a set ({features.name} features)")
     a = features(real)
-    out: dict[str, Any] = {"features": features.describe(), "n": n, "seed": seed, "reference": "val split"}
-    if pipe is not None:
-        rows = {k: v for k, v in val.items() if k != "images"}
-        samples, _ = run.draw_samples(rows, n, seed, pipe)
+    out: dict[str, Any] = {"features": features.describe(), "n": n, "seed": seed, "reference": "val split",
+                           "noun": modality.noun}
+    if inputs.pipeline is not None:
+        samples, _ = inputs.draw(dataset.conditions(val), n, seed)
         model = set_metrics(features, a, samples, groups, seed)
-        model.update(baselines.nearest_train_ratio(samples, real, train))
+        model.update(baselines.nearest_train_ratio(modality.flat(samples), modality.flat(real), modality.flat(train)))
         out["model"] = model
     if with_baselines:
         out["baselines"] = {}
         try:
-            test = real_split(run, "test", n)["images"]
+            test = dataset.examples(real_split(inputs, "test", n))
             out["baselines"]["real (test split)"] = set_metrics(features, a, test, groups, seed)
         except ValueError as err:  # a data set without a test split (a user's folder)
             out["no_floor"] = str(err)
-        out["baselines"] |= {
-            "pixel gaussian": set_metrics(features, a, baselines.pixel_gaussian(train, n, seed), groups, seed),
-            "train copies": set_metrics(features, a, baselines.train_copies(train, n, seed), groups, seed),
-        }
+        for name, fake in modality.baselines(train, n, seed).items():
+            out["baselines"][name] = set_metrics(features, a, fake, groups, seed)
     return out
 
 
-def evaluate_run(run: Run, config: EvalConfig | None = None, progress: bool = True) -> dict[str, Any]:
-    """Compute the groups of `config.metrics` (default: the run's `eval` section)."""
+def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str, Any]:
+    """Compute the groups of `config.metrics` (an `EvalConfig`) from a run's artifacts."""
     from latentforge.eval.features import pick_features
-    from latentforge.report.grids import save_image_rows
 
-    cfg, device = run.cfg, run.device
-    ecfg = config or cfg.eval
+    ecfg, device, dataset, modality = config, inputs.device, inputs.dataset, inputs.modality
     wanted = set(ecfg.metrics)
     skipped: dict[str, str] = {}
+    previews: dict[str, list[str]] = {}
     out: dict[str, Any] = {}
-    val = run.load_split("val")
+    val_examples = dataset.examples(inputs.val)
     need_features = bool(wanted & set(DISTRIBUTION))
-    features = pick_features(cfg.data, ecfg.inception_weights or None, device, progress) if need_features else None
+    features = pick_features(dataset, ecfg.inception_weights or None, device, progress) if need_features else None
     if need_features and features is None:
         for g in sorted(wanted & set(DISTRIBUTION)):
-            skipped[g] = (f"data {cfg.data.name!r} has no probe network; give Inception weights "
-                          f"(--inception-weights PATH)")
+            skipped[g] = (f"data {dataset.config.name!r} has no probe network"
+                          + ("; give Inception weights (--inception-weights PATH)" if modality.name == "image" else ""))
 
     if "recon" in wanted:
-        images = val["images"][: ecfg.recon_images]
-        tok = from_pretrained(run.dir / "tokenizer", device)
-        tok_metrics, recon = tokenizer_metrics(tok, images, device)
+        examples = val_examples[: ecfg.recon_images]
+        tok_metrics, recon = tokenizer_metrics(inputs.tokenizer, modality, examples, device)
         if features is not None:
-            tok_metrics["rfid"] = fid(features(images), features(recon))
+            tok_metrics["rfid"] = fid(features(examples), features(recon))
         out["tokenizer"] = tok_metrics
-        k = min(ecfg.show, len(images))
-        save_image_rows([images[:k], recon[:k]], ["data", "reconstruction"], run.dir / "reconstructions.png",
-                        title=f"tokenizer reconstructions (val PSNR {tok_metrics['psnr']:.2f} dB)")
+        k = min(ecfg.show, len(examples))
+        headline = next(iter(tok_metrics.items()))
+        previews["reconstructions"] = modality.preview_pairs(
+            examples[:k], recon[:k], inputs.folder / "reconstructions",
+            title=f"tokenizer reconstructions (val {headline[0]} {headline[1]:.4g})")
 
-    pipe = Pipeline.from_run(run.dir, str(device)) if cfg.generator is not None else None
+    pipe = inputs.pipeline
     if pipe is not None:
         gen_metrics: dict[str, Any] = {}
         if "val" in wanted:
-            gen_metrics.update(validation_terms(pipe.generator, run.load_latents("val"),
-                                                run.condition("val", val), device))
-        with np.load(run.dir / "samples.npz") as f:
-            saved = {k: f[k] for k in f.files}
-        samples, groups = saved.pop("images"), saved.pop("groups")
+            cond = ({} if pipe.generator.conditioner is None else
+                    _condition_tensors(dataset, inputs.val, pipe.generator))
+            gen_metrics.update(validation_terms(pipe.generator, inputs.val_latents, cond, device))
+        saved = dict(inputs.samples)
+        samples, groups = saved.pop("samples"), saved.pop("groups")
         if "adherence" in wanted:
-            if saved:  # conditional: how well the samples follow their conditions
-                gen_metrics.update(run.dataset.adherence(samples, saved, real=val["images"][groups]))
-            else:
+            score = judge_for(dataset)
+            if not saved:
                 skipped["adherence"] = "unconditional samples"
+            elif score is None:
+                skipped["adherence"] = f"data {dataset.config.name!r} has no judge"
+            else:  # conditional: how well the samples follow their conditions
+                gen_metrics.update(score(dataset, samples, saved, val_examples[groups]))
         if "diversity" in wanted:
             if len(groups) > len(np.unique(groups)):
-                gen_metrics.update(diversity(samples, groups))
+                gen_metrics.update(diversity(modality.flat(samples), groups))
             else:
                 skipped["diversity"] = "one sample per condition (sample.per_graph: 1)"
         if "speed" in wanted:
-            gen_metrics.update(_speed(run, pipe, val))
+            gen_metrics.update(_speed(inputs, ecfg.speed_batch))
         gen_metrics["n_samples"] = len(samples)
         gen_metrics["n_conditions"] = len(np.unique(groups))
         out["generator"] = gen_metrics
@@ -230,17 +252,23 @@ def evaluate_run(run: Run, config: EvalConfig | None = None, progress: bool = Tr
             skipped[g] = "a tokenizer-only run"
 
     if features is not None:
-        out["distribution"] = distribution_metrics(run, features, wanted & set(DISTRIBUTION), ecfg.n, ecfg.seed,
-                                                   ecfg.baselines, pipe)
+        out["distribution"] = distribution_metrics(inputs, features, wanted & set(DISTRIBUTION), ecfg.n, ecfg.seed,
+                                                   ecfg.baselines)
     out["eval"] = {"metrics": [m for m in ecfg.metrics], "n": ecfg.n, "seed": ecfg.seed,
-                   "skipped": skipped}
+                   "skipped": skipped, "previews": previews}
     return out
 
 
-def _speed(run: Run, pipe: Pipeline, val: dict[str, np.ndarray]) -> dict[str, float]:
-    """Sampling speed at `eval.speed_batch` images a call, median of 3 after a warm-up call."""
+def _condition_tensors(dataset: Any, rows: dict[str, np.ndarray], generator: torch.nn.Module) -> dict:
+    from latentforge.pipeline import condition_tensors
+
+    return condition_tensors(dataset, rows, generator)
+
+
+def _speed(inputs: EvalInputs, batch: int) -> dict[str, float]:
+    """Sampling speed at `eval.speed_batch` examples a call, median of 3 after a warm-up call."""
     from latentforge.eval.speed import sampling_speed
 
-    n = min(run.cfg.eval.speed_batch, len(val["images"]))
-    rows = {k: v[:n] for k, v in val.items() if k != "images"}
-    return sampling_speed(lambda: run.draw_samples(rows, n, 0, pipe), pipe.generator, n)
+    n = min(batch, len(inputs.dataset.examples(inputs.val)))
+    rows = {k: v[:n] for k, v in inputs.dataset.conditions(inputs.val).items()}
+    return sampling_speed(lambda: inputs.draw(rows, n, 0), inputs.pipeline.generator, n)

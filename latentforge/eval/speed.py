@@ -1,4 +1,4 @@
-"""Sampling speed: images per second and milliseconds per network step, as medians after warm-up.
+"""Sampling speed: samples per second and milliseconds per network step, as medians after warm-up.
 
 The first call of a model pays for memory allocation, kernel selection and caches; one or more
 untimed warm-up calls come first, then the median of several timed ones (a median, because a
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,9 +49,9 @@ def backbone_block(generator: nn.Module) -> nn.Module:
     raise ValueError(f"{type(generator).__name__} has no transformer block to count steps with")
 
 
-def sampling_speed(generate: Callable[[], Any], generator: nn.Module, images: int, warmup: int = 1,
+def sampling_speed(generate: Callable[[], Any], generator: nn.Module, samples: int, warmup: int = 1,
                    repeats: int = 3) -> dict[str, float]:
-    """Time `generate()` (which draws `images` images with `generator`) and count its steps."""
+    """Time `generate()` (which draws `samples` examples with `generator`) and count its steps."""
     calls = [0]
 
     def count(*_):
@@ -65,5 +66,5 @@ def sampling_speed(generate: Callable[[], Any], generator: nn.Module, images: in
     finally:
         handle.remove()
     seconds = timing["median_s"]
-    return {"images_per_s": images / seconds, "ms_per_step": 1000 * seconds / max(steps, 1),
-            "steps_per_batch": steps, "speed_batch": images, "speed_repeats": repeats}
+    return {"samples_per_s": samples / seconds, "ms_per_step": 1000 * seconds / max(steps, 1),
+            "steps_per_batch": steps, "speed_batch": samples, "speed_repeats": repeats}

@@ -17,8 +17,10 @@ double position encoding; RandAR's position instruction tokens carry the same in
 any (one per sample from the torch.Generator, or one passed in); `coarse_to_fine` is one fixed
 hierarchical σ (`coarse_to_fine_order`). A condition's spatial map (P1's layout) is read at the query
 position, like pos. `logits` returns raster layout whatever the order.
-Blocks are causal self-attention + cross-attention to the condition + MLP. Sampling decodes one
-token per step with a KV cache; cross-attention keys/values of the context are computed once.
+Composition: a causal `nn.Transformer` backbone (self-attention + cross-attention to the condition +
+MLP), a `CodeHead` (cross-entropy over codes), and the `causal_decode` sampler: one token per step
+with a KV cache, cross-attention keys/values of the context computed once, every step's logits
+guided through the run's `Guidance`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig, init_code_io
-from latentforge.generators.sampling import guide, sample_tokens
+from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.guidance import Guidance
+from latentforge.generators.heads import CodeHead, code_nll
+from latentforge.generators.samplers import causal_decode
+from latentforge.generators.sampling import sample_tokens
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
@@ -55,6 +60,11 @@ class ARConfig(GeneratorConfig):
         super().__post_init__()
         if self.order not in typing.get_args(Order):
             raise ValueError(f"order must be one of {typing.get_args(Order)}, got {self.order!r}")
+
+    @classmethod
+    def tiny(cls) -> ARConfig:
+        """Builds and samples in well under a second (tests)."""
+        return cls(grid=(4, 4), vocab_size=8, dim=32, depth=2, heads=2)
 
 
 def coarse_to_fine_order(grid: tuple[int, ...]) -> Tensor:
@@ -92,9 +102,9 @@ class ARGenerator(Generator):
         self.bos = nn.Parameter(torch.zeros(1, 1, D))
         self.pos = GridPositionEmbedding(config.grid, D)
         self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
-        self.head = nn.Linear(D, config.vocab_size)
+        self.head = CodeHead(D, config.vocab_size)
         init_transformer_weights(self.transformer, config.depth)
-        init_code_io(self.token_emb, self.head)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
         # raster models get no new parameters, so their weights and init stay as they were
         self.source_pos = None if config.order == "raster" else GridPositionEmbedding(config.grid, D)
         fixed = coarse_to_fine_order(tuple(config.grid)) if config.order == "coarse_to_fine" else None
@@ -155,50 +165,43 @@ class ARGenerator(Generator):
     def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         codes = self.flat_codes(z)
         logits = self.logits(codes, self.drop_condition(context))
-        return self.code_loss(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1)), context)
+        return self.code_loss(code_nll(logits, codes), context)
 
-    @torch.no_grad()
-    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               cfg_scale: float = 1.0, use_cache: bool = True, order: Tensor | None = None) -> Tensor:
-        """Draw n code grids [n, *grid]. With cfg_scale != 1 the batch runs [cond; uncond].
+    def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
+             order: Tensor | None = None) -> Tensor:
+        """Code grids [n, *grid], one token per step.
 
-        order: generation order, a permutation of the N raster positions, [N] or [n, N] (non-raster
-        models only). None takes the config's: for `random`, one order per sample from `generator`.
+        Args:
+            temperature, top_k, top_p: how each token is drawn (see sampling.sample_tokens).
+            use_cache: False recomputes every prefix (the reference the cached path must equal).
+            order: generation order, a permutation of the N raster positions, [N] or [n, N] (non-raster
+                models only). None takes the config's: for `random`, one order per sample from `generator`.
         """
-        if self.conditioner is not None and context is None:
-            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
-        if context is not None and len(context) != n:
-            raise ValueError(f"context has {len(context)} rows for n={n} samples")
-        ctx = self.guidance_context(context, cfg_scale)
-        rows = n if ctx is None else len(ctx)
-        N = self.config.num_tokens
+        g, n, N = guidance, guidance.n, self.config.num_tokens
         pos = self.pos()
-        spatial = self.spatial_inputs(ctx)
+        spatial = self.spatial_inputs(g.context)
         if spatial is not None:
             pos = pos + spatial  # per-row inputs [rows, N, D] from here on
         order = self.draw_order(n, pos.device, generator) if order is None else self._check_order(order, n, pos.device)
         # step t's input beyond the fed code: [rows, N, D] (or [N, D] shared, in raster order)
         inputs = pos
         if order is not None:
-            row_order = order.repeat(rows // n, 1)  # guided rows [cond; uncond] share their sample's order
+            row_order = g.rows_of(order)  # guided rows [cond; null] share their sample's order
             inputs = in_order(pos, row_order) + self._source(row_order)
         steps = torch.zeros(n, N, dtype=torch.long, device=pos.device)  # codes in generation order
-        ctx_kv = None if ctx is None else self.transformer.context_kv(ctx.tokens)
-        ctx_mask = None if ctx is None else ctx.mask
-        caches = self.transformer.new_caches(rows, N, pos) if use_cache else None
-        x = self.bos.expand(rows, 1, -1) + inputs[..., :1, :]  # input of step 0, [rows, 1, D]
-        for i in range(N):
-            if use_cache:
-                h = self.transformer(x, causal=True, context_kv=ctx_kv, context_mask=ctx_mask, caches=caches)
-            else:
-                prefix = torch.cat([self.bos.expand(rows, 1, -1),
-                                    self.token_emb(steps[:, :i].repeat(rows // n, 1))], dim=1) + inputs[..., : i + 1, :]
-                h = self.transformer(prefix, causal=True, context_kv=ctx_kv, context_mask=ctx_mask)
-            logits = guide(self.head(h[:, -1]).float(), cfg_scale)  # [n, V]
+        cross = {} if g.context is None else dict(context_kv=self.transformer.context_kv(g.context.tokens),
+                                                  context_mask=g.context.mask)
+
+        def emit(i: int, h: Tensor) -> Tensor | None:
+            logits = g.mix(self.head(h))  # [n, V]
             steps[:, i] = sample_tokens(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                         generator=generator)
             if i + 1 < N:
-                x = self.token_emb(steps[:, i]).repeat(rows // n, 1)[:, None] + inputs[..., i + 1 : i + 2, :]
+                return g.rows_of(self.token_emb(steps[:, i]))[:, None] + inputs[..., i + 1 : i + 2, :]
+            return None
+
+        first = self.bos.expand(g.rows, 1, -1) + inputs[..., :1, :]  # input of step 0, [rows, 1, D]
+        causal_decode(self.transformer, first, N, emit, use_cache=use_cache, **cross)
         codes = steps if order is None else torch.empty_like(steps).scatter_(1, order, steps)
         return codes.view(n, *self.config.grid)

@@ -21,6 +21,7 @@ at once, and only the (shallower) row stack runs per token. With KV caches (`use
 the default) the upper stack sees only the newest row, its causal column attentions reading the
 earlier rows from a per-column cache, and the row stack sees only the newest token. With
 `use_cache=False` every token recomputes the full model on the whole grid (the slow reference).
+The head is a `CodeHead`; guidance goes through the run's `Guidance` like every family's.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig, init_code_io
-from latentforge.generators.sampling import guide, sample_tokens
+from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.guidance import Guidance
+from latentforge.generators.heads import CodeHead, code_nll
+from latentforge.generators.sampling import sample_tokens
 from latentforge.nn.axial import AxialStack
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.transformer import init_transformer_weights
@@ -57,6 +60,11 @@ class AxialConfig(GeneratorConfig):
         if self.upper_depth < 1 or self.row_depth < 1:
             raise ValueError(f"upper_depth and row_depth must be >= 1, got {self.upper_depth}, {self.row_depth}")
 
+    @classmethod
+    def tiny(cls) -> AxialConfig:
+        """Builds and samples in well under a second (tests)."""
+        return cls(grid=(4, 4), vocab_size=8, dim=32, upper_depth=1, row_depth=1, heads=2)
+
 
 @register("generator", "axial", AxialConfig)
 class AxialARGenerator(Generator):
@@ -72,12 +80,12 @@ class AxialARGenerator(Generator):
                                 config.mlp_ratio, self.context_dim)
         self.rows = AxialStack(D, config.heads, [("row", True)] * config.row_depth, config.mlp_ratio,
                                self.context_dim)
-        self.head = nn.Linear(D, config.vocab_size)
+        self.head = CodeHead(D, config.vocab_size)
         # residual projections start small (the paper starts them near zero), scaled by the
         # number of residual blocks on the longest path
         init_transformer_weights(self.upper, 2 * config.upper_depth + config.row_depth)
         init_transformer_weights(self.rows, 2 * config.upper_depth + config.row_depth)
-        init_code_io(self.token_emb, self.head)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
         return {"bos"}
@@ -111,52 +119,46 @@ class AxialARGenerator(Generator):
     def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         codes = self.flat_codes(z).view_as(z)  # checked, kept as [B, H, W]
         logits = self.logits(codes, self.drop_condition(context))
-        return self.code_loss(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1)), context)
+        return self.code_loss(code_nll(logits, codes), context)
 
-    @torch.no_grad()
-    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               cfg_scale: float = 1.0, use_cache: bool = True) -> Tensor:
-        """Draw n code grids [n, H, W]. With cfg_scale != 1 the batch runs [cond; uncond].
+    def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True) -> Tensor:
+        """Code grids [n, H, W] in raster order.
 
-        use_cache=True decodes semi-parallel with KV caches; False recomputes the whole model for
-        every token. Both draw the same tokens for the same generator state.
+        Args:
+            temperature, top_k, top_p: how each token is drawn (see sampling.sample_tokens).
+            use_cache: True decodes semi-parallel with KV caches; False recomputes the whole model
+                for every token. Both draw the same tokens for the same generator state.
         """
-        if self.conditioner is not None and context is None:
-            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
-        if context is not None and len(context) != n:
-            raise ValueError(f"context has {len(context)} rows for n={n} samples")
-        ctx = self.guidance_context(context, cfg_scale)
-        rows = n if ctx is None else len(ctx)
+        g, n, ctx = guidance, guidance.n, guidance.context
         H, W = self.config.grid
-        where = self._where(ctx).expand(rows, H, W, -1)                      # [rows, H, W, D]
+        where = self._where(ctx).expand(g.rows, H, W, -1)                     # [rows, H, W, D]
         codes = torch.zeros(n, H, W, dtype=torch.long, device=where.device)
         draw = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
 
         if not use_cache:
             for r in range(H):
                 for c in range(W):
-                    logits = self.logits(codes.repeat(rows // n, 1, 1), ctx)[:, r, c]  # [rows, V]
-                    codes[:, r, c] = sample_tokens(guide(logits.float(), cfg_scale), **draw)
+                    logits = g(lambda grid, r=r, c=c: self.logits(grid, ctx)[:, r, c], codes)  # [n, V]
+                    codes[:, r, c] = sample_tokens(logits, **draw)
             return codes
 
         cross = {} if ctx is None else {"context_mask": ctx.mask}
         upper_kv = None if ctx is None else self.upper.context_kv(ctx.tokens)
         row_kv = None if ctx is None else self.rows.context_kv(ctx.tokens)
-        column_caches = self.upper.new_caches(rows, (H, W), where, axis="column")
-        u = torch.zeros_like(where[:, :1])                                   # row 0 has nothing above
+        column_caches = self.upper.new_caches(g.rows, (H, W), where, axis="column")
+        u = torch.zeros_like(where[:, :1])                                    # row 0 has nothing above
         for r in range(H):
-            row_caches = self.rows.new_caches(rows, (1, W), where, axis="row")
-            x = self.bos + u[:, :, :1] + where[:, r : r + 1, :1]             # input of (r, 0): [rows, 1, 1, D]
+            row_caches = self.rows.new_caches(g.rows, (1, W), where, axis="row")
+            x = self.bos + u[:, :, :1] + where[:, r : r + 1, :1]              # input of (r, 0): [rows, 1, 1, D]
             for c in range(W):
                 h = self.rows(x, context_kv=row_kv, caches=row_caches, **cross)
-                logits = guide(self.head(h[:, 0, 0]).float(), cfg_scale)    # [n, V]
-                codes[:, r, c] = sample_tokens(logits, **draw)
+                codes[:, r, c] = sample_tokens(g.mix(self.head(h[:, 0, 0])), **draw)  # from [n, V]
                 if c + 1 < W:
-                    emb = self.token_emb(codes[:, r, c]).repeat(rows // n, 1)[:, None, None]
+                    emb = g.rows_of(self.token_emb(codes[:, r, c]))[:, None, None]
                     x = emb + u[:, :, c + 1 : c + 2] + where[:, r : r + 1, c + 1 : c + 2]
             if r + 1 < H:
                 # the finished row enters the upper stack; its output is the next row's context
-                emb = self.token_emb(codes[:, r : r + 1]).repeat(rows // n, 1, 1, 1)  # [rows, 1, W, D]
+                emb = g.rows_of(self.token_emb(codes[:, r : r + 1]))          # [rows, 1, W, D]
                 u = self.upper(emb + where[:, r : r + 1], context_kv=upper_kv, caches=column_caches, **cross)
         return codes

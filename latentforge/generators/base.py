@@ -1,26 +1,50 @@
 """The generator contract: `loss(z, context)` for training, `sample(n, context)` for latents.
 
+A generator is a backbone (a transformer over latent tokens and the condition), a head that turns
+its features into a loss and into draws (heads.py: code cross-entropy, per-token diffusion; DiT's
+adaLN output layer is its grid denoiser), and a sampler that drives the head (samplers.py: causal
+decoding with a KV cache; masking.py: the parallel masked-decoding schedule; noise.py: ODE/DDIM).
+
+`Generator.sample` is the one sampling template. It checks the request, lays out the condition
+once for classifier-free guidance ([cond; null] rows, `Guidance`) and hands it to the family's
+`draw`, whose model calls go through the guidance; no family mixes cfg_scale itself. A family
+declares its sampling options as keyword-only arguments of `draw`; `sampling_options()` lists
+them and `sample`'s published signature shows them (inspect.signature, help).
+
 A generator owns its conditioner (if any), so a saved generator folder holds everything needed
 to go from a condition to latents. Classifier-free guidance: during training the context of a
 random fraction `p_uncond` of examples is swapped for the conditioner's learned null context.
+
+Every registered config has a `tiny()` preset: a model that builds and samples in well under a
+second, which the registry-driven contract test (tests/test_generator_contract.py) runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Conditioner, ConditionerConfig, Context
 from latentforge.config import ModelConfig
+from latentforge.generators.guidance import Guidance
+from latentforge.tokenizers.base import LatentSpec
 
 
 @dataclass
 class GeneratorConfig(ModelConfig):
     kind = "generator"
+    # the latents a family models: "discrete" codes (one per position, or `levels` residual
+    # levels when residual is True) or "continuous" vectors of `channels`
+    latents: ClassVar[str] = "discrete"
+    residual: ClassVar[bool] = False
     grid: tuple[int, ...] = (8, 8)           # latent grid, from the tokenizer's LatentSpec
     conditioner: ConditionerConfig | None = None
     p_uncond: float = 0.1                    # condition dropout for classifier-free guidance
@@ -29,22 +53,52 @@ class GeneratorConfig(ModelConfig):
         if not 0.0 <= self.p_uncond < 1.0:
             raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
 
+    def fields_for(self, spec: LatentSpec, made_by: str) -> dict[str, Any]:
+        """The fields that follow from a tokenizer's latents (grid, vocabulary, levels, channels),
+        or a ValueError saying why this family cannot model them (`made_by` names the tokenizer)."""
+        if spec.kind != self.latents:
+            pick = ("a continuous bottleneck (gaussian)" if self.latents == "continuous" else
+                    "a discrete quantizer (vq, fsq, lfq, gumbel; rvq for residual codes)")
+            raise ValueError(f"generator {self.name!r} models {self.latents} latents, but {made_by} gives "
+                             f"{spec.kind} ones: pick {pick} for it")
+        if self.latents == "continuous":
+            return {"grid": spec.grid, "channels": spec.channels}
+        if spec.depth != 1 and not self.residual:
+            raise ValueError(f"generator {self.name!r} models one discrete code per position, but {made_by} gives "
+                             f"{spec.depth} levels: pick a single-level quantizer (vq, fsq, lfq, gumbel) for it, "
+                             "or the hierarchical generator for residual codes")
+        return {"grid": spec.grid, "vocab_size": spec.vocab_size, **({"levels": spec.depth} if self.residual else {})}
+
     @property
     def num_tokens(self) -> int:
         return math.prod(self.grid)
 
 
-def init_code_io(embedding: nn.Embedding, head: nn.Linear) -> None:
-    """A code model's input table N(0, 0.02) and a zero output layer: every model starts uniform,
-    with initial loss log V."""
-    nn.init.normal_(embedding.weight, std=0.02)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
+def latent_stats(z: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation [C] of continuous latents [..., C], in fp32.
+
+    Every position of every example counts as one observation of the C-vector. The std is the
+    population one (biased: divides by the count, not count - 1), clamped at 1e-6 so that a dead
+    channel does not divide by zero; for the thousands of vectors a tokenizer yields the two
+    conventions agree to 1e-4 relative.
+    """
+    flat = z.detach().float().reshape(-1, z.shape[-1])
+    if flat.shape[-1] != channels or flat.shape[0] < 2:
+        raise ValueError(f"need >= 2 latent vectors of {channels} channels, got {list(z.shape)}")
+    return flat.mean(0), flat.std(0, unbiased=False).clamp_min(1e-6)
 
 
 class Generator(nn.Module):
     config: GeneratorConfig
     conditioner: Conditioner | None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        # A family that defines `draw` gets `sample` under its own signature (the template's
+        # arguments plus the options `draw` declares), so inspect.signature and help() show the
+        # options; the body is still the one template, Generator.sample.
+        super().__init_subclass__(**kwargs)
+        if "draw" in vars(cls):
+            cls.sample = _published_sample(cls)
 
     def build_conditioner(self, dim: int | None = None) -> None:
         """Build `config.conditioner`. `dim` is the width of the generator's token inputs: a
@@ -90,11 +144,7 @@ class Generator(nn.Module):
         keep = torch.rand(len(context), device=context.tokens.device) >= self.config.p_uncond
         return context.where(keep, self.conditioner.null(len(context)))
 
-    def guidance_context(self, context: Context | None, cfg_scale: float) -> Context | None:
-        """For guided sampling, append the null context: the batch becomes [cond; uncond]."""
-        if context is None or cfg_scale == 1.0:
-            return context
-        return Context.cat(context, self.conditioner.null(len(context)))
+    # ------------------------------------------------------------------ latents
 
     def flat_codes(self, z: Tensor) -> Tensor:
         """Discrete latents: int64 codes [B, *grid] -> raster order [B, N], or an error naming the shape."""
@@ -118,7 +168,72 @@ class Generator(nn.Module):
     def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ sampling
+
     @torch.no_grad()
     def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
-               **sampling) -> Tensor:
+               cfg_scale: float | Sequence[float] = 1.0, **options) -> Tensor:
+        """Draw n latents [n, *grid] (codes) or [n, *grid, C] (continuous vectors).
+
+        Args:
+            context: the condition of each sample, from `encode_condition` (None if unconditional).
+            generator: seeds every random draw: the same state gives the same samples.
+            cfg_scale: classifier-free guidance u + s (c - u) on the model outputs; != 1 runs
+                every model call on [cond; null] rows.
+            options: the family's own settings (steps, temperature, ...), see `sampling_options`.
+        """
+        unknown = sorted(set(options) - self.sampling_options())
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.sample got unknown option(s) {', '.join(unknown)}; "
+                            f"it takes {', '.join(sorted(self.sampling_options()))}")
+        return self.draw(self.guidance(n, context, cfg_scale), generator=generator, **options)
+
+    def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None) -> Tensor:
+        """The family's sampler: guidance.n latents, every model call made through `guidance`."""
         raise NotImplementedError
+
+    @classmethod
+    def sampling_options(cls) -> set[str]:
+        """Names `sample` accepts besides n, context and generator: cfg_scale and the family's options."""
+        return {"cfg_scale", *(p.name for p in _draw_options(cls))}
+
+    def guidance(self, n: int, context: Context | None, cfg_scale: float | Sequence[float] = 1.0) -> Guidance:
+        """Check a sampling request and lay out its condition once: [cond; null] when any scale != 1."""
+        n = operator.index(n)
+        if n < 1:
+            raise ValueError(f"n must be >= 1 samples, got {n}")
+        if self.conditioner is None and context is not None:
+            raise ValueError(f"{type(self).__name__} is unconditional: pass context=None")
+        if self.conditioner is not None and context is None:
+            raise ValueError(f"{type(self).__name__} is conditional ({self.config.conditioner.name}): "
+                             "pass a context (see encode_condition)")
+        if context is not None and len(context) != n:
+            raise ValueError(f"context has {len(context)} rows for n={n} samples")
+        scales = list(cfg_scale) if isinstance(cfg_scale, Sequence) else [cfg_scale]
+        guided = any(s != 1.0 for s in scales)
+        if guided and self.conditioner is None:
+            raise ValueError("cfg_scale != 1 needs a conditional generator: classifier-free guidance contrasts "
+                             "the condition with the conditioner's null context")
+        if guided:
+            context = Context.cat(context, self.conditioner.null(n))
+        return Guidance(n, context, cfg_scale, guided)
+
+
+def _draw_options(cls: type[Generator]) -> list[inspect.Parameter]:
+    """The keyword-only parameters of a family's `draw` but `generator`: its sampling options."""
+    params = inspect.signature(cls.draw).parameters.values()
+    return [p for p in params if p.kind is p.KEYWORD_ONLY and p.name != "generator"]
+
+
+def _published_sample(cls: type[Generator]) -> Callable[..., Tensor]:
+    """Generator.sample for `cls`, with a signature listing the options its `draw` declares."""
+
+    def sample(self, n, context=None, *, generator=None, cfg_scale=1.0, **options):
+        return Generator.sample(self, n, context, generator=generator, cfg_scale=cfg_scale, **options)
+
+    template = inspect.signature(Generator.sample)
+    params = [p for p in template.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    sample.__signature__ = template.replace(parameters=params + _draw_options(cls))
+    sample.__doc__ = f"{Generator.sample.__doc__}\n        {cls.__name__}'s sampler, `draw`: {cls.draw.__doc__}"
+    sample.__qualname__ = f"{cls.__name__}.sample"
+    return sample

@@ -23,8 +23,9 @@ dropped ones, which is what makes P20's "deferred" masking better than dropping 
 MicroDiT then fine-tunes briefly with mask_ratio 0 (set it on the config between the stages).
 
 Sampling (`sample`) starts from Gaussian noise drawn with the caller's torch.Generator and
-integrates the flow ODE (Euler or Heun) or runs DDIM, with classifier-free guidance applied to
-the model output on the [cond; uncond] batch; the result is un-normalised back to latent scale.
+integrates the flow ODE (Euler or Heun) or runs DDIM (`noise.denoise`), every model call made
+through the run's `Guidance` (classifier-free guidance on the velocity / noise of the
+[cond; null] rows); the result is un-normalised back to latent scale.
 DDIM clips its x0 guesses to the largest normalised latent seen by `fit_normalization`.
 The context's pooled vector and cross-attention keys/values are computed once per sampling run.
 
@@ -43,9 +44,9 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig
-from latentforge.generators.noise import DDPM, FlowMatching
-from latentforge.generators.sampling import guide
+from latentforge.generators.base import Generator, GeneratorConfig, latent_stats
+from latentforge.generators.guidance import Guidance
+from latentforge.generators.noise import DDPM, FlowMatching, denoise
 from latentforge.nn.adaln import AdaLNBlock, AdaLNFinal
 from latentforge.nn.embeddings import GridPositionEmbedding, TimestepEmbedding
 from latentforge.nn.transformer import init_transformer_weights
@@ -54,6 +55,7 @@ from latentforge.registry import register
 
 @dataclass
 class DiTConfig(GeneratorConfig):
+    latents = "continuous"
     name: str = "dit"
     channels: int = 4                    # latent channels C, from the tokenizer's LatentSpec
     patch: int = 1                       # p x p patches of a 2D grid become one token
@@ -91,6 +93,11 @@ class DiTConfig(GeneratorConfig):
         if self.patch > 1 and (len(self.grid) != 2 or any(n % self.patch for n in self.grid)):
             raise ValueError(f"patch {self.patch} needs a 2D grid divisible by it, got grid {tuple(self.grid)}")
 
+    @classmethod
+    def tiny(cls) -> DiTConfig:
+        """Builds and samples in well under a second (tests)."""
+        return cls(grid=(4, 4), channels=2, dim=32, depth=2, heads=2)
+
     @property
     def patch_grid(self) -> tuple[int, ...]:
         return tuple(n // self.patch for n in self.grid)
@@ -115,10 +122,8 @@ class DiTGenerator(Generator):
         self.patch_dim = config.patch ** len(config.grid) * C
         if config.objective == "flow":
             self.process: FlowMatching | DDPM = FlowMatching(config.logit_mean, config.logit_std, config.shift)
-            time_scale = 1000.0  # t in [0, 1]: the embedding's frequencies suit [0, 1000]
         else:
             self.process = DDPM(config.ddpm_steps, config.ddpm_schedule)
-            time_scale = 1000.0 / config.ddpm_steps
         self.register_buffer("latent_mean", torch.zeros(C))
         self.register_buffer("latent_scale", torch.ones(C))
         # largest |normalised latent| seen by fit_normalization; DDIM clips its x0 guesses to it
@@ -126,7 +131,7 @@ class DiTGenerator(Generator):
 
         self.in_proj = nn.Linear(self.patch_dim, D)
         self.pos = GridPositionEmbedding(config.patch_grid, D)
-        self.time_emb = TimestepEmbedding(D, scale=time_scale)
+        self.time_emb = TimestepEmbedding(D, scale=self.process.time_scale)
         self.context_proj = None if self.conditioner is None else nn.Linear(self.context_dim, D)
         cross_dim = self.context_dim if config.cross_attention else None
         args = (D, config.heads, config.mlp_ratio, D, cross_dim)
@@ -181,17 +186,15 @@ class DiTGenerator(Generator):
 
     @torch.no_grad()
     def fit_normalization(self, z: Tensor) -> None:
-        """Set the per-channel mean and std from a sample of training latents [..., C].
+        """Set the per-channel mean and std (`latent_stats`) from a sample of training latents [..., C].
 
         KL-tokenizer latents are far from unit variance, while the noise processes assume data
         of roughly unit scale: normalising makes the signal-to-noise schedule mean what it says.
         """
-        flat = z.detach().float().reshape(-1, z.shape[-1])
-        if flat.shape[-1] != self.config.channels or flat.shape[0] < 2:
-            raise ValueError(f"need >= 2 latent vectors of {self.config.channels} channels, got {list(z.shape)}")
-        self.latent_mean.copy_(flat.mean(0))
-        self.latent_scale.copy_(flat.std(0, unbiased=False).clamp_min(1e-6))
-        self.latent_bound.copy_(self.normalize(flat).abs().max())
+        mean, std = latent_stats(z, self.config.channels)
+        self.latent_mean.copy_(mean)
+        self.latent_scale.copy_(std)
+        self.latent_bound.copy_(self.normalize(z.detach().float()).abs().max())
 
     def normalize(self, z: Tensor) -> Tensor:
         return (z - self.latent_mean) / self.latent_scale
@@ -266,7 +269,7 @@ class DiTGenerator(Generator):
         noise = torch.randn_like(x) if noise is None else noise
         t = self.process.sample_time(B, device=x.device) if t is None else t
         x_t = self.process.noisy(x, noise, t)
-        target = FlowMatching.target(x, noise) if self.config.objective == "flow" else noise
+        target = self.process.target(x, noise)
         tokens = self.patchify(x_t)
         keep = self._keep(B, tokens.shape[1], x.device)
         out = self._forward(tokens, t, self._prepare(self.drop_condition(context)), keep)
@@ -277,48 +280,27 @@ class DiTGenerator(Generator):
 
     # ------------------------------------------------------------------ sampling
 
-    @torch.no_grad()
-    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
-               steps: int = 50, method: str | None = None, cfg_scale: float = 1.0, eta: float = 0.0) -> Tensor:
-        """Draw n latent grids [n, *grid, C].
+    def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, steps: int = 50,
+             method: str | None = None, eta: float = 0.0) -> Tensor:
+        """Latent grids [n, *grid, C].
 
         Args:
             steps: model evaluations (flow: ODE steps; Heun adds one per step but the last).
             method: "euler" (default) or "heun" for flow; "ddim" (the default) for DDPM.
-            cfg_scale: classifier-free guidance on the velocity / noise; != 1 runs [cond; uncond].
             eta: DDIM noise, 0 deterministic, 1 ancestral (uses `generator`).
         """
-        flow = self.config.objective == "flow"
-        method = method or ("euler" if flow else "ddim")
-        if method not in (("euler", "heun") if flow else ("ddim",)):
-            raise ValueError(f"sampler {method!r} does not fit objective {self.config.objective!r}: "
-                             f"use {'euler or heun' if flow else 'ddim'}")
-        if flow and eta != 0.0:
-            raise ValueError("eta is a DDIM setting; the flow samplers are deterministic ODEs")
-        if self.conditioner is not None and context is None:
-            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
-        if self.conditioner is None and cfg_scale != 1.0:
-            raise ValueError("classifier-free guidance needs a conditional generator")
-        if context is not None and len(context) != n:
-            raise ValueError(f"context has {len(context)} rows for n={n} samples")
-        ctx = self.guidance_context(context, cfg_scale)
-        cond = self._prepare(ctx)
-        rows = 1 if ctx is None else len(ctx) // n  # 2 under guidance
+        cond = self._prepare(guidance.context)
 
         def model(x: Tensor, t: Tensor) -> Tensor:
-            out = self._forward(x.repeat(rows, 1, 1), t.repeat(rows), cond)
-            return guide(out.float(), cfg_scale)
+            return guidance(lambda xs, ts: self._forward(xs, ts, cond), x, t)
 
         ref = self.latent_mean
-        noise = torch.randn(n, *self.config.grid, self.config.channels, generator=generator,
+        noise = torch.randn(guidance.n, *self.config.grid, self.config.channels, generator=generator,
                             device=ref.device, dtype=torch.float32)
         noise = self.patchify(noise)  # [n, N, P]: the ODE runs on patch tokens
-        if flow:
-            x = self.process.sample(model, noise, steps, method=method)
-        else:
-            bound = float(self.latent_bound)
-            x = self.process.sample(model, noise, steps, eta=eta, generator=generator,
-                                    clip_x0=bound if math.isfinite(bound) else None)
+        bound = float(self.latent_bound)
+        x = denoise(self.process, model, noise, steps, method=method, eta=eta, generator=generator,
+                    clip_x0=bound if math.isfinite(bound) else None)
         return self.denormalize(self.unpatchify(x)).to(ref.dtype)
 
 

@@ -19,8 +19,21 @@ split the work:
    position i-1 codes ──Σ emb──▶ base (causal over N) ──h_i──▶ depth (causal over Q) ──▶ logits_i,q
                                                      h_i + Σ_{j<q} emb_j(c_i,j) ──┘
 
-Sampling streams: one base step per position with a KV cache (cross-attention keys/values of the
-context computed once), then Q depth steps for that position, each drawing one code.
+Sampling: one base step per position with a KV cache (cross-attention keys/values of the context
+computed once), then Q depth steps for that position, each drawing one code with its level's
+`CodeHead`; both loops are `samplers.causal_decode`, every logit guided through the run's `Guidance`.
+
+Streaming past the training length (1D grids (T,), e.g. motion: `sample(..., length=L)`, L > T).
+The position embedding is a learned table of the T trained positions, and it is added to the
+residual stream, so cached keys cannot be re-positioned. Positions beyond T are therefore drawn
+in windows of T positions that slide by `window_stride` s: a window starting at frame a feeds
+BOS, then the codes of frames a .. a+T-s-1 (already drawn, encoded in one pass into a fresh KV
+cache, with positions 0 .. T-s relative to the window), and draws frames a+T-s .. a+T-1 with the
+cache. A window is exactly what training sees of a clip cropped at frame a, so the model is in
+distribution everywhere; each new frame sees at least T - s frames of history (s = 1, the default,
+keeps the full T - 1: an exact sliding window, at the cost of re-encoding it for every frame).
+Frames are only ever appended and drawn in order from one generator, so a prefix never changes
+when generation continues: `sample(length=2T)[:, :T]` equals `sample()` for the same seed.
 
 Note: Mogo itself (notes.md pitfall 3) has one causal transformer per level and predicts all levels
 of frame t in parallel from frames < t; this file follows the brief's RQ-Transformer-style depth
@@ -43,12 +56,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
 from latentforge.generators.base import Generator, GeneratorConfig
-from latentforge.generators.sampling import guide, sample_tokens
+from latentforge.generators.guidance import Guidance
+from latentforge.generators.heads import CodeHead, token_nll
+from latentforge.generators.samplers import causal_decode
+from latentforge.generators.sampling import sample_tokens
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
@@ -56,6 +71,7 @@ from latentforge.registry import register
 
 @dataclass
 class HierarchicalConfig(GeneratorConfig):
+    residual = True
     name: str = "hierarchical"
     vocab_size: int = 512            # codes per level
     levels: int = 4                  # RVQ depth Q
@@ -74,6 +90,12 @@ class HierarchicalConfig(GeneratorConfig):
             raise ValueError(f"levels must be >= 1, got {self.levels}")
         if not 0.0 <= self.prefix_dropout < 1.0:
             raise ValueError(f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}")
+
+    @classmethod
+    def tiny(cls) -> HierarchicalConfig:
+        """Builds and samples in well under a second (tests): motion-like, a 1D grid of 2-level RVQ codes."""
+        return cls(grid=(6,), vocab_size=8, levels=2, dim=32, depth=2, heads=2, depth_dim=32, depth_layers=1,
+                   depth_heads=2)
 
 
 def _per_level(value, levels: int, name: str) -> list:
@@ -102,7 +124,7 @@ class HierarchicalGenerator(Generator):
         self.depth_in = nn.Identity() if Dd == D else nn.Linear(D, Dd)
         self.level_pos = nn.Parameter(torch.zeros(Q, Dd))
         self.depth_tf = Transformer(Dd, config.depth_layers, config.depth_heads, config.mlp_ratio)
-        self.level_heads = nn.ModuleList(nn.Linear(Dd, config.vocab_size) for _ in range(Q))
+        self.level_heads = nn.ModuleList(CodeHead(Dd, config.vocab_size) for _ in range(Q))  # uniform start
         init_transformer_weights(self.base, config.depth)
         init_transformer_weights(self.depth_tf, config.depth_layers)
         # Code embeddings start on the scale of h (a LayerNorm output, unit variance): at GPT-2's
@@ -113,9 +135,6 @@ class HierarchicalGenerator(Generator):
             nn.init.normal_(table.weight, std=1.0)
         nn.init.normal_(self.history_levels.weight, std=0.02)
         nn.init.normal_(self.level_pos, std=0.02)
-        for head in self.level_heads:
-            nn.init.zeros_(head.weight)  # uniform start: initial loss = log V per level
-            nn.init.zeros_(head.bias)
 
     def no_weight_decay(self) -> set[str]:
         return {"bos", "level_pos"}
@@ -182,86 +201,89 @@ class HierarchicalGenerator(Generator):
             k = torch.randint(1, Q, (B,), device=codes.device)
             history = torch.where(short, k, torch.full_like(k, Q))
         logits = self.logits(codes, self.drop_condition(context), history)
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none")
-        per_level = nll.view(-1, Q).mean(0)  # [Q] nats
+        per_level = token_nll(logits, codes).view(-1, Q).mean(0)  # [Q] nats
         out = {"loss": per_level.mean(), "bits_per_position": per_level.sum().detach() / math.log(2)}
         out.update({f"bits_level_{q}": per_level[q].detach() / math.log(2) for q in range(Q)})
         return self.add_condition_losses(out, context)
 
     # ---------------------------------------------------------------- sampling
 
-    @torch.no_grad()
-    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
-               temperature: float | Sequence[float] = 1.0, top_k: int | None | Sequence[int | None] = None,
-               top_p: float | None | Sequence[float | None] = None, cfg_scale: float | Sequence[float] = 1.0,
-               levels_to_sample: int | None = None, use_cache: bool = True) -> Tensor:
-        """Draw n code grids [n, *grid, L] (L = levels_to_sample or all levels; [n, *grid] for a
-        one-level model, as LatentSpec writes depth 1).
+    def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None,
+             temperature: float | Sequence[float] = 1.0, top_k: int | None | Sequence[int | None] = None,
+             top_p: float | None | Sequence[float | None] = None, levels_to_sample: int | None = None,
+             use_cache: bool = True, length: int | None = None, window_stride: int = 1) -> Tensor:
+        """Code grids [n, *grid, L] (L = levels_to_sample or all levels; [n, *grid] for a one-level
+        model, as LatentSpec writes depth 1).
 
-        temperature, top_k, top_p and cfg_scale take one value or one per level. With any
-        cfg_scale != 1 the batch runs [cond; uncond]. use_cache=False recomputes every prefix
-        (the reference the cached path must equal).
+        Args:
+            temperature, top_k, top_p: one value or one per level (so does cfg_scale).
+            levels_to_sample: draw only the first L levels (needs prefix_dropout in training).
+            use_cache: False recomputes every prefix (the reference the cached path must equal).
+            length: 1D grids only: draw this many positions, past the trained T by sliding windows
+                (see the module doc); [n, length, L].
+            window_stride: positions drawn per window past the trained length, 1 .. T-1.
         """
-        cfg = self.config
-        Q = cfg.levels
+        cfg, g, n = self.config, guidance, guidance.n
+        Q, N = cfg.levels, cfg.num_tokens
         L = Q if levels_to_sample is None else levels_to_sample
         if not 1 <= L <= Q:
             raise ValueError(f"levels_to_sample must be in 1..{Q}, got {levels_to_sample}")
         if L < Q and cfg.prefix_dropout == 0:
             raise ValueError(f"levels_to_sample={L} < {Q} levels needs a model trained with prefix_dropout > 0: "
                              "its base transformer has only seen inputs that sum all levels")
-        if self.conditioner is not None and context is None:
-            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
-        if context is not None and len(context) != n:
-            raise ValueError(f"context has {len(context)} rows for n={n} samples")
-        temps, ks, ps, scales = (_per_level(v, L, name) for v, name in
-                                 [(temperature, "temperature"), (top_k, "top_k"), (top_p, "top_p"),
-                                  (cfg_scale, "cfg_scale")])
-        guided = any(s != 1.0 for s in scales)
-        if guided and self.conditioner is None:
-            raise ValueError("cfg_scale != 1 needs a conditional model (there is no null context to contrast)")
-        # guidance on any level runs every level on [cond; uncond]; unguided levels read the cond half
-        ctx = self.guidance_context(context, 2.0 if guided else 1.0)
-        rows = n if ctx is None else len(ctx)
-        N = cfg.num_tokens
+        per_level = [_per_level(v, L, name) for v, name in
+                     [(temperature, "temperature"), (top_k, "top_k"), (top_p, "top_p"), (g.scale, "cfg_scale")]]
         pos = self.pos() + self.history_levels.weight[L - 1]  # [N, D]
-        spatial = self.spatial_inputs(ctx)
+        spatial = self.spatial_inputs(g.context)
         if spatial is not None:
             pos = pos + spatial  # per-row inputs [rows, N, D] from here on
-        codes = torch.zeros(n, N, L, dtype=torch.long, device=pos.device)
-        ctx_kv = None if ctx is None else self.base.context_kv(ctx.tokens)
-        ctx_mask = None if ctx is None else ctx.mask
-        caches = self.base.new_caches(rows, N, pos) if use_cache else None
-        x = self.bos.expand(rows, 1, -1) + pos[..., :1, :]  # base input of position 0, [rows, 1, D]
-        for i in range(N):
-            if use_cache:
-                h = self.base(x, causal=True, context_kv=ctx_kv, context_mask=ctx_mask, caches=caches)
-            else:
-                prev = self._level_sums(codes[:, :i].repeat(rows // n, 1, 1))[..., -1, :]  # [rows, i, D]
-                prefix = torch.cat([self.bos.expand(rows, 1, -1), prev], dim=1) + pos[..., : i + 1, :]
-                h = self.base(prefix, causal=True, context_kv=ctx_kv, context_mask=ctx_mask)
-            h = h[:, -1]  # [rows, D]
-            self._sample_levels(h, codes[:, i], n, temps, ks, ps, scales, generator, use_cache)
-            if i + 1 < N:
-                x = self._level_sums(codes[:, i].repeat(rows // n, 1))[:, None, -1] + pos[..., i + 1 : i + 2, :]
-        out = codes.view(n, *cfg.grid, L)
+        T = N if length is None else length
+        if T != N:
+            if len(cfg.grid) != 1 or spatial is not None or T < 1:
+                raise ValueError(f"length={length} streams a 1D grid without a spatial condition map; this model "
+                                 f"has grid {tuple(cfg.grid)}" + (" and a spatial map" if spatial is not None else ""))
+            if not 1 <= window_stride <= max(1, N - 1):
+                raise ValueError(f"window_stride must be in 1..{max(1, N - 1)} (the trained length {N} minus one, "
+                                 f"so that every window keeps some history), got {window_stride}")
+        codes = torch.zeros(n, T, L, dtype=torch.long, device=pos.device)
+        cross = {} if g.context is None else dict(context_kv=self.base.context_kv(g.context.tokens),
+                                                  context_mask=g.context.mask)
+        start = drawn = 0  # first frame of the window, frames drawn so far
+        while drawn < T:
+            known = drawn - start  # frames of this window already drawn: fed, not drawn again
+            new = min(N - known, T - drawn)
+
+            def emit(i: int, h: Tensor, known: int = known, drawn: int = drawn) -> Tensor | None:
+                p, j = drawn + i, known + i  # absolute frame, position in the window
+                self._draw_levels(h, g, codes[:, p], per_level, generator, use_cache)
+                if j + 1 < N:
+                    return self._level_sums(g.rows_of(codes[:, p]))[:, None, -1] + pos[..., j + 1 : j + 2, :]
+                return None
+
+            history = self._level_sums(g.rows_of(codes[:, start : start + known]))[..., -1, :]  # [rows, known, D]
+            first = torch.cat([self.bos.expand(g.rows, 1, -1), history], dim=1) + pos[..., : known + 1, :]
+            causal_decode(self.base, first, new, emit, use_cache=use_cache, **cross)
+            drawn += new
+            start = drawn - (N - window_stride)
+        out = codes.view(n, *cfg.grid, L) if T == N else codes
         return out.squeeze(-1) if Q == 1 else out
 
-    def _sample_levels(self, h: Tensor, out: Tensor, n: int, temps: list, ks: list, ps: list, scales: list,
-                       generator: torch.Generator | None, use_cache: bool) -> None:
-        """Fill out [n, L] with the levels of one position, coarse to fine, from base states h [rows, D]."""
-        rows, L = h.shape[0], out.shape[1]
-        caches = self.depth_tf.new_caches(rows, L, h) if use_cache else None
-        x = self._depth_inputs(h, h.new_zeros(rows, 0, h.shape[-1]))  # level 0 input, [rows, 1, Dd]
-        for q in range(L):
-            if use_cache:
-                y = self.depth_tf(x, causal=True, caches=caches)
-            else:
-                sums = self._level_sums(out[:, :q].repeat(rows // n, 1))  # [rows, q, D]
-                y = self.depth_tf(self._depth_inputs(h, sums), causal=True)
-            logits = self.level_heads[q](y[:, -1]).float()  # [rows, V]
-            logits = guide(logits, scales[q]) if scales[q] != 1.0 else logits[:n]
+    def _draw_levels(self, h: Tensor, g: Guidance, out: Tensor, per_level: list[list], generator: torch.Generator | None,
+                     use_cache: bool) -> None:
+        """Fill out [n, L] with the levels of one position, coarse to fine, from its base state h [rows, D].
+
+        per_level: temperature, top_k, top_p and cfg_scale, one value per level each.
+        """
+        temps, ks, ps, scales = per_level
+        L = out.shape[1]
+
+        def emit(q: int, y: Tensor) -> Tensor | None:
+            logits = g.mix(self.level_heads[q](y), scales[q])  # [n, V]
             out[:, q] = sample_tokens(logits, temperature=temps[q], top_k=ks[q], top_p=ps[q], generator=generator)
-            if use_cache and q + 1 < L:
-                s = self._level_sums(out[:, : q + 1].repeat(rows // n, 1))[:, -1]  # [rows, D]
-                x = self.depth_in(h + s)[:, None] + self.level_pos[q + 1]
+            if q + 1 < L:
+                s = self._level_sums(g.rows_of(out[:, : q + 1]))[:, -1]  # [rows, D]
+                return self.depth_in(h + s)[:, None] + self.level_pos[q + 1]
+            return None
+
+        first = self._depth_inputs(h, h.new_zeros(h.shape[0], 0, h.shape[-1]))  # level 0 input, [rows, 1, Dd]
+        causal_decode(self.depth_tf, first, L, emit, use_cache=use_cache)

@@ -16,34 +16,36 @@ distribution given the others is modelled by a small diffusion model instead of 
    We use the single transformer: it is the shared `nn.Transformer` unchanged, lets every row of a
    batch have its own mask ratio (the MAE split needs equal visible counts per row), and puts the
    spatial map and the cross-attended context on masked positions as naturally as on visible ones.
-2. Head. A residual MLP (MAR's SimpleMLPAdaLN) denoises one token: input x_t [M, C]; each block is
-   x += gate * MLP(LN(x) * (1 + scale) + shift) with (shift, scale, gate) from SiLU(z_i + emb(t)),
-   zero-initialised so that the head starts as the identity with a zero output. It predicts the
-   noise eps (DDPM, cosine schedule, as MAR) or the velocity eps - x (flow matching), both from
-   `noise.py`.
+2. Head. `heads.DiffusionHead`, a residual MLP (MAR's SimpleMLPAdaLN), denoises one token: input
+   x_t [M, C]; each block is x += gate * MLP(LN(x) * (1 + scale) + shift) with (shift, scale, gate)
+   from SiLU(z_i + emb(t)), zero-initialised so that the head starts as the identity with a zero
+   output. It predicts the noise eps (DDPM, cosine schedule, as MAR) or the velocity eps - x (flow
+   matching), both from `noise.py`.
 3. Training. Per example: a random order and a mask ratio r ~ N(1, 0.25^2) truncated to
-   [mask_ratio_min, 1]; the first ceil(r N) tokens of the order are masked. The loss is the head's
+   [mask_ratio_min, 1]; the first ceil(r N) tokens of the order are masked (`masking.py`). The loss is the head's
    denoising MSE on masked tokens only, each target repeated R times with fresh noise and times
    (the head is cheap, the transformer pass is not: R draws per pass reduce the loss's variance).
    A plain MSE head would regress to the conditional mean and blur multimodal tokens (notes.md
    pitfall 4); the diffusion head samples from the distribution instead.
-4. Sampling. All tokens start unknown; a random order (from the torch.Generator) fixes which are
-   revealed when. At step k of K the number still unknown falls to floor(N cos(pi/2 (k+1)/K))
-   (MaskGIT's cosine, at least one revealed per step, all at the last); each newly revealed token
-   is drawn by the head from its z_i in `head_steps` DDIM (or Euler/Heun) steps. Classifier-free
-   guidance runs the batch as [cond; uncond] and mixes the head's eps (or velocity) with `guide`;
-   the "linear" schedule grows the scale from 1 to cfg_scale with the fraction of tokens revealed
-   (MAR, after Muse), since early tokens set the global layout where strong guidance hurts
-   diversity most. `temperature` scales the head sampler's initial noise x_T (see `_draw`).
+4. Sampling = backbone + masked sampler + diffusion head. All tokens start unknown; a random order
+   (from the torch.Generator) fixes which are revealed when (`masking.reveal_in_order`): at step k
+   of K the number still unknown falls to about floor(N cos(pi/2 (k+1)/K)) (MaskGIT's cosine, the
+   schedule masked.py uses too). Each step runs the backbone once and the head draws every newly
+   revealed token from its z_i in `head_steps` DDIM (or Euler/Heun) steps. Classifier-free guidance
+   runs the rows as [cond; null] and mixes the head's eps (or velocity) through the run's
+   `Guidance`; the "linear" schedule grows the scale from 1 to cfg_scale with the fraction of
+   tokens revealed (MAR, after Muse), since early tokens set the global layout where strong
+   guidance hurts diversity most. `temperature` scales the head sampler's initial noise x_T
+   (see `DiffusionHead.sample`).
 
-Latents are normalised per channel with the buffers latent_mean / latent_std (`fit_normalization`)
-so the head's noise scale of 1 matches the data; samples are returned in the tokenizer's units.
+Latents are normalised per channel with the buffers latent_mean / latent_std (`fit_normalization`,
+with `base.latent_stats` as DiT) so the head's noise scale of 1 matches the data; samples are
+returned in the tokenizer's units.
 Reference: github.com/LTH14/mar (models/mar.py, models/diffloss.py), read for its mechanism.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,109 +53,19 @@ import torch
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.base import Generator, GeneratorConfig, latent_stats
+from latentforge.generators.guidance import Guidance
+from latentforge.generators.heads import DiffusionHead
+from latentforge.generators.masking import random_rank_mask, reveal_in_order, truncated_normal
 from latentforge.generators.noise import DDPM, FlowMatching
-from latentforge.generators.sampling import guide
-from latentforge.nn.embeddings import GridPositionEmbedding, TimestepEmbedding
-from latentforge.nn.transformer import MLP, Transformer, init_transformer_weights
+from latentforge.nn.embeddings import GridPositionEmbedding
+from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
-
-# ----------------------------------------------------------------------------------------------
-# Schedules
-# ----------------------------------------------------------------------------------------------
-
-
-def truncated_normal(n: int, mean: float, std: float, low: float, high: float, *,
-                     generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
-    """[n] draws of N(mean, std^2) restricted to [low, high], by inverse-CDF (exact, no rejection)."""
-    lo, hi = (torch.special.ndtr(torch.tensor((v - mean) / std, dtype=torch.float64)) for v in (low, high))
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    x = mean + std * torch.special.ndtri(lo.to(u.device) + (hi - lo).to(u.device) * u)
-    return x.clamp(low, high).float()
-
-
-def reveal_schedule(num_tokens: int, steps: int) -> list[int]:
-    """Tokens revealed at each of `steps` sampling steps (MaskGIT's cosine; MAR's clamps).
-
-    After step k the number still unknown is floor(N cos(pi/2 (k+1)/K)), kept >= 1 and at least
-    one below the previous count until the last step, which reveals everything left. With more
-    steps than tokens some steps reveal nothing (and are skipped by the sampler).
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    masked, out = num_tokens, []
-    for k in range(steps):
-        if k == steps - 1:
-            nxt = 0
-        else:
-            nxt = max(1, min(masked - 1, math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps))))
-        out.append(masked - nxt)
-        masked = nxt
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-token diffusion head
-# ----------------------------------------------------------------------------------------------
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
-
-
-class HeadBlock(nn.Module):
-    """x += gate * MLP(adaLN(x)), with (shift, scale, gate) from the condition y."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = MLP(width, width)
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
-
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        shift, scale, gate = self.ada(y).chunk(3, dim=-1)  # 3 x [M, W]
-        return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
-
-
-class DiffusionHead(nn.Module):
-    """Denoiser of one token given its transformer feature: (x_t [M, C], t [M], z [M, D]) -> [M, C]."""
-
-    def __init__(self, channels: int, cond_dim: int, width: int, depth: int, time_scale: float) -> None:
-        super().__init__()
-        self.in_proj = nn.Linear(channels, width)
-        self.time_emb = TimestepEmbedding(width, scale=time_scale)
-        self.cond_proj = nn.Linear(cond_dim, width)
-        self.blocks = nn.ModuleList(HeadBlock(width) for _ in range(depth))
-        self.out_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.out_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.out = nn.Linear(width, channels)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        for lin in self.time_emb.mlp[0], self.time_emb.mlp[2]:
-            nn.init.normal_(lin.weight, std=0.02)
-        # adaLN-Zero (DiT): every block starts as the identity and the output at zero
-        for lin in [b.ada[-1] for b in self.blocks] + [self.out_ada[-1], self.out]:
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
-
-    def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
-        y = self.time_emb(t) + self.cond_proj(z)  # [M, W]
-        h = self.in_proj(x)
-        for block in self.blocks:
-            h = block(h, y)
-        shift, scale = self.out_ada(y).chunk(2, dim=-1)
-        return self.out(modulate(self.out_norm(h), shift, scale))  # [M, C]
-
-
-# ----------------------------------------------------------------------------------------------
-# Generator
-# ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class MARConfig(GeneratorConfig):
+    latents = "continuous"
     name: str = "mar"
     channels: int = 16                 # C, from the tokenizer's LatentSpec
     dim: int = 256
@@ -178,6 +90,11 @@ class MARConfig(GeneratorConfig):
         if self.mask_ratio_std <= 0 or self.diffusion_batch_mul < 1 or self.channels < 1:
             raise ValueError("mask_ratio_std must be > 0, diffusion_batch_mul and channels >= 1")
 
+    @classmethod
+    def tiny(cls) -> MARConfig:
+        """Builds and samples in well under a second (tests)."""
+        return cls(grid=(4, 4), channels=2, dim=32, depth=2, heads=2, head_width=32, head_depth=1)
+
 
 @register("generator", "mar", MARConfig)
 class MARGenerator(Generator):
@@ -192,13 +109,9 @@ class MARGenerator(Generator):
         self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
         init_transformer_weights(self.transformer, config.depth)
         nn.init.normal_(self.mask_token, std=0.02)
-        if config.head_objective == "ddpm":
-            self.process: DDPM | FlowMatching = DDPM(config.diffusion_steps, config.noise_schedule)
-            time_scale = 1000.0 / config.diffusion_steps  # integer times, brought to [0, 1000)
-        else:
-            self.process = FlowMatching()
-            time_scale = 1000.0  # t in (0, 1)
-        self.head = DiffusionHead(C, D, config.head_width, config.head_depth, time_scale)
+        process = (DDPM(config.diffusion_steps, config.noise_schedule) if config.head_objective == "ddpm"
+                   else FlowMatching())
+        self.head = DiffusionHead(C, D, config.head_width, config.head_depth, process)
         self.register_buffer("latent_mean", torch.zeros(C))
         self.register_buffer("latent_std", torch.ones(C))
 
@@ -209,10 +122,10 @@ class MARGenerator(Generator):
 
     @torch.no_grad()
     def fit_normalization(self, z: Tensor) -> None:
-        """Set the per-channel mean and std from a sample of latents [B, *grid, C]."""
-        flat = z.detach().float().reshape(-1, z.shape[-1])
-        self.latent_mean.copy_(flat.mean(0))
-        self.latent_std.copy_(flat.std(0).clamp_min(1e-6))
+        """Set the per-channel mean and std (`latent_stats`) from a sample of latents [B, *grid, C]."""
+        mean, std = latent_stats(z, self.config.channels)
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
 
     def _flatten(self, z: Tensor) -> Tensor:
         grid, C = tuple(self.config.grid), self.config.channels
@@ -221,21 +134,7 @@ class MARGenerator(Generator):
                              f"got {z.dtype} {list(z.shape)}")
         return ((z - self.latent_mean) / self.latent_std).reshape(z.shape[0], -1, C)  # [B, N, C]
 
-    # ------------------------------------------------------------------ training
-
-    def sample_mask_ratio(self, n: int, *, generator: torch.Generator | None = None,
-                          device: torch.device | str = "cpu") -> Tensor:
-        """[n] mask ratios from the truncated normal centred at 1 on [mask_ratio_min, 1]."""
-        cfg = self.config
-        return truncated_normal(n, 1.0, cfg.mask_ratio_std, cfg.mask_ratio_min, 1.0, generator=generator, device=device)
-
-    def random_mask(self, batch: int, *, generator: torch.Generator | None = None,
-                    device: torch.device | str = "cpu") -> Tensor:
-        """[B, N] bool, True where masked: the first ceil(r N) tokens of a random order per example."""
-        N = self.config.num_tokens
-        count = torch.ceil(self.sample_mask_ratio(batch, generator=generator, device=device) * N - 1e-6)
-        rank = torch.rand(batch, N, generator=generator, device=device).argsort(-1).argsort(-1)
-        return rank < count[:, None]
+    # ------------------------------------------------------------------ backbone
 
     def features(self, x: Tensor, mask: Tensor, context: Context | None,
                  context_kv: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
@@ -248,19 +147,19 @@ class MARGenerator(Generator):
         return self.transformer(h, context=None if context is None else context.tokens,
                                 context_mask=None if context is None else context.mask, context_kv=context_kv)
 
-    def predict(self, x_t: Tensor, t: Tensor, z: Tensor) -> Tensor:
-        """The head's eps (DDPM) or velocity (flow) for noisy tokens x_t [M, C] at times t [M].
+    # ------------------------------------------------------------------ training
 
-        DDPM: eps = sqrt(1 - abar) x_t + sqrt(abar) F(x_t, t, z). The skip makes eps exact at pure
-        noise, where DDIM's x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) would otherwise multiply
-        the head's error by 1 / sqrt(abar_{T-1}) (~2e4 for the cosine schedule) in the first step;
-        the loss is still the eps MSE, and x0 = sqrt(abar) x_t - sqrt(1 - abar) F (F is -v).
-        """
-        out = self.head(x_t, t, z)
-        if isinstance(self.process, DDPM):
-            abar = self.process.alpha_bar.to(t.device)[t].to(x_t.dtype)[:, None]  # [M, 1]
-            out = (1 - abar).sqrt() * x_t + abar.sqrt() * out
-        return out
+    def sample_mask_ratio(self, n: int, *, generator: torch.Generator | None = None,
+                          device: torch.device | str = "cpu") -> Tensor:
+        """[n] mask ratios from the truncated normal centred at 1 on [mask_ratio_min, 1]."""
+        cfg = self.config
+        return truncated_normal(n, 1.0, cfg.mask_ratio_std, cfg.mask_ratio_min, 1.0, generator=generator, device=device)
+
+    def random_mask(self, batch: int, *, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> Tensor:
+        """[B, N] bool, True where masked: the first ceil(r N) tokens of a random order per example."""
+        ratio = self.sample_mask_ratio(batch, generator=generator, device=device)
+        return random_rank_mask(ratio, self.config.num_tokens, generator=generator)
 
     def head_loss(self, z: Tensor, target: Tensor, mask: Tensor, *, noise: Tensor | None = None,
                   t: Tensor | None = None) -> Tensor:
@@ -277,15 +176,11 @@ class MARGenerator(Generator):
         if noise is None:
             noise = torch.randn(R, B, N, C, device=target.device, dtype=target.dtype)
         if t is None:
-            t = self.process.sample_time(R * B * N, device=target.device).view(R, B, N)
+            t = self.head.process.sample_time(R * B * N, device=target.device).view(R, B, N)
         sel = mask.expand(R, B, N)                      # [R, B, N]
         x0 = target.expand(R, B, N, C)[sel]             # [R*M, C]
-        eps = noise[sel]
-        tt = t[sel]
         cond = z.expand(R, *z.shape)[sel]               # [R*M, D]
-        pred = self.predict(self.process.noisy(x0, eps, tt), tt, cond)
-        goal = eps if isinstance(self.process, DDPM) else FlowMatching.target(x0, eps)
-        return (pred.float() - goal.float()).pow(2).mean()
+        return self.head.loss(cond, x0, noise[sel], t[sel])
 
     def loss(self, z: Tensor, context: Context | None = None, *, mask: Tensor | None = None,
              noise: Tensor | None = None, t: Tensor | None = None) -> dict[str, Tensor]:
@@ -300,72 +195,38 @@ class MARGenerator(Generator):
 
     # ------------------------------------------------------------------ sampling
 
-    def _draw(self, z: Tensor, cfg_scale: float, guided: bool, *, generator: torch.Generator | None,
-              temperature: float, head_steps: int, eta: float, flow_method: Literal["euler", "heun"]) -> Tensor:
-        """Draw one token per feature row with the head: z [M, D] (or [2M, D] = [cond; uncond] when
-        guided) -> [M, C].
-
-        `temperature` multiplies the sampler's initial noise x_T. For DDIM with eta = 0 and for the
-        flow ODE that noise is the only randomness, so tau < 1 concentrates samples toward the
-        modes. MAR scales the per-step noise of its ancestral sampler instead; with eta > 0 here the
-        per-step noise is not scaled (DDPM.sample has no temperature argument).
-        """
-        M = z.shape[0] // 2 if guided else z.shape[0]
-        noise = temperature * torch.randn(M, self.config.channels, generator=generator, device=z.device)
-
-        def predict(x: Tensor, t: Tensor) -> Tensor:
-            if not guided:
-                return self.predict(x, t, z).float()
-            out = self.predict(torch.cat([x, x]), torch.cat([t, t]), z).float()  # same noise in both halves
-            return guide(out, cfg_scale) if cfg_scale != 1.0 else out[:M]
-
-        if isinstance(self.process, DDPM):
-            return self.process.sample(predict, noise, head_steps, eta=eta, generator=generator)
-        return self.process.sample(predict, noise, head_steps, method=flow_method)
-
-    @torch.no_grad()
-    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
-               steps: int = 8, head_steps: int = 50, temperature: float = 1.0, cfg_scale: float = 1.0,
-               cfg_schedule: Literal["constant", "linear"] = "linear", eta: float = 0.0,
-               flow_method: Literal["euler", "heun"] = "euler") -> Tensor:
-        """Draw n latent grids [n, *grid, C] in `steps` masked-generation steps.
+    def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, steps: int = 8,
+             head_steps: int = 50, temperature: float = 1.0, cfg_schedule: Literal["constant", "linear"] = "linear",
+             eta: float = 0.0, flow_method: Literal["euler", "heun"] = "euler") -> Tensor:
+        """Latent grids [n, *grid, C] in `steps` masked-generation steps.
 
         Args:
-            steps: K, transformer passes; tokens revealed per pass follow `reveal_schedule`.
+            steps: K, backbone passes; tokens revealed per pass follow `masking.reveal_counts`.
             head_steps: denoising steps of the head per revealed token (DDIM or flow ODE).
             temperature: scale of the head's initial noise (1 = the learned distribution).
-            cfg_scale: classifier-free guidance on the head's eps / velocity; the batch runs
-                [cond; uncond]. cfg_schedule "linear" ramps it from 1 to cfg_scale with the
-                fraction of revealed tokens (reaching cfg_scale at the last step), "constant" does not.
-            eta: DDIM stochasticity (0 = deterministic); flow_method: "euler" or "heun".
+            cfg_schedule: "linear" ramps the guidance scale from 1 to cfg_scale with the fraction of
+                revealed tokens (reaching cfg_scale at the last step), "constant" does not.
+            eta: DDIM stochasticity (0 = deterministic; DDPM heads only); flow_method: "euler" or "heun".
         """
-        if self.conditioner is not None and context is None:
-            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
-        if context is not None and len(context) != n:
-            raise ValueError(f"context has {len(context)} rows for n={n} samples")
         if cfg_schedule not in ("constant", "linear"):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
-        ctx = self.guidance_context(context, cfg_scale)
-        guided = ctx is not None and len(ctx) == 2 * n
-        copies = 2 if guided else 1
+        g, n, ctx = guidance, guidance.n, guidance.context
         N, C = self.config.num_tokens, self.config.channels
         device = self.latent_mean.device
+        method = flow_method if isinstance(self.head.process, FlowMatching) else None
         ctx_kv = None if ctx is None else self.transformer.context_kv(ctx.tokens)
         order = torch.rand(n, N, generator=generator, device=device).argsort(-1)  # reveal order [n, N]
         tokens = torch.zeros(n, N, C, device=device)
         known = torch.zeros(n, N, dtype=torch.bool, device=device)
         revealed = 0
-        for count in reveal_schedule(N, steps):
-            if count == 0:
-                continue
-            feats = self.features(tokens.repeat(copies, 1, 1), ~known.repeat(copies, 1), ctx, ctx_kv)  # [rows, N, D]
-            idx = order[:, revealed : revealed + count]                                                # [n, k]
-            z = feats.gather(1, idx.repeat(copies, 1)[..., None].expand(-1, -1, feats.shape[-1]))      # [rows, k, D]
-            revealed += count
-            scale = cfg_scale if cfg_schedule == "constant" else 1 + (cfg_scale - 1) * revealed / N
-            new = self._draw(z.reshape(-1, z.shape[-1]), scale, guided, generator=generator,
-                             temperature=temperature, head_steps=head_steps, eta=eta, flow_method=flow_method)
-            tokens.scatter_(1, idx[..., None].expand(-1, -1, C), new.view(n, count, C).to(tokens.dtype))
+        for idx in reveal_in_order(order, steps):                                                  # [n, k]
+            feats = self.features(g.rows_of(tokens), g.rows_of(~known), ctx, ctx_kv)                # [rows, N, D]
+            z = feats.gather(1, g.rows_of(idx)[..., None].expand(-1, -1, feats.shape[-1]))         # [rows, k, D]
+            revealed += idx.shape[1]
+            scale = g.scale if cfg_schedule == "constant" else 1 + (g.scale - 1) * revealed / N
+            new = self.head.sample(z.reshape(-1, z.shape[-1]), g, scale=scale, generator=generator,
+                                   temperature=temperature, steps=head_steps, eta=eta, method=method)  # [n*k, C]
+            tokens.scatter_(1, idx[..., None].expand(-1, -1, C), new.view(n, -1, C).to(tokens.dtype))
             known.scatter_(1, idx, True)
         out = tokens * self.latent_std + self.latent_mean
         return out.view(n, *self.config.grid, C)

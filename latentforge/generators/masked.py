@@ -9,10 +9,11 @@ Input at position i = (code_i or [MASK]) embedding + grid position + condition m
 Output = logits for every position; cross-entropy counts only the masked ones          [B, N, V]
 
 Sampling: start from all [MASK] and decode in K steps. Each step samples every masked token
-(temperature, top-k/top-p, classifier-free guidance), scores it by confidence = log p(sampled)
-+ Gumbel noise x choice_temperature x (1 - (k+1)/K) ("temperature annealing"), keeps the most
-confident and re-masks the rest, so that floor(N cos(pi/2 (k+1)/K)) stay masked after step k
-(`mask_schedule`): few tokens early, when little is known, many late.
+(temperature, top-k/top-p, classifier-free guidance through the run's `Guidance`), scores it by
+confidence = log p(sampled) + Gumbel noise x choice_temperature x (1 - (k+1)/K) ("temperature
+annealing"), keeps the most confident and re-masks the rest, so that about floor(N cos(pi/2 (k+1)/K))
+stay masked after step k (`masking.masked_counts`, shared with MAR): few tokens early, when little
+is known, many late. The head is a `CodeHead`; training masks come from `masking` too.
 
 ENAT (P31, `enat=True`) splits the blocks:
   * the encoder (`depth` blocks) runs on the visible tokens only, gathered and padded to [B, T, D];
@@ -41,48 +42,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig, init_code_io
-from latentforge.generators.sampling import guide, sample_tokens
+from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.guidance import Guidance
+from latentforge.generators.heads import CodeHead, code_nll
+from latentforge.generators.masking import cosine_ratio, masked_counts, random_rank_mask
+from latentforge.generators.sampling import sample_tokens
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
 
-
 # ----------------------------------------------------------------------------- helpers
-
-def mask_schedule(num_tokens: int, steps: int) -> list[int]:
-    """Tokens still masked after each of `steps` decoding steps (MaskGIT's cosine schedule).
-
-    floor(N cos(pi/2 (k+1)/K)), forced at least one below the previous count, never below 0; the
-    last is 0. With N < K the counts reach 0 early and the sampler stops there.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    counts, prev = [], num_tokens
-    for k in range(steps):
-        # the 1e-9 keeps exact products (8 cos(pi/3) = 4.0000000000000001) from flooring one too low
-        m = math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps) + 1e-9)
-        prev = max(0, min(m, prev - 1))
-        counts.append(prev)
-    counts[-1] = 0
-    return counts
-
-
-def random_mask(batch: int, num_tokens: int, device: torch.device | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
-    """Training mask [B, N] bool (True = masked): ratio cos(pi/2 u), u ~ U(0, 1) per example, >= 1 token."""
-    u = torch.rand(batch, 1, generator=generator, device=device)
-    count = torch.ceil(torch.cos(math.pi / 2 * u) * num_tokens).clamp(1, num_tokens)  # [B, 1]
-    rank = torch.rand(batch, num_tokens, generator=generator, device=device).argsort(1).argsort(1)
-    return rank < count
-
-
-def masked_cross_entropy(logits: Tensor, targets: Tensor, masked: Tensor) -> Tensor:
-    """Mean cross-entropy over masked positions only. logits [B, N, V], targets/masked [B, N]."""
-    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # fp32 [B*N]
-    weight = masked.flatten().float()
-    return (nll * weight).sum() / weight.sum().clamp_min(1.0)
-
 
 def run_with_attention_mask(stack: Transformer, x: Tensor, allowed: Tensor, **cross) -> Tensor:
     """`stack(x, **cross)` with self-attention restricted by allowed [B, T, T] (True: query sees key).
@@ -135,6 +104,11 @@ class MaskedConfig(GeneratorConfig):
             raise ValueError(f"enat needs decoder_depth >= 1 and reveal_steps >= 1, got {self.decoder_depth}, "
                              f"{self.reveal_steps}")
 
+    @classmethod
+    def tiny(cls) -> MaskedConfig:
+        """Builds and samples in well under a second (tests); `enat=True` on it gives the ENAT variant."""
+        return cls(grid=(4, 4), vocab_size=8, dim=32, depth=2, heads=2, decoder_depth=1)
+
 
 @register("generator", "masked", MaskedConfig)
 class MaskedGenerator(Generator):
@@ -157,8 +131,8 @@ class MaskedGenerator(Generator):
             init_transformer_weights(self.decoder, config.decoder_depth)
             nn.init.normal_(self.bridge.weight, std=0.02)
             nn.init.zeros_(self.bridge.bias)
-        self.head = nn.Linear(D, config.vocab_size)
-        init_code_io(self.token_emb, self.head)
+        self.head = CodeHead(D, config.vocab_size)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_emb"}
@@ -232,30 +206,23 @@ class MaskedGenerator(Generator):
         """Masked-token cross-entropy. `mask` [B, *grid] bool (True = masked) overrides the random one."""
         codes = self.flat_codes(z)
         B, N = codes.shape
-        masked = random_mask(B, N, codes.device) if mask is None else mask.reshape(B, N).bool()
+        masked = random_rank_mask(cosine_ratio(B, device=codes.device), N) if mask is None else mask.reshape(B, N).bool()
         logits = self.logits(codes, masked, self.drop_condition(context))
-        return self.code_loss(masked_cross_entropy(logits, codes, masked), context)
+        return self.code_loss(code_nll(logits, codes, masked), context)
 
     # ------------------------------------------------------------------ sampling
 
-    @torch.no_grad()
-    def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
-               steps: int = 8, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               cfg_scale: float = 1.0, choice_temperature: float = 4.5, reuse: bool = True) -> Tensor:
-        """Draw n code grids [n, *grid] in `steps` parallel decoding steps.
+    def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, steps: int = 8,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             choice_temperature: float = 4.5, reuse: bool = True) -> Tensor:
+        """Code grids [n, *grid] in `steps` parallel decoding steps.
 
         Args:
             temperature, top_k, top_p: how each masked token is drawn (see sampling.sample_tokens).
-            cfg_scale: classifier-free guidance; != 1 runs the batch as [cond; uncond].
             choice_temperature: scale of the Gumbel noise on confidences, annealed linearly to 0.
             reuse: ENAT only; encode each token once and reuse its features (exact, see module doc).
         """
-        if self.conditioner is not None and context is None:
-            raise ValueError("this generator is conditional: pass a context (see encode_condition)")
-        if context is not None and len(context) != n:
-            raise ValueError(f"context has {len(context)} rows for n={n} samples")
-        ctx = self.guidance_context(context, cfg_scale)
-        rows = n if ctx is None else len(ctx)
+        g, n, ctx = guidance, guidance.n, guidance.context
         N, V = self.config.num_tokens, self.config.vocab_size
         base = self._base(ctx)
         device = base.device
@@ -266,25 +233,29 @@ class MaskedGenerator(Generator):
         reveal = torch.zeros(n, N, dtype=torch.long, device=device)
         incremental = self.config.enat and reuse
         if incremental:
-            caches = self.transformer.new_caches(rows, N, base)
-            features = base.new_zeros(rows, N, self.config.dim)
+            caches = self.transformer.new_caches(g.rows, N, base)
+            features = base.new_zeros(g.rows, N, self.config.dim)
             newly = torch.zeros_like(masked)
-        rep = rows // n  # guided and unguided rows share tokens
-        for k, remaining in enumerate(mask_schedule(N, steps)):
+
+        def logits_of(codes: Tensor, masked: Tensor, reveal: Tensor) -> Tensor:
+            """Every row's logits [rows, N, V] from per-row codes, mask and reveal steps; the ENAT
+            cache also reads `newly`, what the previous step revealed."""
+            nonlocal features
             if incremental:
                 if newly.any():  # encode only what the previous step revealed, against the cached earlier tokens
-                    idx = newly.nonzero()[:, 1].view(n, -1).repeat(rep, 1)               # [rows, c]
+                    idx = g.rows_of(newly.nonzero()[:, 1].view(n, -1))                  # [rows, c]
                     index = idx[..., None].expand(-1, -1, self.config.dim)
-                    x = (self.token_emb(codes.repeat(rep, 1)) + base).gather(1, index)   # [rows, c, D]
+                    x = (self.token_emb(codes) + base).gather(1, index)                 # [rows, c, D]
                     features = features.scatter(1, index, self.transformer(x, caches=caches, **enc_cross))
-                logits = self._decode(features, masked.repeat(rep, 1), base, dec_cross)
-            elif self.config.enat:
-                features = self.encode_visible(codes.repeat(rep, 1), ~masked.repeat(rep, 1), reveal.repeat(rep, 1),
-                                               base, enc_cross)
-                logits = self._decode(features, masked.repeat(rep, 1), base, dec_cross)
-            else:
-                logits = self._maskgit_logits(codes.repeat(rep, 1), masked.repeat(rep, 1), base, enc_cross)
-            logits = guide(logits.float(), cfg_scale)                                    # [n, N, V]
+                return self._decode(features, masked, base, dec_cross)
+            if self.config.enat:
+                return self._decode(self.encode_visible(codes, ~masked, reveal, base, enc_cross), masked, base, dec_cross)
+            return self._maskgit_logits(codes, masked, base, enc_cross)
+
+        for k, remaining in enumerate(masked_counts(N, steps)):
+            if remaining == int(masked[0].sum()):
+                continue  # more steps than tokens: this one reveals nothing (every sample has the same count)
+            logits = g(logits_of, codes, masked, reveal)                                 # [n, N, V]
             sampled = sample_tokens(logits.reshape(n * N, V), temperature=temperature, top_k=top_k, top_p=top_p,
                                     generator=generator).view(n, N)
             logp = logits.log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)    # [n, N]
@@ -297,6 +268,4 @@ class MaskedGenerator(Generator):
             codes = torch.where(newly, sampled, codes)
             reveal = torch.where(newly, k, reveal)
             masked = still
-            if remaining == 0:
-                break
         return codes.view(n, *self.config.grid)

@@ -15,6 +15,11 @@ integer t in [0, T); betas linear (DDPM) or cosine (Nichol & Dhariwal 2021, used
 with DDIM (Song et al. 2021) on a subsequence of the T steps; eta = 0 is deterministic, eta = 1
 matches the ancestral DDPM posterior noise.
 
+Both processes share one interface, so a generator holds either and never branches on which:
+`sample_time`, `noisy(x, eps, t)`, `target(x, eps)` (what the model learns to predict: the
+velocity, or the noise), `time_scale` (brings t to the range of the timestep embedding) and
+`denoise`: the ODE (flow) or DDIM (DDPM) sampler, with the method checked against the process.
+
 All schedule arithmetic runs in fp32 (float64 for the cumulative products), whatever the autocast.
 """
 
@@ -62,6 +67,10 @@ class FlowMatching:
     @staticmethod
     def target(x: Tensor, noise: Tensor) -> Tensor:
         return noise - x
+
+    # t in [0, 1]: the timestep embedding's frequencies suit [0, 1000]
+    time_scale = 1000.0
+    methods = ("euler", "heun")
 
     def time_grid(self, steps: int, device: torch.device | str = "cpu") -> Tensor:
         """[steps + 1] times from 1 (noise) down to 0 (data), warped like the training times."""
@@ -120,6 +129,16 @@ class DDPM:
                     generator: torch.Generator | None = None) -> Tensor:
         return torch.randint(self.steps, (n,), generator=generator, device=device)
 
+    @staticmethod
+    def target(x: Tensor, noise: Tensor) -> Tensor:
+        return noise  # epsilon prediction
+
+    methods = ("ddim",)
+
+    @property
+    def time_scale(self) -> float:
+        return 1000.0 / self.steps  # integer times, brought to [0, 1000)
+
     def _abar(self, t: Tensor, like: Tensor) -> Tensor:
         return _expand(self.alpha_bar.to(t.device)[t], like)
 
@@ -161,3 +180,25 @@ class DDPM:
             if sigma > 0:
                 x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x
+
+
+def denoise(process: FlowMatching | DDPM, model: Callable[[Tensor, Tensor], Tensor], noise: Tensor, steps: int, *,
+            method: str | None = None, eta: float = 0.0, generator: torch.Generator | None = None,
+            clip_x0: float | None = None) -> Tensor:
+    """Run `process`'s sampler from pure noise to data: the one entry point of the continuous generators.
+
+    Args:
+        model: (x [B, ...], t [B]) -> the process's target (velocity or noise), e.g. a guided call.
+        method: "euler" (default) or "heun" for flow matching; "ddim" (the default) for DDPM.
+        eta: DDIM noise (0 deterministic, 1 ancestral, drawn from `generator`); flow ODEs take none.
+        clip_x0: DDIM's bound on predicted data (see DDPM.sample); the flow ODE has no x0 guess to clip.
+    """
+    method = method or process.methods[0]
+    if method not in process.methods:
+        kind = "flow" if isinstance(process, FlowMatching) else "ddpm"
+        raise ValueError(f"sampler {method!r} does not fit objective {kind!r}: use {' or '.join(process.methods)}")
+    if isinstance(process, FlowMatching):
+        if eta != 0.0:
+            raise ValueError("eta is a DDIM setting; the flow samplers are deterministic ODEs")
+        return process.sample(model, noise, steps, method=method)
+    return process.sample(model, noise, steps, eta=eta, generator=generator, clip_x0=clip_x0)

@@ -7,7 +7,6 @@ Every generator and conditioning encoder is built from these; families differ in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -46,16 +45,6 @@ class TransformerBlock(nn.Module):
                 raise ValueError("this block cross-attends: pass a context")
             x = x + self.cross(self.cross_norm(x), key_mask=context_mask, context=context, context_kv=context_kv)
         return x + self.mlp(self.norm2(x))
-
-
-@dataclass
-class TransformerSize:
-    """Width, depth and heads of a transformer stack; shared by every transformer config."""
-
-    dim: int = 256
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
 
 
 class Transformer(nn.Module):

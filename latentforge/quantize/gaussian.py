@@ -83,6 +83,11 @@ class GaussianConfig(QuantizerConfig):
         if not 0.0 < self.relevance_threshold < 1.0:
             raise ValueError(f"relevance_threshold must be in (0, 1), got {self.relevance_threshold}")
 
+    @classmethod
+    def tiny(cls) -> "GaussianConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(dim=4, latent_channels=2)
+
 
 def gaussian_kl(mean: Tensor, logvar: Tensor, prior_var: Tensor | float = 1.0) -> Tensor:
     """Elementwise KL(N(mean, exp(logvar)) || N(0, prior_var)) in nats (broadcasts prior_var)."""

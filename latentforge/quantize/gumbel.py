@@ -49,6 +49,11 @@ class GumbelConfig(QuantizerConfig):
         if self.anneal_steps < 0:
             raise ValueError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
 
+    @classmethod
+    def tiny(cls) -> "GumbelConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(dim=4, codebook_size=16, anneal_steps=10)
+
 
 @register("quantizer", "gumbel", GumbelConfig)
 class GumbelQuantizer(Quantizer):

@@ -55,6 +55,11 @@ class LFQConfig(QuantizerConfig):
         if self.entropy_weight < 0:
             raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}")
 
+    @classmethod
+    def tiny(cls) -> "LFQConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(dim=4, bits=4)
+
 
 @register("quantizer", "lfq", LFQConfig)
 class LFQ(Quantizer):

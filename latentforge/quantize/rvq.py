@@ -55,6 +55,11 @@ class RVQConfig(VQConfig):
         # The rotation, if any, is applied once to the sum of the levels (see forward).
         return VQConfig(**{**shared, "name": "vq", "rotation_trick": False})
 
+    @classmethod
+    def tiny(cls) -> "RVQConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(codebook_size=16, dim=4, depth=2, kmeans_iters=2)
+
 
 @register("quantizer", "rvq", RVQConfig)
 class ResidualVQ(Quantizer):

@@ -70,6 +70,11 @@ class TopKConfig(QuantizerConfig):
         if self.dead_window < 1:
             raise ValueError(f"dead_window must be >= 1, got {self.dead_window}")
 
+    @classmethod
+    def tiny(cls) -> "TopKConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(dim=4, features=16, k=2)
+
 
 @register("quantizer", "topk", TopKConfig)
 class TopKBottleneck(Quantizer):

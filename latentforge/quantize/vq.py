@@ -64,6 +64,11 @@ class VQConfig(QuantizerConfig):
         if self.ema_epsilon <= 0:
             raise ValueError(f"ema_epsilon must be > 0, got {self.ema_epsilon}")
 
+    @classmethod
+    def tiny(cls) -> "VQConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(codebook_size=16, dim=4, kmeans_iters=2)
+
 
 @register("quantizer", "vq", VQConfig)
 class VectorQuantizer(Quantizer):

@@ -1,6 +1,8 @@
 """`report.html`: one static page per run, readable from disk with no network.
 
-Images are embedded as data URIs so the page survives being moved or mailed.
+The page knows no modality: the stages list the preview files they wrote (`sample_info.json`'s
+`previews`, `metrics.json`'s `eval.previews`: PNG grids for images, an animated GIF and a
+filmstrip for motion) and the page embeds them as data URIs, so it survives being moved or mailed.
 """
 
 from __future__ import annotations
@@ -40,11 +42,22 @@ pre { background: #f6f6f6; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
 """
 
 
+_MIME = {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp", ".jpg": "image/jpeg"}
+
+
 def _img(path: Path, alt: str) -> str:
     if not path.exists():
         return f"<p><em>{html.escape(alt)}: not produced</em></p>"
+    mime = _MIME.get(path.suffix.lower())
+    if mime is None:
+        return f"<p><em>{html.escape(alt)}: {html.escape(path.name)} is not a picture</em></p>"
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
+
+
+def _previews(run: Path, names: list[str] | None, alt: str, fallback: str) -> str:
+    """The listed preview files of a stage, or the one file older runs wrote."""
+    return "\n".join(_img(run / name, alt) for name in (names or [fallback]))
 
 
 def _fmt(value: Any) -> str:
@@ -88,13 +101,14 @@ def _distribution_table(dist: dict[str, Any]) -> str:
     extra = ""
     if f.get("test_accuracy"):
         extra = "; the probe's own test accuracy: " + ", ".join(f"{h} {v:.1%}" for h, v in f["test_accuracy"].items())
-    note = (f"<p>{dist['n']} images a set, seed {dist['seed']}, against the first {dist['n']} images of the "
+    noun = dist.get("noun", "images")
+    note = (f"<p>{dist['n']} {noun} a set, seed {dist['seed']}, against the first {dist['n']} {noun} of the "
             f"{html.escape(dist['reference'])}. Features: {html.escape(f['name'])} "
             f"(<code>{html.escape(f['source'])}</code>, sha256 {html.escape(f['hash'])}){html.escape(extra)}. "
-            "<em>real (test split)</em> is the floor a perfect model reaches at this N; "
-            "<em>pixel gaussian</em> (independent per-pixel Gaussians) is a model that learnt nothing "
-            "but colours; <em>train copies</em> is a model that memorised its training images, which is "
-            "why nearest_train_ratio sits beside FID.</p>")
+            "<em>real (test split)</em> is the floor a perfect model reaches at this N; the other "
+            "columns are trivial models any trained one must beat (per-pixel or per-frame Gaussians, "
+            f"the mean pose); <em>train copies</em> is a model that memorised its training {noun}, which "
+            "is why nearest_train_ratio sits beside FID.</p>")
     return "<table>" + "\n".join(rows) + "</table>" + note
 
 
@@ -112,7 +126,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
     info = json.loads((run / "sample_info.json").read_text()) if (run / "sample_info.json").exists() else None
     samples = ("<p><em>a tokenizer-only run: no generator, no samples</em></p>" if info is None else
-               f"<p>{html.escape(info.get('shows', ''))}</p>\n" + _img(run / "samples.png", "samples"))
+               f"<p>{html.escape(info.get('shows', ''))}</p>\n"
+               + _previews(run, info.get("previews"), "samples", "samples.png"))
+    recon_files = metrics.get("eval", {}).get("previews", {}).get("reconstructions")
     tables = {k: v for k, v in metrics.items() if k in ("tokenizer", "generator")}
     dist = metrics.get("distribution")
     distribution = (_distribution_table(dist) if dist else
@@ -133,7 +149,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 <h2>Samples</h2>
 {samples}
 <h2>Reconstructions</h2>
-{_img(run / "reconstructions.png", "reconstructions")}
+{_previews(run, recon_files, "reconstructions", "reconstructions.png")}
 <h2>Training</h2>
 <table><tr><th>stage</th><th>parameters</th><th>precision</th><th>why</th></tr>{train_rows}</table>
 {_img(run / "curves.png", "training curves")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +58,9 @@ def check_latents(spec: LatentSpec, z: Tensor) -> None:
 @dataclass
 class TokenizerConfig(ModelConfig):
     kind = "tokenizer"
+    # what the network reads, and its batch key: "image" float [B, C, H, W] in [-1, 1], or
+    # "sequence" float [B, T, C]; a data set's modality must give the same layout
+    layout: ClassVar[str] = "image"
 
 
 class Tokenizer(nn.Module):

@@ -20,9 +20,9 @@ from latentforge.nn.conv import Downsample, Upsample, conv_levels, group_norm
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
 from latentforge.registry import lookup, register
+from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
 from latentforge.tokenizers.discriminator import DiscriminatorConfig
 from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, image_autoencoder_loss
-from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
 
 
 @dataclass
@@ -49,6 +49,11 @@ class ConvConfig(TokenizerConfig):
     @property
     def downsample_factor(self) -> int:
         return self.patch * 2 ** (len(self.channels) - 1)
+
+    @classmethod
+    def tiny(cls) -> "ConvConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(image_size=8, patch=2, channels=(8, 8), quantizer=VQConfig.tiny())
 
 
 class Encoder(nn.Module):

@@ -33,15 +33,21 @@ from latentforge.tokenizers.losses import ReconKind, reconstruction_loss
 
 @dataclass
 class Conv1dConfig(TokenizerConfig):
+    layout = "sequence"
     name: str = "conv1d"
     seq_len: int = 64                           # T
     in_channels: int = 16                       # C: features per step (pose or mel bins)
     channels: tuple[int, ...] = (64, 128)       # one entry per resolution level
     blocks_per_level: int = 1
     recon_loss: ReconKind = "l2"
+    # T2M-GPT's velocity term: the same loss on frame-to-frame differences, which keeps decoded
+    # motion from jittering where the per-frame error is small but uncorrelated between frames
+    velocity_weight: float = 0.0
     quantizer: QuantizerConfig = field(default_factory=VQConfig)
 
     def __post_init__(self) -> None:
+        if self.velocity_weight < 0:
+            raise ValueError(f"velocity_weight must be >= 0, got {self.velocity_weight}")
         if not self.channels:
             raise ValueError("channels must name at least one level")
         if self.blocks_per_level < 1:
@@ -54,6 +60,11 @@ class Conv1dConfig(TokenizerConfig):
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channels) - 1)
+
+    @classmethod
+    def tiny(cls) -> "Conv1dConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(seq_len=8, in_channels=3, channels=(8, 8), quantizer=VQConfig.tiny())
 
 
 class Encoder1d(nn.Module):
@@ -127,6 +138,9 @@ class Conv1dTokenizer(Tokenizer):
         q = self.quantize(x)
         x_hat = self.decode_latents(q.z_q)
         terms = {**reconstruction_loss(x_hat, x, self.config.recon_loss), **q.losses}
+        if self.config.velocity_weight > 0:
+            moves = reconstruction_loss(x_hat.diff(dim=1), x.diff(dim=1), self.config.recon_loss)
+            terms["velocity"] = self.config.velocity_weight * sum(moves.values())
         err = (x_hat.detach().float() - x.float())
         stats = {"mse": err.pow(2).mean(), "mae": err.abs().mean()}
         return {"loss": sum(terms.values()), **terms, **stats, **q.stats}

@@ -77,6 +77,12 @@ class ViTConfig(TokenizerConfig):
 # Patches <-> tokens
 # --------------------------------------------------------------------------------------------
 
+    @classmethod
+    def tiny(cls) -> "ViTConfig":
+        """Builds and runs in milliseconds: the registry's contract tests use it."""
+        return cls(image_size=8, patch=4, dim=16, encoder_depth=1, decoder_depth=1, heads=2, quantizer=VQConfig.tiny())
+
+
 def patchify(x: Tensor, p: int) -> Tensor:
     """[B, C, H, W] -> [B, h*w, C*p*p] in raster order (the order GridPositionEmbedding uses)."""
     return F.pixel_unshuffle(x, p).flatten(2).transpose(1, 2)

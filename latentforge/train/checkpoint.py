@@ -2,11 +2,13 @@
 
 A checkpoint is a folder `ckpt-<step>/` written under a temporary name and renamed into place,
 so a run killed mid-save keeps its previous checkpoint intact. The last `keep` are kept.
+A checkpoint that does not read back (a file truncated or overwritten later) raises
+`CorruptFileError` naming the file; `set_aside` renames its folder so it is kept but no longer
+listed nor pruned (the trainer then resumes from an older one).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -19,7 +21,12 @@ import numpy as np
 import torch
 
 from latentforge.atomic import write_json
-from latentforge.serialization import load_state_dict, save_state_dict
+from latentforge.serialization import (
+    CorruptFileError,
+    load_state_dict,
+    read_json,
+    save_state_dict,
+)
 
 _NAME = re.compile(r"^ckpt-(\d+)$")
 
@@ -59,13 +66,42 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
-    """(model state, optimizer state, extra tensors, the JSON state) of a checkpoint folder."""
+    """(model state, optimizer state, extra tensors, the JSON state) of a checkpoint folder.
+
+    Raises `CorruptFileError` naming the file when one is missing, truncated or corrupt.
+    """
     path = Path(path)
-    state = json.loads((path / "state.json").read_text())
+    for name in ("state.json", "model.safetensors", "optimizer.safetensors"):
+        if not (path / name).is_file():
+            raise CorruptFileError(path / name, f"incomplete checkpoint {path}: {name} is missing")
+    state = read_json(path / "state.json")
+    if not _is_state(state):
+        raise CorruptFileError(path / "state.json", f"corrupt checkpoint state {path / 'state.json'}: "
+                                                    f"not the step, optimizer and extra a checkpoint records")
     model = load_state_dict(path / "model.safetensors")
     optimizer = _unflatten_optimizer(load_state_dict(path / "optimizer.safetensors"), state["optimizer"])
     extra = load_state_dict(path / "extra.safetensors") if (path / "extra.safetensors").is_file() else {}
     return model, optimizer, extra, state
+
+
+def _is_state(state: Any) -> bool:
+    """Whether `state` has what save_checkpoint writes to state.json."""
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return False
+    optim, extra = state.get("optimizer"), state.get("extra")
+    return isinstance(optim, dict) and {"param_groups", "scalars"} <= optim.keys() and isinstance(extra, dict)
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename checkpoint folder `ckpt-<step>` to `ckpt-<step>.corrupt` (`.corrupt-2`, ... if taken):
+    kept for the user, but no longer listed, resumed from, nor pruned."""
+    path = Path(path)
+    aside, n = path.with_name(f"{path.name}.corrupt"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{n}")
+    path.rename(aside)
+    return aside
 
 
 # Every random number generator a batch function or a model might draw from. Each step reseeds

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager
 
 import torch
 
@@ -25,7 +25,7 @@ class Precision:
     dtype: torch.dtype | None       # autocast dtype, None for fp32
     reason: str
 
-    def autocast(self, device_type: str) -> ContextManager:
+    def autocast(self, device_type: str) -> AbstractContextManager:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type, dtype=self.dtype)

@@ -13,9 +13,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from latentforge.atomic import write_json
+from latentforge.serialization import CorruptFileError
 from latentforge.train import distributed
 from latentforge.train.checkpoint import (
     list_checkpoints,
@@ -31,11 +33,11 @@ from latentforge.train.checkpoint import (
     rng_json,
     rng_tensors,
     save_checkpoint,
+    set_aside,
 )
 from latentforge.train.ema import EMA
 from latentforge.train.log import JsonlLogger
 from latentforge.train.precision import resolve_precision
-
 
 # switches that change how fast or where training runs, not what it produces
 RUNTIME_ONLY = ("compile", "distributed", "detect_anomaly", "tensorboard")
@@ -344,10 +346,37 @@ class Trainer:
         distributed.barrier()
 
     def _resume(self) -> int:
-        ckpts = list_checkpoints(self.folder / "checkpoints")
+        """Load the newest checkpoint that reads back and return its step (0 when there is none).
+
+        A checkpoint with a truncated or corrupt file is passed over for the next older one of the
+        `keep_checkpoints` kept: one warning line names the bad file, and its folder is renamed to
+        `ckpt-<step>.corrupt` (kept for the user, never deleted nor pruned). Steps from the older
+        checkpoint on are replayed exactly as an uninterrupted run would (the RNG states are in
+        it), so the final weights do not change. When none reads back, nothing is renamed and a
+        `CorruptFileError` names every bad file: starting again from step 0 unasked would throw
+        away the progress the user asked to resume; moving the checkpoints folder aside does that.
+        """
+        folder = self.folder / "checkpoints"
+        ckpts = list_checkpoints(folder)
         if not ckpts:
             return 0
-        model_state, optim_state, tensors, state = read_checkpoint(ckpts[-1])
+        bad: list[tuple[Path, CorruptFileError]] = []
+        for ckpt in reversed(ckpts):
+            try:
+                model_state, optim_state, tensors, state = read_checkpoint(ckpt)
+                break
+            except CorruptFileError as err:
+                bad.append((ckpt, err))
+        else:
+            raise CorruptFileError(folder, f"[{self.desc}] no checkpoint in {folder} reads back ("
+                                   + "; ".join(str(err) for _, err in bad) + "); nothing was changed. "
+                                   f"To train this stage from step 0, move {folder} aside and run again")
+        if bad:
+            distributed.barrier()  # every process has read its checkpoint before the bad ones move
+            if self.world.main:
+                for path, err in bad:
+                    aside = set_aside(path)
+                    self._say(f"warning: {err}; kept as {aside.name}, resuming from {ckpt.name}")
         distributed.load_full_state(self.objective, self.optimizer, {f"model.{k}": v for k, v in model_state.items()},
                                     optim_state, self.sharded)
         if self.ema is not None:
@@ -358,7 +387,7 @@ class Trainer:
         step = int(state["step"])
         if self.logger is not None:
             self.logger.truncate_after(step)
-        self._say(f"resumed from {ckpts[-1].name} (step {step})")
+        self._say(f"resumed from {ckpt.name} (step {step})")
         return step
 
 
