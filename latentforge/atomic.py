@@ -47,6 +47,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_npy(path: str | os.PathLike, array: Any) -> None:
+    """One NumPy array as .npy (memory-mappable with np.load(mmap_mode="r")), atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+
+
 def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
     """NumPy arrays into one uncompressed .npz, atomically."""
     import numpy as np

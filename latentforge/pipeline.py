@@ -57,7 +57,7 @@ def sampling_options(generator: Generator, s: SampleConfig) -> dict[str, Any]:
 def condition_tensors(dataset: Any, rows: dict[str, np.ndarray], generator: Generator) -> dict[str, Tensor]:
     """A data set's condition rows (numeric entries, captions) -> the tensors a conditioner
     selects from; a caption conditioner gets the captions as word ids in its vocabulary."""
-    out = {k: torch.from_numpy(np.asarray(v)) for k, v in dataset.numeric(rows).items()}
+    out = {k: torch.from_numpy(np.array(v)) for k, v in dataset.numeric(rows).items()}  # copies: rows may be memory-mapped
     cond = generator.config.conditioner
     if isinstance(cond, CaptionConfig):
         texts = [str(t) for t in rows[dataset.caption_key]]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from latentforge.atomic import write_json, write_npz, write_text
+from latentforge.atomic import write_json, write_npy, write_npz, write_text
 from latentforge.conditioning.caption import CaptionConfig, build_vocab
 from latentforge.config import (
     ConfigError,
@@ -265,17 +265,15 @@ class Run:
         return json.loads(metrics.read_text()) if metrics.exists() else {}
 
     # -- stages ----------------------------------------------------------------------
-    def _data_path(self, split: str) -> Path:
-        return self.dir / "data" / f"{split}.npz"
-
     def stage_data(self) -> None:
         for split in ("train", "val"):
             arrays = self.dataset.split(split)
-            write_npz(self._data_path(split), **arrays)
+            self.modality.check(self.dataset.examples(arrays), f"data {self.cfg.data.name!r}, {split} split")
+            for key, array in arrays.items():
+                write_npy(self.dir / "data" / split / f"{key}.npy", array)
 
-    def load_split(self, split: str) -> dict[str, Any]:
-        with np.load(self._data_path(split)) as f:
-            return {k: f[k] for k in f.files}
+    def load_split(self, split: str) -> dict[str, np.ndarray]:
+        return load_split(self.dir, split)
 
     def _train(self, stage: str, model: torch.nn.Module, tcfg: TrainConfig, batch_fn: Callable,
                loss_fn: Callable | None = None) -> None:
@@ -293,15 +291,16 @@ class Run:
 
     def stage_tokenizer(self) -> None:
         cfg = self.cfg
-        examples = torch.from_numpy(self.dataset.examples(self.load_split("train")))  # the stored layout
+        examples = self.dataset.examples(self.load_split("train"))  # memory-mapped, in the stored layout
         tcls = lookup("tokenizer", cfg.tokenizer.name)[1]
+        torch.manual_seed(cfg.tokenizer_train.seed)  # the initial weights follow the seed, not what ran before
         model = tcls(cfg.tokenizer)
         B = cfg.tokenizer_train.batch_size
         key, to_model = cfg.tokenizer.layout, self.modality.to_model
 
         def batch_fn(step: int) -> dict[str, torch.Tensor]:
             idx = torch.randint(len(examples), (B,))
-            return {key: to_model(examples[idx])}
+            return {key: to_model(examples[idx.numpy()])}  # reads these B rows only
 
         self._train("tokenizer", model, cfg.tokenizer_train, batch_fn)
 
@@ -323,6 +322,7 @@ class Run:
     def stage_generator(self) -> None:
         cfg = self.cfg
         codes = self.load_latents("train")
+        torch.manual_seed(cfg.generator_train.seed)  # the initial weights follow the seed, not what ran before
         model = lookup("generator", cfg.generator.name)[1](cfg.generator)
         cond = condition_tensors(self.dataset, self.load_split("train"), model) if model.conditioner is not None else {}
         if hasattr(model, "fit_normalization"):  # continuous latents: learn in unit-variance units
@@ -383,7 +383,9 @@ class Run:
                 # runs sampled before the modalities stored their samples as "images"
                 samples = {"samples" if k == "images" else k: f[k] for k in f.files}
         return EvalInputs(
-            folder=self.dir, dataset=self.dataset, train=self.load_split("train"), val=self.load_split("val"),
+            # val is read whole (a few thousand rows at most), train stays memory-mapped
+            folder=self.dir, dataset=self.dataset, train=self.load_split("train"),
+            val={k: np.array(v) for k, v in self.load_split("val").items()},
             tokenizer=pipe.tokenizer if pipe is not None else from_pretrained(self.dir / "tokenizer", self.device),
             pipeline=pipe, val_latents=self.load_latents("val") if pipe is not None else None,
             samples=samples, sampling=self.sampling(pipe) if pipe is not None else {},
@@ -399,6 +401,20 @@ class Run:
         from latentforge.report.html import write_report
 
         write_report(self.dir)
+
+
+def load_split(run_dir: str | Path, split: str) -> dict[str, np.ndarray]:
+    """A stored split, one memory-mapped array per entry (`data/<split>/<entry>.npy`): a stage
+    reads the rows it indexes, never the whole split. Runs stored before this layout kept each
+    split in one `data/<split>.npz`, read whole."""
+    folder = Path(run_dir) / "data" / split
+    if folder.is_dir():
+        return {p.stem: np.load(p, mmap_mode="r", allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
+    legacy = folder.with_suffix(".npz")
+    if not legacy.is_file():
+        raise FileNotFoundError(f"{folder} is missing: run the data stage first")
+    with np.load(legacy, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
 
 
 def _yaml(data: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from latentforge.data.folder import (
     to_rgb,
 )
 from latentforge.data.shapes import ShapesConfig, render_batch
-from latentforge.recipes import Run, load_recipe
+from latentforge.recipes import Run, load_recipe, load_split
 
 TINY = ["tokenizer.channels=[16, 32]", "tokenizer.quantizer.codebook_size=64", "tokenizer_train.steps=4",
         "tokenizer_train.batch_size=16", "generator.dim=32", "generator.depth=1", "generator.heads=2",
@@ -160,7 +160,7 @@ def test_tiny_imagefolder_recipe_end_to_end(folder, tmp_path, capsys):
     with np.load(run / "samples.npz") as f:
         assert f["samples"].shape == (8, 16, 16, 3) and set(f["label"]) <= {0, 1}
     assert (run / "report.html").is_file() and list((run / "data").glob("folder-*.npy"))
-    rows = sum(len(np.load(run / "data" / f"{split}.npz")["images"]) for split in ("train", "val"))
+    rows = sum(len(load_split(run, split)["images"]) for split in ("train", "val"))
     assert rows == 26  # every readable file, none of the two bad ones
     capsys.readouterr()
     assert main(args) == 0  # everything cached: nothing decoded or trained again

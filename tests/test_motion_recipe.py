@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from latentforge.cli import main
+from latentforge.recipes import load_split
 
 TINY = ["data.train_size=64", "data.val_size=16", "data.window=32",
         "tokenizer.channels=[16,16,32]", "tokenizer.blocks_per_level=1", "tokenizer.quantizer.codebook_size=16",
@@ -39,7 +40,7 @@ def test_motion_recipe_runs_every_stage(motion_run):
     assert {"real (test split)", "mean pose", "per-frame gaussian", "train copies"} <= set(dist["baselines"])
     with np.load(motion_run / "samples.npz") as f:
         assert f["samples"].shape == (8, 32, 18, 3) and f["samples"].dtype == np.float32
-        assert np.array_equal(f["label"], np.repeat(np.load(motion_run / "data/val.npz")["label"][:4], 2))
+        assert np.array_equal(f["label"], np.repeat(load_split(motion_run, "val")["label"][:4], 2))
     html = (motion_run / "report.html").read_text()
     assert "data:image/gif;base64," in html and "clips a set" in html
 

@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from latentforge.config import ConfigError
 from latentforge.pipeline import condition_tensors
-from latentforge.recipes import Run, load_recipe
+from latentforge.recipes import Run, load_recipe, load_split
 from latentforge.registry import lookup
 
 TINY_TOKENIZER = ["tokenizer.channels=[16, 32]", "tokenizer.quantizer.codebook_size=64",
@@ -24,11 +25,12 @@ def test_digits_class_conditional_run(tmp_path, digits_probe):
     assert cfg.generator.conditioner.num_classes == 10
     metrics = Run(cfg, progress=False).run()
     run = tmp_path / "digits"
-    with np.load(run / "data" / "train.npz") as f:
-        assert f["images"].shape[1:] == (32, 32, 3) and set(np.unique(f["label"])) == set(range(10))
+    train = load_split(run, "train")  # memory-mapped, one file per entry
+    assert isinstance(train["images"], np.memmap) and (run / "data" / "train" / "images.npy").is_file()
+    assert train["images"].shape[1:] == (32, 32, 3) and set(np.unique(train["label"])) == set(range(10))
     with np.load(run / "samples.npz") as f:
         assert f["samples"].shape == (10, 32, 32, 3)
-        val_labels = np.load(run / "data" / "val.npz")["label"][:5]
+        val_labels = load_split(run, "val")["label"][:5]
         assert np.array_equal(f["label"], np.repeat(val_labels, 2))  # sampled for the val labels
     assert {"val_loss", "bits_per_token", "diversity", "samples_per_s", "class_acc"} <= set(metrics["generator"])
     assert metrics["generator"]["real_images_class_acc"] >= 0.8  # the probe reads real digits
@@ -120,3 +122,33 @@ def test_link_derives_the_generator_from_the_latent_spec():
         load_recipe("configs/motion_mogo.yaml", ["generator.name=autoregressive"])
     with pytest.raises(ConfigError, match="tokenizer 'conv' reads image data, but data 'deepmimic' holds motion"):
         load_recipe("configs/shapes_sg2im.yaml", ["data.name=deepmimic"])
+
+
+def test_load_split_reads_both_layouts(tmp_path):
+    """Splits are one memory-mapped .npy per entry; runs stored before keep one .npz per split."""
+    from latentforge.atomic import write_npy, write_npz
+
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    write_npz(tmp_path / "old" / "data" / "train.npz", images=images, captions=np.array(["a", "b"]))
+    write_npy(tmp_path / "new" / "data" / "train" / "images.npy", images)
+    write_npy(tmp_path / "new" / "data" / "train" / "captions.npy", np.array(["a", "b"]))
+    for run in ("old", "new"):
+        split = load_split(tmp_path / run, "train")
+        assert np.array_equal(split["images"], images) and split["captions"].tolist() == ["a", "b"]
+    assert isinstance(load_split(tmp_path / "new", "train")["images"], np.memmap)
+    with pytest.raises(FileNotFoundError, match="run the data stage first"):
+        load_split(tmp_path / "new", "val")
+
+
+def test_initial_weights_follow_the_seed_not_what_ran_before(tmp_path):
+    """Two runs of one recipe in one process, with random draws between them, train the same
+    tokenizer: its initial weights come from tokenizer_train.seed."""
+    from safetensors.torch import load_file
+
+    base = ["data.train_size=32", "data.val_size=8", *TINY_TOKENIZER, "tokenizer_train.steps=2", "generator=null"]
+    for name in ("a", "b"):
+        torch.rand(7)  # whatever ran before must not matter
+        Run(load_recipe("configs/shapes_sg2im.yaml", [*base, f"out_dir={tmp_path}", f"name={name}"]),
+            progress=False).run(stages=("data", "tokenizer"))
+    a, b = (load_file(tmp_path / n / "tokenizer" / "model.safetensors") for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

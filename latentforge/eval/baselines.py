@@ -16,7 +16,7 @@ import torch
 
 def nearest_distances(rows: np.ndarray, train: np.ndarray, batch: int = 256) -> np.ndarray:
     """RMS distance from each row (float [N, D]) to its nearest training row ([M, D])."""
-    t = torch.from_numpy(np.asarray(train, dtype=np.float32))
+    t = torch.from_numpy(np.array(train, dtype=np.float32))  # a copy: train may be memory-mapped
     out = []
     for i in range(0, len(rows), batch):
         q = torch.from_numpy(np.asarray(rows[i:i + batch], dtype=np.float32))

@@ -22,7 +22,7 @@ class ImageModality(Modality):
     layout = "image"
 
     def to_model(self, array: np.ndarray | Tensor) -> Tensor:
-        x = torch.as_tensor(array)                       # uint8 [N, H, W, 3]
+        x = torch.as_tensor(np.array(array) if isinstance(array, np.ndarray) else array)  # uint8 [N, H, W, 3]
         return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [N, 3, H, W] in [-1, 1]
 
     def from_model(self, x: Tensor) -> np.ndarray:

@@ -42,7 +42,8 @@ class MotionModality(Modality):
     layout = "sequence"
 
     def to_model(self, array: np.ndarray | Tensor) -> Tensor:
-        return positions_to_features(torch.as_tensor(array, dtype=torch.float32), self.skeleton)  # [N, T, F]
+        x = torch.as_tensor(np.array(array) if isinstance(array, np.ndarray) else array, dtype=torch.float32)
+        return positions_to_features(x, self.skeleton)  # [N, T, F]
 
     def from_model(self, x: Tensor) -> np.ndarray:
         return features_to_positions(x.float(), self.skeleton).cpu().numpy()  # [N, T, J, 3]
