@@ -10,7 +10,6 @@ all come through `Pipeline.sample`, so they draw the same examples for the same 
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ class SampleConfig:
 def sampling_options(generator: Generator, s: SampleConfig) -> dict[str, Any]:
     """The sample section as keyword arguments of this generator's `sample`: the common knobs it
     takes (a diffusion model has no top-k) plus `sample.options`, checked by name."""
-    accepted = set(inspect.signature(generator.sample).parameters) - {"n", "context", "generator"}
+    accepted = generator.sampling_options()
     unknown = sorted(set(s.options) - accepted)
     if unknown:
         raise ConfigError(f"sample.options: {', '.join(unknown)} not accepted by generator "
