@@ -133,7 +133,7 @@ def measure_step(cfg: RecipeConfig, run: Run, reps: int = 6) -> float:
     """Median seconds of one training step of this generator at the recipe's batch size."""
     model = lookup("generator", cfg.generator.name)[1](cfg.generator)
     codes = run.load_latents("train")
-    cond = run.condition("train")
+    cond = run.condition("train", model)
     if hasattr(model, "fit_normalization"):
         model.fit_normalization(codes)
     opt = torch.optim.AdamW(model.parameters(), 1e-4)

@@ -177,8 +177,9 @@ def real_generator_job(run_dir: Path):
 
     cfg = load_recipe("configs/shapes_sg2im.yaml", [f"out_dir={run_dir.parent}", f"name={run_dir.name}"])
     run = Run(cfg, progress=False)
+    model = lookup("generator", cfg.generator.name)[1](cfg.generator)
     return _code_job("generator (default) on runs/demo latents", cfg.generator, run.load_latents("train"),
-                     run.condition("train"), cfg.generator_train.batch_size)
+                     run.condition("train", model), cfg.generator_train.batch_size)
 
 
 def plot_curves(curves: dict[str, list], path: Path) -> None:

@@ -319,12 +319,18 @@ class Run:
         with np.load(self.dir / "latents.npz") as f:
             return torch.from_numpy(f[split])
 
+    def condition(self, split: str, generator: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """A stored split's condition tensors for `generator`'s conditioner (empty if it has none)."""
+        if generator.conditioner is None:
+            return {}
+        return condition_tensors(self.dataset, self.load_split(split), generator)
+
     def stage_generator(self) -> None:
         cfg = self.cfg
         codes = self.load_latents("train")
         torch.manual_seed(cfg.generator_train.seed)  # the initial weights follow the seed, not what ran before
         model = lookup("generator", cfg.generator.name)[1](cfg.generator)
-        cond = condition_tensors(self.dataset, self.load_split("train"), model) if model.conditioner is not None else {}
+        cond = self.condition("train", model)
         if hasattr(model, "fit_normalization"):  # continuous latents: learn in unit-variance units
             model.fit_normalization(codes)
         B = cfg.generator_train.batch_size

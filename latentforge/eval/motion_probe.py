@@ -56,7 +56,7 @@ from latentforge.serialization import (
 )
 from latentforge.train.trainer import TrainConfig, Trainer
 
-PROBE_VERSION = 1  # bump when the network, its input or its training changes: old caches are not reused
+PROBE_VERSION = 2  # 2: trained on its own 4,096 clips, whatever the run's split sizes
 
 
 @dataclass
@@ -308,6 +308,7 @@ def motion_feature_extractor(probe_folder: str | os.PathLike, device: str | torc
 
 # data config fields that do not change what the clips look like (as for the image probes)
 _NOT_CONTENT = ("train_size", "val_size", "seed", "size")
+PROBE_TRAIN_CLIPS, PROBE_VAL_CLIPS = 4096, 512
 
 
 def _dataset_key(dataset: Any) -> tuple[str, Path]:
@@ -324,7 +325,10 @@ def dataset_probe(dataset: Any, device: str | torch.device = "cpu", progress: bo
     key, folder = _dataset_key(dataset)
     if _is_saved(folder):
         return load_motion_probe(folder, device)
-    train, val = dataset.split("train"), dataset.split("val")
+    # the probe's own split sizes: a run's (a --quick run's 512 clips, say) must not decide the
+    # features every later run of the same data is measured with
+    probe_data = dataset.resized(train_size=PROBE_TRAIN_CLIPS, val_size=PROBE_VAL_CLIPS)
+    train, val = probe_data.split("train"), probe_data.split("val")
     return train_motion_probe(train["motion"], train["label"], val["motion"], val["label"], len(dataset.class_names),
                               dataset.skeleton, cache_key=key, folder=folder, device=device, progress=progress)
 

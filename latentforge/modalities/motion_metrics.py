@@ -36,7 +36,8 @@ SKATE_WINDOW = 5
 
 def _motion(x: Tensor | np.ndarray, name: str = "motion") -> Tensor:
     """Any array of joint positions [..., J, 3] -> float64 CPU tensor, checked."""
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).detach().to("cpu", torch.float64)
+    # np.array copies: a read-only array (memory-mapped, broadcast) must not become a tensor
+    t = torch.as_tensor(np.array(x) if not isinstance(x, Tensor) else x).detach().to("cpu", torch.float64)
     if t.dim() < 2 or t.shape[-1] != 3:
         raise ValueError(f"{name}: expected joint positions [..., J, 3], got shape {list(t.shape)}")
     if not torch.isfinite(t).all():
