@@ -368,6 +368,9 @@ class Run:
         shown = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
         previews = self.modality.preview(samples[show], captions, self.dir / "samples", title=f"samples ({shown})")
         noun = self.modality.noun
+        if conditional:  # the data's own examples of the same conditions, to look at beside the samples
+            real = self.dataset.examples(val)[groups[show]]
+            previews += self.modality.preview(real, captions, self.dir / "real", title=f"real {noun}, same conditions")
         write_json(self.dir / "sample_info.json", {
             "samples": len(samples), "seconds": seconds, "samples_per_s": len(samples) / seconds, "noun": noun,
             "conditional": conditional, "previews": previews,

@@ -29,8 +29,8 @@ def motion_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_motion_recipe_runs_every_stage(motion_run):
-    for name in ["samples.npz", "samples.gif", "samples_strip.png", "reconstructions.gif", "metrics.json",
-                 "report.html", "tokenizer/model.safetensors", "generator/model.safetensors"]:
+    for name in ["samples.npz", "samples.gif", "samples_strip.png", "real.gif", "real_strip.png", "reconstructions.gif",
+                 "metrics.json", "report.html", "tokenizer/model.safetensors", "generator/model.safetensors"]:
         assert (motion_run / name).is_file(), name
     metrics = json.loads((motion_run / "metrics.json").read_text())
     tok, gen, dist = metrics["tokenizer"], metrics["generator"], metrics["distribution"]

@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_run_writes_every_output(run_dir):
     for name in ["config.yaml", "stages.json", "samples.npz", "metrics.json", "reconstructions.png",
-                 "samples.png", "curves.png", "report.html", "tokenizer/config.json",
+                 "samples.png", "real.png", "curves.png", "report.html", "tokenizer/config.json",
                  "tokenizer/model.safetensors", "generator/config.json", "generator/model.safetensors"]:
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
