@@ -44,7 +44,7 @@ def test_report_renders_in_headless_chromium(report):
         dist_rows = page.eval_on_selector_all("tr[id^=dist-]", "els => els.map(e => e.id)")
         headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
         browser.close()
-    assert [alt for alt, *_ in images] == ["samples", "reconstructions", "training curves"]
+    assert [alt for alt, *_ in images] == ["samples", "real", "reconstructions", "training curves"]
     assert all(complete and width > 0 for _, complete, width in images), images
     for row in ("metric-tokenizer-psnr", "metric-tokenizer-ssim", "metric-tokenizer-codebook_usage",
                 "metric-generator-scene_exact", "metric-generator-count_acc", "metric-generator-samples_per_s"):

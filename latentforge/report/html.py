@@ -55,9 +55,10 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
 
 
-def _previews(run: Path, names: list[str] | None, alt: str, fallback: str) -> str:
-    """The listed preview files of a stage, or the one file older runs wrote."""
-    return "\n".join(_img(run / name, alt) for name in (names or [fallback]))
+def _previews(run: Path, names: list[str] | None, fallback: str) -> str:
+    """The listed preview files of a stage (or the one file older runs wrote), each named by its
+    file: samples, real, samples strip, ..."""
+    return "\n".join(_img(run / name, Path(name).stem.replace("_", " ")) for name in (names or [fallback]))
 
 
 def _fmt(value: Any) -> str:
@@ -127,7 +128,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     info = json.loads((run / "sample_info.json").read_text()) if (run / "sample_info.json").exists() else None
     samples = ("<p><em>a tokenizer-only run: no generator, no samples</em></p>" if info is None else
                f"<p>{html.escape(info.get('shows', ''))}</p>\n"
-               + _previews(run, info.get("previews"), "samples", "samples.png"))
+               + _previews(run, info.get("previews"), "samples.png"))
     recon_files = metrics.get("eval", {}).get("previews", {}).get("reconstructions")
     tables = {k: v for k, v in metrics.items() if k in ("tokenizer", "generator")}
     dist = metrics.get("distribution")
@@ -149,7 +150,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 <h2>Samples</h2>
 {samples}
 <h2>Reconstructions</h2>
-{_previews(run, recon_files, "reconstructions", "reconstructions.png")}
+{_previews(run, recon_files, "reconstructions.png")}
 <h2>Training</h2>
 <table><tr><th>stage</th><th>parameters</th><th>precision</th><th>why</th></tr>{train_rows}</table>
 {_img(run / "curves.png", "training curves")}
