@@ -365,3 +365,28 @@ def test_tiny_probe_trains_and_round_trips(tmp_path):
     loaded = from_pretrained(tmp_path / "tiny")
     assert isinstance(loaded, MotionProbe) and loaded.config == cfg
     assert torch.equal(loaded.features(x), model.features(x))
+
+
+def test_stickfigure_judge_knows_the_pace_of_real_clips_and_of_wrong_ones():
+    """Real procedural clips move at their action's known pace; the same clips played twice as
+    fast do not. (The probe half of the judge is tested above.)"""
+    from latentforge.data.motion import StickFigureConfig, StickFigureData, gait_frequency
+    from latentforge.eval.judges import JUDGES
+
+    data = StickFigureData(StickFigureConfig(window=64, val_size=60, actions=("walk", "run", "squat")))
+    val = data.split("val")
+    judge = JUDGES[data.judge]
+    import latentforge.eval.judges as judges
+
+    original = judges.motion_judge
+    judges.motion_judge = lambda *args: {}  # the probe part is covered elsewhere; this checks the pace
+    try:
+        right = judge(data, val["motion"], val, val["motion"])
+        half = val["motion"][:, ::2]  # every other frame: the clip at twice its pace, for half the window
+        fast = np.concatenate([half, half], axis=1)
+        wrong = judge(data, fast, val, val["motion"])
+    finally:
+        judges.motion_judge = original
+    assert right["pace_in_range"] == right["real_pace_in_range"] >= 0.95
+    assert wrong["pace_in_range"] <= 0.2 and wrong["real_pace_in_range"] == right["real_pace_in_range"]
+    assert gait_frequency(fast[:1], data.skeleton)[0] > 1.5 * gait_frequency(val["motion"][:1], data.skeleton)[0]

@@ -195,6 +195,10 @@ def test_dataset_contract(name):
         assert same, f"{name}: split 'val' entry {key!r} is not deterministic"
     examples = data.examples(first)
     data.modality.check(examples, f"{name} val")
+    if data.judge is not None:
+        from latentforge.eval.judges import JUDGES
+
+        assert data.judge in JUDGES, f"{name} names judge {data.judge!r}, which eval/judges.py does not define"
     n = len(examples)
     assert all(len(v) == n for v in first.values()), "every entry has one row per example"
     if data.conditions(first):

@@ -468,6 +468,7 @@ def stick_windows(cfg: StickFigureConfig, split: str, n: int) -> dict[str, np.nd
 
 @register("dataset", "stickfigure", StickFigureConfig)
 class StickFigureData(_MotionData):
+    judge = "stickfigure"
     condition_text = "Each sample is drawn for the action and manner in its caption (a procedural figure)."
 
     @property

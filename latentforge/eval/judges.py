@@ -79,3 +79,24 @@ def motion_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray],
         out[name], out[f"real_{name}"] = fn(samples, skeleton), fn(real, skeleton)
     out["jerk"], out["real_jerk"] = jerk(samples, skeleton.fps), jerk(real, skeleton.fps)
     return out
+
+
+@judge("stickfigure")
+def stickfigure_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray],
+                      real: np.ndarray) -> dict[str, float]:
+    """The motion judge, plus a known answer the procedural figure has: each periodic action's
+    cycle frequency is drawn from a known range (walk 0.8-1.1 Hz, run 1.3-1.6, ...), so the share
+    of samples whose measured frequency (`gait_frequency`) falls in their action's range, ±10 %,
+    says whether the model moves at the right pace (`pace_in_range`; the floor on real clips beside)."""
+    from latentforge.data.motion import STICK_ACTIONS, gait_frequency
+
+    out = motion_judge(dataset, samples, rows, real)
+    names = [dataset.class_names[int(label)] for label in rows["label"]]
+    periodic = np.array([STICK_ACTIONS[n].hz[1] > 0 for n in names])
+    if periodic.any():
+        lo = np.array([STICK_ACTIONS[n].hz[0] for n in names])[periodic] * 0.9
+        hi = np.array([STICK_ACTIONS[n].hz[1] for n in names])[periodic] * 1.1
+        for key, clips in (("pace_in_range", samples), ("real_pace_in_range", real)):
+            hz = gait_frequency(clips[periodic], dataset.skeleton)
+            out[key] = float(((hz >= lo) & (hz <= hi)).mean())
+    return out
