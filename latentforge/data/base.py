@@ -44,6 +44,7 @@ class DataSet:
     condition_keys: tuple[str, ...] = ()     # the numeric condition entries of a split
     condition_text = "unconditional samples"  # for the report: what a sample was drawn for
     caption_key: str | None = None           # the text entry of a split holding captions, if any
+    class_names: tuple[str, ...] = ()        # the classes' names, for conditions a user writes
     probe_shift = 0                          # a probe's training shift, in pixels per 32 of image side
     run_dir = None                           # the run folder (set by the recipe): for caches
     progress = True                          # progress bars on long work (the recipe passes its own)
@@ -114,8 +115,6 @@ class DataSet:
         if texts:
             rows[self.caption_key] = np.array(texts)
         return rows
-
-    class_names: tuple[str, ...] = ()        # the classes' names, for conditions a user writes
 
     def _label_of(self, item: dict[str, Any], where: str) -> int:
         if "label" not in self.condition_keys:
