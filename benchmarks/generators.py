@@ -125,7 +125,8 @@ def adopt_tokenizer(source: Path, run: Run) -> None:
         if not (run.dir / part).exists():
             shutil.copytree(source / part, run.dir / part)
     shutil.copy2(source / "latents.npz", run.dir / "latents.npz")
-    done = {s: run.fingerprint(s) for s in ("data", "tokenizer", "encode")}
+    done = run._stages()  # stages this run finished already stay finished
+    done.update({s: run.fingerprint(s) for s in ("data", "tokenizer", "encode")})
     write_json(run.dir / "stages.json", done)
 
 

@@ -81,6 +81,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from generators import adopt_tokenizer  # noqa: E402  (benchmarks/ is the script's folder)
+
 from latentforge.atomic import write_json  # noqa: E402
 from latentforge.config import from_dict, load_yaml  # noqa: E402
 from latentforge.generators.guidance import Guidance  # noqa: E402
@@ -176,19 +178,6 @@ def train_tokenizer(work: Path, data_size: int, tokenizer_steps: int) -> tuple[P
     metrics, _ = tokenizer_metrics(tok, run.modality, val, torch.device("cpu"))
     metrics["seconds_this_call"] = seconds
     return cfg.run_dir, metrics
-
-
-def adopt_tokenizer(source: Path, run: Run) -> None:
-    """Give a generator run the shared tokenizer's stages (same data and tokenizer sections, so the
-    same fingerprints): it then trains only its generator."""
-    run.dir.mkdir(parents=True, exist_ok=True)
-    for part in ("data", "tokenizer"):
-        if not (run.dir / part).exists():
-            shutil.copytree(source / part, run.dir / part)
-    shutil.copy2(source / "latents.npz", run.dir / "latents.npz")
-    done = run._stages()
-    done.update({s: run.fingerprint(s) for s in ("data", "tokenizer", "encode")})
-    write_json(run.dir / "stages.json", done)
 
 
 # ---------------------------------------------------------------------------------- equal wall-clock

@@ -30,6 +30,7 @@ from latentforge.eval import baselines
 from latentforge.eval.distribution import density_coverage, fid, kid, precision_recall
 from latentforge.eval.diversity import diversity
 from latentforge.eval.judges import judge_for
+from latentforge.pipeline import condition_tensors
 from latentforge.quantize.base import code_histogram, codebook_stats
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str
         gen_metrics: dict[str, Any] = {}
         if "val" in wanted:
             cond = ({} if pipe.generator.conditioner is None else
-                    _condition_tensors(dataset, inputs.val, pipe.generator))
+                    condition_tensors(dataset, inputs.val, pipe.generator))
             gen_metrics.update(validation_terms(pipe.generator, inputs.val_latents, cond, device))
         saved = dict(inputs.samples)
         samples, groups = saved.pop("samples"), saved.pop("groups")
@@ -257,12 +258,6 @@ def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str
     out["eval"] = {"metrics": [m for m in ecfg.metrics], "n": ecfg.n, "seed": ecfg.seed,
                    "skipped": skipped, "previews": previews}
     return out
-
-
-def _condition_tensors(dataset: Any, rows: dict[str, np.ndarray], generator: torch.nn.Module) -> dict:
-    from latentforge.pipeline import condition_tensors
-
-    return condition_tensors(dataset, rows, generator)
 
 
 def _speed(inputs: EvalInputs, batch: int) -> dict[str, float]:
