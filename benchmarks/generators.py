@@ -135,8 +135,8 @@ def measure_step(cfg: RecipeConfig, run: Run, reps: int = 6) -> float:
     model = lookup("generator", cfg.generator.name)[1](cfg.generator)
     codes = run.load_latents("train")
     cond = run.condition("train", model)
-    if hasattr(model, "fit_normalization"):
-        model.fit_normalization(codes)
+    if model.latent_norm is not None:
+        model.latent_norm.fit(codes)
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     B = cfg.generator_train.batch_size
     times = []

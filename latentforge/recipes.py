@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from latentforge.atomic import write_json, write_npy, write_npz, write_text
+from latentforge.atomic import write_json, write_npz, write_text
 from latentforge.conditioning.caption import CaptionConfig, build_vocab
 from latentforge.config import (
     ConfigError,
@@ -36,12 +36,14 @@ from latentforge.config import (
 )
 from latentforge.data.base import DataConfig, DataSet, build_dataset
 from latentforge.data.sets import ShapesDataConfig
+from latentforge.data.store import load_split, write_split
 from latentforge.generators.base import GeneratorConfig
 from latentforge.pipeline import Pipeline, SampleConfig, condition_tensors, sampling_options
 from latentforge.registry import lookup
 from latentforge.serialization import from_pretrained, save_pretrained
 from latentforge.tokenizers.base import TokenizerConfig
 from latentforge.train import distributed
+from latentforge.train.batches import StepBatches
 from latentforge.train.trainer import TrainConfig, Trainer
 
 if TYPE_CHECKING:
@@ -267,15 +269,16 @@ class Run:
     # -- stages ----------------------------------------------------------------------
     def stage_data(self) -> None:
         for split in ("train", "val"):
-            arrays = self.dataset.split(split)
-            self.modality.check(self.dataset.examples(arrays), f"data {self.cfg.data.name!r}, {split} split")
-            for key, array in arrays.items():
-                write_npy(self.dir / "data" / split / f"{key}.npy", array)
+            where = f"data {self.cfg.data.name!r}, {split} split"
+            total, pieces = self.dataset.split_pieces(split)
+            write_split(self.dir / "data" / split, pieces, total,
+                        check=lambda piece, where=where: self.modality.check(self.dataset.examples(piece), where),
+                        progress=self.progress, desc=f"data {split}")
 
     def load_split(self, split: str) -> dict[str, np.ndarray]:
         return load_split(self.dir, split)
 
-    def _train(self, stage: str, model: torch.nn.Module, tcfg: TrainConfig, batch_fn: Callable,
+    def _train(self, stage: str, model: torch.nn.Module, tcfg: TrainConfig, batch_fn: Callable | StepBatches,
                loss_fn: Callable | None = None) -> None:
         folder = self.dir / stage / "train"
         folder.mkdir(parents=True, exist_ok=True)
@@ -295,14 +298,10 @@ class Run:
         tcls = lookup("tokenizer", cfg.tokenizer.name)[1]
         torch.manual_seed(cfg.tokenizer_train.seed)  # the initial weights follow the seed, not what ran before
         model = tcls(cfg.tokenizer)
-        B = cfg.tokenizer_train.batch_size
         key, to_model = cfg.tokenizer.layout, self.modality.to_model
-
-        def batch_fn(step: int) -> dict[str, torch.Tensor]:
-            idx = torch.randint(len(examples), (B,))
-            return {key: to_model(examples[idx.numpy()])}  # reads these B rows only
-
-        self._train("tokenizer", model, cfg.tokenizer_train, batch_fn)
+        batches = StepBatches({key: examples}, cfg.tokenizer_train.batch_size, cfg.tokenizer_train.seed,
+                              convert=lambda rows: {key: to_model(rows[key])})  # reads each step's rows only
+        self._train("tokenizer", model, cfg.tokenizer_train, batches)
 
     def stage_encode(self) -> None:
         tok = from_pretrained(self.dir / "tokenizer", self.device)
@@ -331,18 +330,14 @@ class Run:
         torch.manual_seed(cfg.generator_train.seed)  # the initial weights follow the seed, not what ran before
         model = lookup("generator", cfg.generator.name)[1](cfg.generator)
         cond = self.condition("train", model)
-        if hasattr(model, "fit_normalization"):  # continuous latents: learn in unit-variance units
-            model.fit_normalization(codes)
-        B = cfg.generator_train.batch_size
-
-        def batch_fn(step: int) -> dict[str, torch.Tensor]:
-            idx = torch.randint(len(codes), (B,))
-            return {"codes": codes[idx], **{k: v[idx] for k, v in cond.items()}}
+        if model.latent_norm is not None:  # continuous latents: learn in unit-variance units
+            model.latent_norm.fit(codes)
+        batches = StepBatches({"codes": codes, **cond}, cfg.generator_train.batch_size, cfg.generator_train.seed)
 
         def loss_fn(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return model.loss(batch["codes"], model.encode_condition(batch))
 
-        self._train("generator", model, cfg.generator_train, batch_fn, loss_fn)
+        self._train("generator", model, cfg.generator_train, batches, loss_fn)
 
     def pipeline(self) -> Pipeline:
         return Pipeline.from_run(self.dir, self.modality, self.device)
@@ -410,20 +405,6 @@ class Run:
         from latentforge.report.html import write_report
 
         write_report(self.dir)
-
-
-def load_split(run_dir: str | Path, split: str) -> dict[str, np.ndarray]:
-    """A stored split, one memory-mapped array per entry (`data/<split>/<entry>.npy`): a stage
-    reads the rows it indexes, never the whole split. Runs stored before this layout kept each
-    split in one `data/<split>.npz`, read whole."""
-    folder = Path(run_dir) / "data" / split
-    if folder.is_dir():
-        return {p.stem: np.load(p, mmap_mode="r", allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
-    legacy = folder.with_suffix(".npz")
-    if not legacy.is_file():
-        raise FileNotFoundError(f"{folder} is missing: run the data stage first")
-    with np.load(legacy, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
 
 
 def _yaml(data: dict[str, Any]) -> str:

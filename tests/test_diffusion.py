@@ -85,10 +85,10 @@ def test_loss_is_mse_to_the_objective_target(objective):
     torch.manual_seed(2)
     model = randomize(tiny(grid=(4, 4), patch=2, objective=objective))
     z = torch.randn(6, 4, 4, 3) * torch.tensor([2.0, 0.5, 3.0]) + torch.tensor([1.0, -2.0, 0.0])
-    model.fit_normalization(z)
-    assert torch.allclose(model.latent_mean, z.reshape(-1, 3).mean(0), atol=1e-5)
-    assert torch.allclose(model.latent_scale, z.reshape(-1, 3).std(0, unbiased=False), atol=1e-5)
-    x = (z - model.latent_mean) / model.latent_scale
+    model.latent_norm.fit(z)
+    assert torch.allclose(model.latent_norm.mean, z.reshape(-1, 3).mean(0), atol=1e-5)
+    assert torch.allclose(model.latent_norm.std, z.reshape(-1, 3).std(0, unbiased=False), atol=1e-5)
+    x = (z - model.latent_norm.mean) / model.latent_norm.std
     noise = torch.randn_like(z)
     if objective == "flow":
         t = torch.rand(6)
@@ -108,11 +108,11 @@ def test_flow_zero_velocity_sample_is_the_unnormalised_noise():
     """A fresh model predicts v = 0, so the ODE leaves the noise alone: the sample must be the
     generator's noise mapped back through the fitted latent statistics."""
     model = tiny(grid=(3, 5), channels=2).eval()
-    model.latent_mean.copy_(torch.tensor([5.0, -1.0]))
-    model.latent_scale.copy_(torch.tensor([0.5, 2.0]))
+    model.latent_norm.mean.copy_(torch.tensor([5.0, -1.0]))
+    model.latent_norm.std.copy_(torch.tensor([0.5, 2.0]))
     out = model.sample(4, generator=torch.Generator().manual_seed(3), steps=3, method="heun")
     noise = torch.randn(4, 3, 5, 2, generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(out, noise * model.latent_scale + model.latent_mean)
+    assert torch.allclose(out, noise * model.latent_norm.std + model.latent_norm.mean)
 
 
 # ---------------------------------------------------------------------------------- P20 masking
@@ -210,7 +210,7 @@ def test_tiny_model_learns_two_class_conditional_modes(objective, steps):
                     ddpm_schedule="cosine", conditioner=ClassConfig(dim=32, num_classes=2))
     model = DiTGenerator(cfg)
     g = torch.Generator().manual_seed(1)
-    model.fit_normalization(two_modes(256, g)[0])
+    model.latent_norm.fit(two_modes(256, g)[0])
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     model.train()
     for _ in range(250):

@@ -16,7 +16,8 @@ from latentforge.data.folder import (
     to_rgb,
 )
 from latentforge.data.shapes import ShapesConfig, render_batch
-from latentforge.recipes import Run, load_recipe, load_split
+from latentforge.data.store import load_split
+from latentforge.recipes import Run, load_recipe
 
 TINY = ["tokenizer.channels=[16, 32]", "tokenizer.quantizer.codebook_size=64", "tokenizer_train.steps=4",
         "tokenizer_train.batch_size=16", "generator.dim=32", "generator.depth=1", "generator.heads=2",

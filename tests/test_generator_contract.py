@@ -82,8 +82,8 @@ def test_save_and_load_give_identical_loss_and_samples(name, changes, conditiona
     cond_cfg, batch = class_condition(3) if conditional else (None, None)
     model = randomize(build_generator(name, conditioner=cond_cfg, **changes))
     z = latents_for(model.config, 3, seeded(1))
-    if hasattr(model, "fit_normalization"):  # the fitted statistics are saved with the weights
-        model.fit_normalization(z * 3.0 + 1.0)
+    if model.latent_norm is not None:  # the fitted statistics are saved with the weights
+        model.latent_norm.fit(z * 3.0 + 1.0)
     loaded = from_pretrained(save_pretrained(model, tmp_path / name))
     assert type(loaded) is type(model) and loaded.config == model.config
 
@@ -141,8 +141,9 @@ def test_guided_sampling_with_a_class_conditioner(name, changes):
         kw["cfg_schedule"] = "constant"
     zero = model.sample(4, ctx, cfg_scale=0.0, generator=seeded(1), **kw)
     null = model.sample(4, model.conditioner.null(4), generator=seeded(1), **kw)
-    if zero.is_floating_point():
-        assert torch.allclose(zero, null, atol=1e-4)
+    if zero.is_floating_point():  # [cond; null] rows run as one batch of 8, null alone as 4: the GEMM
+        # kernels differ by batch size (AVX2 vs AVX-512 too), so agreement is to fp32 round-off, relative
+        assert torch.allclose(zero, null, atol=1e-4, rtol=1e-4)
     else:
         assert torch.equal(zero, null)
     with pytest.raises(ValueError, match="conditional"):

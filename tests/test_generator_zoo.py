@@ -31,8 +31,8 @@ def test_every_generator_overfits_four_labelled_examples(name):
     model = build_generator(family, grid=(4, 4), conditioner=ClassConfig(dim=32, num_classes=4), **changes)
     model.config.p_uncond = 0.0
     z = latents_for(model.config, 4, torch.Generator().manual_seed(5))
-    if hasattr(model, "fit_normalization"):
-        model.fit_normalization(z)
+    if model.latent_norm is not None:
+        model.latent_norm.fit(z)
 
     def eval_loss():
         model.eval()

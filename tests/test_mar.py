@@ -101,11 +101,11 @@ def test_normalization_makes_the_loss_affine_invariant():
     mask = torch.rand(8, 6) < 0.7
     mask[:, 0] = True
     draws = dict(mask=mask, noise=torch.randn(4, 8, 6, 2), t=torch.randint(1000, (4, 8, 6)))
-    model.fit_normalization(z)
+    model.latent_norm.fit(z)
     a = model.loss(z, **draws)["loss"]
-    model.fit_normalization(z * scale + shift)
-    # the population std, as DiT's (base.latent_stats)
-    assert torch.allclose(model.latent_std, z.reshape(-1, 2).std(0, unbiased=False) * scale, atol=1e-5)
+    model.latent_norm.fit(z * scale + shift)
+    # the population std (tokenizers.base.latent_stats)
+    assert torch.allclose(model.latent_norm.std, z.reshape(-1, 2).std(0, unbiased=False) * scale, atol=1e-5)
     b = model.loss(z * scale + shift, **draws)["loss"]
     assert torch.allclose(a, b, atol=1e-5)
 
@@ -118,8 +118,8 @@ def test_reveal_counts_follow_the_cosine_schedule(monkeypatch):
     assert all(sum(reveal_counts(n, k)) == n for n in (1, 7, 64) for k in (1, 3, 8, 100))
 
     model = randomize(tiny())
-    model.latent_mean.fill_(0.5)
-    model.latent_std.fill_(2.0)
+    model.latent_norm.mean.fill_(0.5)
+    model.latent_norm.std.fill_(2.0)
     seen = []
 
     def fake_draw(z, guidance, **kw):
@@ -208,7 +208,7 @@ def test_tiny_model_learns_class_conditional_tokens():
         label = torch.randint(2, (n,))
         return (1 - 2 * label.float())[:, None, None] + 0.1 * torch.randn(n, 4, 2), label
 
-    model.fit_normalization(data(256)[0])
+    model.latent_norm.fit(data(256)[0])
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     model.train()
     for _ in range(100):

@@ -63,7 +63,7 @@ def test_dit_with_experts_trains_and_samples():
     assert not isinstance(model.blocks[0].mlp, ExpertChoiceMLP) and isinstance(model.blocks[1].mlp, ExpertChoiceMLP)
     pattern = torch.randn(4, 4, 2, generator=torch.Generator().manual_seed(3)).sign()  # one image, up to noise
     z = pattern + 0.05 * torch.randn(64, 4, 4, 2)
-    model.fit_normalization(z)
+    model.latent_norm.fit(z)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     first = None
     for _ in range(60):

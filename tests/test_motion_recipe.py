@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from latentforge.cli import main
-from latentforge.recipes import load_split
+from latentforge.data.store import load_split
 
 TINY = ["data.train_size=64", "data.val_size=16", "data.window=32",
         "tokenizer.channels=[16,16,32]", "tokenizer.blocks_per_level=1", "tokenizer.quantizer.codebook_size=16",

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from latentforge.config import ConfigError
+from latentforge.data.store import load_split
 from latentforge.pipeline import condition_tensors
-from latentforge.recipes import Run, load_recipe, load_split
+from latentforge.recipes import Run, load_recipe
 from latentforge.registry import lookup
 
 TINY_TOKENIZER = ["tokenizer.channels=[16, 32]", "tokenizer.quantizer.codebook_size=64",

@@ -42,6 +42,14 @@ def batch_fn(step):
     return {"x": x, "y": x.sum(1, keepdim=True).sin()}
 
 
+if mode.endswith("-stream"):  # a stored data set read by StepBatches: each rank reads its own rows only
+    from latentforge.train.batches import StepBatches
+
+    mode = mode.removesuffix("-stream")
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(9))
+    batch_fn = StepBatches({"x": x, "y": x.sum(1, keepdim=True).sin()}, batch_size=8, seed=0)
+
+
 torch.manual_seed(0)
 # dropout draws from the step's seed: exact resume must replay it; across processes it would
 # differ from one process (each rank draws for its own rows), so the DDP check runs without it
@@ -105,11 +113,12 @@ def test_sigkill_then_resume_is_bitwise_identical(worker, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "ddp-stream"])
 def test_two_processes_match_one_over_the_same_global_batch(worker, tmp_path, mode):
-    one = _run(worker, tmp_path / "one", mode="ddp", steps=10)
+    stream = "-stream" if mode.endswith("-stream") else ""
+    one = _run(worker, tmp_path / "one", mode="ddp" + stream, steps=10)
     assert one.returncode == 0, one.stderr
     two = _run(worker, tmp_path / "two", mode=mode, steps=10, procs=2)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert f"{mode.upper()} over 2 processes, 4 examples each per step" in two.stderr
+    assert f"{mode.removesuffix('-stream').upper()} over 2 processes, 4 examples each per step" in two.stderr
     _same(tmp_path / "one" / "final.safetensors", tmp_path / "two" / "final.safetensors", exact=False)

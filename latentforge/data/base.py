@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -54,6 +55,13 @@ class DataSet:
 
     def split(self, name: str) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def split_pieces(self, name: str) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
+        """A split's row count and the split in consecutive pieces of rows, for writing it without
+        holding it whole (`data.store.write_split`). Data sets read from a source give it in one
+        piece; `RowwiseDataSet`s in pieces of `chunk_rows`, made as they are consumed."""
+        arrays = self.split(name)
+        return len(self.examples(arrays)), iter([arrays])
 
     @property
     def modality(self) -> Modality:
@@ -155,6 +163,31 @@ class DataSet:
         (int labels [N, K], number of classes). Empty when the data carry no labels."""
         return {}
 
+
+
+class RowwiseDataSet(DataSet):
+    """A generated data set whose row i of a split is made from (seed, split, i) alone: any range
+    of rows is made without the others, so a split is written piece by piece in bounded memory
+    and rows come out the same whatever the piece size. Subclasses implement `split_size` and
+    `rows`."""
+
+    chunk_rows: ClassVar[int] = 1024
+
+    def split_size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def rows(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows start..stop-1 of split `name`."""
+        raise NotImplementedError
+
+    def split(self, name: str) -> dict[str, np.ndarray]:
+        check_split(name)
+        return self.rows(name, 0, self.split_size(name))
+
+    def split_pieces(self, name: str) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
+        check_split(name)
+        n, step = self.split_size(name), self.chunk_rows
+        return n, (self.rows(name, start, min(n, start + step)) for start in range(0, n, step))
 
 
 def build_dataset(config: DataConfig) -> DataSet:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latentforge.data.base import DataConfig, DataSet, check_split
+from latentforge.data.base import DataConfig, RowwiseDataSet
 from latentforge.data.humanoid import (
     ACTION_CLIPS,
     FPS,
@@ -138,7 +138,7 @@ def _check_common(cfg: DataConfig, names_key: str, valid: tuple[str, ...] | None
         raise ValueError(f"{kind}.{names_key}: unknown {bad}" + (f"; choose from {', '.join(valid)}" if valid else ""))
 
 
-class _MotionData(DataSet):
+class _MotionData(RowwiseDataSet):
     """What both motion sets share: a class per action, captions in the split, the skeleton."""
 
     judge = "motion"
@@ -155,12 +155,8 @@ class _MotionData(DataSet):
     def modality(self) -> MotionModality:
         return MotionModality(self.skeleton, self.config.window)
 
-    def split(self, name: str) -> dict[str, np.ndarray]:
-        check_split(name)
-        return self._rows(name, self.config.train_size if name == "train" else self.config.val_size)
-
-    def _rows(self, split: str, n: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+    def split_size(self, name: str) -> int:
+        return self.config.train_size if name == "train" else self.config.val_size
 
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
         if "captions" in arrays:
@@ -234,9 +230,11 @@ def check_clips(cfg: DeepMimicConfig) -> None:
                 f"of held pose. Shorten data.window, raise data.max_hold or leave {name!r} out of data.clips")
 
 
-def deepmimic_windows(cfg: DeepMimicConfig, split: str, n: int) -> dict[str, np.ndarray]:
-    """Rows 0..n-1 of a split (see the module docstring); clips must pass `check_clips`."""
-    labels = np.arange(n) % len(cfg.clips)
+def deepmimic_windows(cfg: DeepMimicConfig, split: str, index: range) -> dict[str, np.ndarray]:
+    """Rows `index` of a split (see the module docstring); clips must pass `check_clips`."""
+    index_of = np.arange(index.start, index.stop)
+    n = len(index_of)
+    labels = index_of % len(cfg.clips)
     out = {"motion": np.empty((n, cfg.window, HUMANOID.num_joints, 3), np.float32), "label": labels,
            "start": np.empty(n, np.float32), "playback_rate": np.empty(n, np.float32),
            "mirrored": np.empty(n, np.int64), "turn": np.empty(n, np.float32)}
@@ -246,7 +244,7 @@ def deepmimic_windows(cfg: DeepMimicConfig, split: str, n: int) -> dict[str, np.
             continue
         clip = load_clip(name, cfg.clip_dir)
         # always four draws per row, so switching an augmentation off leaves the others as they were
-        u = np.stack([_row_rng(cfg.seed, split, int(i)).random(4) for i in rows])  # [n_c, 4]
+        u = np.stack([_row_rng(cfg.seed, split, int(i)).random(4) for i in index_of[rows]])  # [n_c, 4]
         rate = 1 + cfg.speed * (2 * u[:, 0] - 1)
         span = rate * (cfg.window - 1) / FPS
         if clip.loop:
@@ -280,8 +278,8 @@ class DeepMimicData(_MotionData):
     def class_names(self) -> tuple[str, ...]:
         return self.config.clips
 
-    def _rows(self, split: str, n: int) -> dict[str, np.ndarray]:
-        return deepmimic_windows(self.config, split, n)
+    def rows(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        return deepmimic_windows(self.config, name, range(start, stop))
 
     def training_captions(self) -> list[str]:
         clips = self.config.clips
@@ -436,11 +434,12 @@ def _stick_draws(cfg: StickFigureConfig, split: str, i: int) -> tuple[str, float
     return action, lerp(spec.hz, u[0]), lerp(spec.stride, u[1]), lerp(spec.height, u[1]), 2 * np.pi * u[2]
 
 
-def stick_windows(cfg: StickFigureConfig, split: str, n: int) -> dict[str, np.ndarray]:
-    """Rows 0..n-1 of a split: motions and their known answers (see the module docstring)."""
-    draws = [_stick_draws(cfg, split, i) for i in range(n)]
+def stick_windows(cfg: StickFigureConfig, split: str, index: range) -> dict[str, np.ndarray]:
+    """Rows `index` of a split: motions and their known answers (see the module docstring)."""
+    draws = [_stick_draws(cfg, split, i) for i in index]
     hz, stride, height, phase = (np.array([d[k] for d in draws], dtype=np.float64) for k in range(1, 5))
-    labels = np.arange(n) % len(cfg.actions)
+    n = len(draws)
+    labels = np.arange(index.start, index.stop) % len(cfg.actions)
     motion = np.empty((n, cfg.window, HUMANOID.num_joints, 3), np.float32)
     speed = np.zeros(n)
     t = np.arange(cfg.window) / FPS
@@ -475,8 +474,8 @@ class StickFigureData(_MotionData):
     def class_names(self) -> tuple[str, ...]:
         return self.config.actions
 
-    def _rows(self, split: str, n: int) -> dict[str, np.ndarray]:
-        return stick_windows(self.config, split, n)
+    def rows(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        return stick_windows(self.config, name, range(start, stop))
 
     def training_captions(self) -> list[str]:
         out = []

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from latentforge.data.base import DataConfig, DataSet, check_split
+from latentforge.data.base import DataConfig, DataSet, RowwiseDataSet, check_split
 from latentforge.data.digits import NUM_CLASSES, DigitsConfig, digits_images
 from latentforge.data.photos import PHOTOS, PhotosConfig, photo_crops
 from latentforge.data.shapes import (
@@ -64,7 +64,7 @@ class ShapesDataConfig(DataConfig):
 
 
 @register("dataset", "shapes", ShapesDataConfig)
-class ShapesData(DataSet):
+class ShapesData(RowwiseDataSet):
     judge = "shapes"
     natural_conditioner = "scene_graph"
     condition_keys = ("obj_shape", "obj_color", "obj_size", "obj_mask", "obj_x", "obj_y",
@@ -72,11 +72,12 @@ class ShapesData(DataSet):
     condition_text = "Each sample is drawn for the scene graph in its caption (validation graphs, never trained on)."
     caption_key = "captions"
 
-    def split(self, name: str) -> dict[str, np.ndarray]:
-        check_split(name)
+    def split_size(self, name: str) -> int:
+        return self.config.train_size if name == "train" else self.config.val_size
+
+    def rows(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
         cfg = self.config
-        n = cfg.train_size if name == "train" else cfg.val_size
-        graphs, images = sample_and_render(cfg.shapes(), name, range(n))
+        graphs, images = sample_and_render(cfg.shapes(), name, range(start, stop))
         cond = encode_graphs(graphs, cfg.max_objects)
         return {"images": images,
                 "graphs": np.array([json.dumps(g.to_json()) for g in graphs]),

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from latentforge.conditioning.base import Conditioner, ConditionerConfig, Context
 from latentforge.config import ModelConfig
 from latentforge.generators.guidance import Guidance
-from latentforge.tokenizers.base import LatentSpec
+from latentforge.tokenizers.base import LatentNorm, LatentSpec
 
 
 @dataclass
@@ -74,23 +74,14 @@ class GeneratorConfig(ModelConfig):
         return math.prod(self.grid)
 
 
-def latent_stats(z: Tensor, channels: int) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and standard deviation [C] of continuous latents [..., C], in fp32.
-
-    Every position of every example counts as one observation of the C-vector. The std is the
-    population one (biased: divides by the count, not count - 1), clamped at 1e-6 so that a dead
-    channel does not divide by zero; for the thousands of vectors a tokenizer yields the two
-    conventions agree to 1e-4 relative.
-    """
-    flat = z.detach().float().reshape(-1, z.shape[-1])
-    if flat.shape[-1] != channels or flat.shape[0] < 2:
-        raise ValueError(f"need >= 2 latent vectors of {channels} channels, got {list(z.shape)}")
-    return flat.mean(0), flat.std(0, unbiased=False).clamp_min(1e-6)
-
-
 class Generator(nn.Module):
     config: GeneratorConfig
     conditioner: Conditioner | None
+    latent_norm: LatentNorm | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latent_norm = None  # continuous families build one: see build_latent_norm
 
     def __init_subclass__(cls, **kwargs) -> None:
         # A family that defines `draw` gets `sample` under its own signature (the template's
@@ -112,6 +103,18 @@ class Generator(nn.Module):
         self.conditioner = None if cfg is None else registry.lookup("conditioner", cfg.name)[1](cfg)
         same = cfg is None or dim is None or dim == cfg.dim
         self.spatial_proj = nn.Identity() if same else nn.Linear(cfg.dim, dim)
+
+    def build_latent_norm(self) -> None:
+        """Continuous families learn in normalised units: `latent_norm` (tokenizers.base.LatentNorm,
+        the one definition) is fitted on the training latents before training and saved with the
+        weights. Checkpoints written before it existed keep their buffer names (latent_mean, ...):
+        a load hook renames them."""
+        self.latent_norm = LatentNorm(self.config.channels)
+
+        def rename(module, state_dict, prefix, *args) -> None:
+            LatentNorm.load_legacy_keys(state_dict, prefix, "latent_norm")
+
+        self.register_load_state_dict_pre_hook(rename)
 
     def spatial_inputs(self, context: Context | None) -> Tensor | None:
         """The condition's map on the latent grid (P1's layout), [B, N, dim] in raster order, to

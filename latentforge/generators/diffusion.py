@@ -5,7 +5,7 @@ Legend: B batch, grid the latent grid, C latent channels, p patch size, N patch 
 P = p^k * C values per patch (k = grid rank), D width, L context tokens, K kept tokens.
 
 Training (`loss`), for latents z [B, *grid, C]:
-    x = (z - latent_mean) / latent_scale            per-channel normalisation fitted on data
+    x = latent_norm(z)                              per-channel normalisation fitted on data
     t, eps ~ the noise process (noise.py)          flow: logit-normal t in (0, 1); DDPM: t in [0, T)
     x_t = noisy(x, eps, t) -> patchify -> [B, N, P] -> linear + grid position (+ layout map) -> [B, N, D]
     c = TimestepEmbedding(t) + Linear(masked mean of the context tokens)                      [B, D]
@@ -26,7 +26,7 @@ Sampling (`sample`) starts from Gaussian noise drawn with the caller's torch.Gen
 integrates the flow ODE (Euler or Heun) or runs DDIM (`noise.denoise`), every model call made
 through the run's `Guidance` (classifier-free guidance on the velocity / noise of the
 [cond; null] rows); the result is un-normalised back to latent scale.
-DDIM clips its x0 guesses to the largest normalised latent seen by `fit_normalization`.
+DDIM clips its x0 guesses to the largest normalised latent seen when `latent_norm` was fitted.
 The context's pooled vector and cross-attention keys/values are computed once per sampling run.
 
 Grids may be 1D, 2D or 3D; patches larger than 1 are for 2D grids. A conditioner's spatial map
@@ -44,7 +44,7 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig, latent_stats
+from latentforge.generators.base import Generator, GeneratorConfig
 from latentforge.generators.guidance import Guidance
 from latentforge.generators.noise import DDPM, FlowMatching, denoise
 from latentforge.nn.adaln import AdaLNBlock, AdaLNFinal
@@ -124,10 +124,7 @@ class DiTGenerator(Generator):
             self.process: FlowMatching | DDPM = FlowMatching(config.logit_mean, config.logit_std, config.shift)
         else:
             self.process = DDPM(config.ddpm_steps, config.ddpm_schedule)
-        self.register_buffer("latent_mean", torch.zeros(C))
-        self.register_buffer("latent_scale", torch.ones(C))
-        # largest |normalised latent| seen by fit_normalization; DDIM clips its x0 guesses to it
-        self.register_buffer("latent_bound", torch.tensor(float("inf")))
+        self.build_latent_norm()
 
         self.in_proj = nn.Linear(self.patch_dim, D)
         self.pos = GridPositionEmbedding(config.patch_grid, D)
@@ -183,24 +180,6 @@ class DiTGenerator(Generator):
             return spatial
         h, w = self.config.patch_grid
         return reduce(spatial, "b (h p w q) d -> b (h w) d", "mean", h=h, p=p, w=w, q=p)
-
-    @torch.no_grad()
-    def fit_normalization(self, z: Tensor) -> None:
-        """Set the per-channel mean and std (`latent_stats`) from a sample of training latents [..., C].
-
-        KL-tokenizer latents are far from unit variance, while the noise processes assume data
-        of roughly unit scale: normalising makes the signal-to-noise schedule mean what it says.
-        """
-        mean, std = latent_stats(z, self.config.channels)
-        self.latent_mean.copy_(mean)
-        self.latent_scale.copy_(std)
-        self.latent_bound.copy_(self.normalize(z.detach().float()).abs().max())
-
-    def normalize(self, z: Tensor) -> Tensor:
-        return (z - self.latent_mean) / self.latent_scale
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        return x * self.latent_scale + self.latent_mean
 
     # ------------------------------------------------------------------ network
 
@@ -264,7 +243,7 @@ class DiTGenerator(Generator):
             t: times [B] (float in (0, 1) for flow, int64 in [0, T) for DDPM; drawn when None).
         """
         self._check(z)
-        x = self.normalize(z.float())
+        x = self.latent_norm(z.float())
         B = x.shape[0]
         noise = torch.randn_like(x) if noise is None else noise
         t = self.process.sample_time(B, device=x.device) if t is None else t
@@ -294,14 +273,14 @@ class DiTGenerator(Generator):
         def model(x: Tensor, t: Tensor) -> Tensor:
             return guidance(lambda xs, ts: self._forward(xs, ts, cond), x, t)
 
-        ref = self.latent_mean
+        ref = self.latent_norm.mean
         noise = torch.randn(guidance.n, *self.config.grid, self.config.channels, generator=generator,
                             device=ref.device, dtype=torch.float32)
         noise = self.patchify(noise)  # [n, N, P]: the ODE runs on patch tokens
-        bound = float(self.latent_bound)
+        bound = float(self.latent_norm.bound)
         x = denoise(self.process, model, noise, steps, method=method, eta=eta, generator=generator,
                     clip_x0=bound if math.isfinite(bound) else None)
-        return self.denormalize(self.unpatchify(x)).to(ref.dtype)
+        return self.latent_norm.inverse(self.unpatchify(x)).to(ref.dtype)
 
 
 def flow_shift(grid: tuple[int, ...], channels: int, base: int = 4096) -> float:

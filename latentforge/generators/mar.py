@@ -38,9 +38,8 @@ distribution given the others is modelled by a small diffusion model instead of 
    guidance hurts diversity most. `temperature` scales the head sampler's initial noise x_T
    (see `DiffusionHead.sample`).
 
-Latents are normalised per channel with the buffers latent_mean / latent_std (`fit_normalization`,
-with `base.latent_stats` as DiT) so the head's noise scale of 1 matches the data; samples are
-returned in the tokenizer's units.
+Latents are normalised per channel by `latent_norm` (tokenizers.base.LatentNorm, as DiT's) so the
+head's noise scale of 1 matches the data; samples are returned in the tokenizer's units.
 Reference: github.com/LTH14/mar (models/mar.py, models/diffloss.py), read for its mechanism.
 """
 
@@ -53,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
-from latentforge.generators.base import Generator, GeneratorConfig, latent_stats
+from latentforge.generators.base import Generator, GeneratorConfig
 from latentforge.generators.guidance import Guidance
 from latentforge.generators.heads import DiffusionHead
 from latentforge.generators.masking import random_rank_mask, reveal_in_order, truncated_normal
@@ -112,27 +111,19 @@ class MARGenerator(Generator):
         process = (DDPM(config.diffusion_steps, config.noise_schedule) if config.head_objective == "ddpm"
                    else FlowMatching())
         self.head = DiffusionHead(C, D, config.head_width, config.head_depth, process)
-        self.register_buffer("latent_mean", torch.zeros(C))
-        self.register_buffer("latent_std", torch.ones(C))
+        self.build_latent_norm()
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}
 
     # ------------------------------------------------------------------ latents
 
-    @torch.no_grad()
-    def fit_normalization(self, z: Tensor) -> None:
-        """Set the per-channel mean and std (`latent_stats`) from a sample of latents [B, *grid, C]."""
-        mean, std = latent_stats(z, self.config.channels)
-        self.latent_mean.copy_(mean)
-        self.latent_std.copy_(std)
-
     def _flatten(self, z: Tensor) -> Tensor:
         grid, C = tuple(self.config.grid), self.config.channels
         if not z.is_floating_point() or tuple(z.shape[1:]) != grid + (C,):
             raise ValueError(f"expected float latents [B, {', '.join(map(str, grid + (C,)))}], "
                              f"got {z.dtype} {list(z.shape)}")
-        return ((z - self.latent_mean) / self.latent_std).reshape(z.shape[0], -1, C)  # [B, N, C]
+        return self.latent_norm(z).reshape(z.shape[0], -1, C)  # [B, N, C]
 
     # ------------------------------------------------------------------ backbone
 
@@ -212,7 +203,7 @@ class MARGenerator(Generator):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
         g, n, ctx = guidance, guidance.n, guidance.context
         N, C = self.config.num_tokens, self.config.channels
-        device = self.latent_mean.device
+        device = self.latent_norm.mean.device
         method = flow_method if isinstance(self.head.process, FlowMatching) else None
         ctx_kv = None if ctx is None else self.transformer.context_kv(ctx.tokens)
         order = torch.rand(n, N, generator=generator, device=device).argsort(-1)  # reveal order [n, N]
@@ -228,5 +219,5 @@ class MARGenerator(Generator):
                                    temperature=temperature, steps=head_steps, eta=eta, method=method)  # [n*k, C]
             tokens.scatter_(1, idx[..., None].expand(-1, -1, C), new.view(n, -1, C).to(tokens.dtype))
             known.scatter_(1, idx, True)
-        out = tokens * self.latent_std + self.latent_mean
+        out = self.latent_norm.inverse(tokens)
         return out.view(n, *self.config.grid, C)

@@ -38,6 +38,70 @@ def latent_spec(quantizer: Quantizer, grid: tuple[int, ...]) -> LatentSpec:
     return LatentSpec(grid=tuple(grid), kind="continuous", channels=quantizer.latent_channels)
 
 
+def latent_stats(z: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation [C] of continuous latents [..., C], in fp32.
+
+    Every position of every example counts as one observation of the C-vector. The std is the
+    population one (biased: divides by the count, not count - 1), clamped at 1e-6 so that a dead
+    channel does not divide by zero; for the thousands of vectors a tokenizer yields the two
+    conventions agree to 1e-4 relative.
+    """
+    flat = z.detach().float().reshape(-1, z.shape[-1])
+    if flat.shape[-1] != channels or flat.shape[0] < 2:
+        raise ValueError(f"need >= 2 latent vectors of {channels} channels, got {list(z.shape)}")
+    return flat.mean(0), flat.std(0, unbiased=False).clamp_min(1e-6)
+
+
+class LatentNorm(nn.Module):
+    """The one definition of continuous-latent normalisation: x = (z - mean) / std per channel.
+
+    A tokenizer's latents are far from unit variance (a KL bottleneck's are typically 0.1-5),
+    while the noise processes of the continuous generators assume data of roughly unit scale;
+    normalising makes their signal-to-noise schedules mean what they say. The statistics are
+    fitted once on the training latents (`fit`, with `latent_stats`) and travel as buffers with
+    the model that learns in normalised units, so a saved generator decodes on its own.
+    `bound` is the largest |normalised latent| seen by `fit` (inf before it): DDIM clips its x0
+    guesses to it.
+    """
+
+    # names the statistics had before this module held them (DiT: latent_scale / latent_bound,
+    # MAR: latent_std): `load_legacy_keys` maps them so runs saved then still load
+    LEGACY = {"latent_mean": "mean", "latent_scale": "std", "latent_std": "std", "latent_bound": "bound"}
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+        self.register_buffer("bound", torch.tensor(float("inf")))
+
+    @torch.no_grad()
+    def fit(self, z: Tensor) -> None:
+        """Set mean, std and bound from a sample of latents [..., C]."""
+        mean, std = latent_stats(z, self.channels)
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+        self.bound.copy_(self(z.detach().float()).abs().max())
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Latents [..., C] in the tokenizer's units -> normalised units."""
+        return (z - self.mean) / self.std
+
+    def inverse(self, x: Tensor) -> Tensor:
+        """Normalised [..., C] -> the tokenizer's units."""
+        return x * self.std + self.mean
+
+    @classmethod
+    def load_legacy_keys(cls, state_dict: dict, prefix: str, name: str) -> None:
+        """Rename a parent's pre-LatentNorm buffers (prefix + "latent_mean", ...) in place to
+        prefix + name + ".mean", ... (bound inf where there was none); a state dict without them is left as it is."""
+        found = [old for old in cls.LEGACY if prefix + old in state_dict]
+        for old in found:
+            state_dict[f"{prefix}{name}.{cls.LEGACY[old]}"] = state_dict.pop(prefix + old)
+        if found and f"{prefix}{name}.bound" not in state_dict:  # MAR kept no bound: never clip
+            state_dict[f"{prefix}{name}.bound"] = torch.tensor(float("inf"))
+
+
 def check_latents(spec: LatentSpec, z: Tensor) -> None:
     """Raise a ValueError naming the expected and the given shape/dtype when z does not fit spec."""
     if spec.kind == "discrete":

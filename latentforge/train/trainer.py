@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from latentforge.atomic import write_json
 from latentforge.serialization import CorruptFileError
 from latentforge.train import distributed
+from latentforge.train.batches import StepBatches, step_seed
 from latentforge.train.checkpoint import (
     list_checkpoints,
     read_checkpoint,
@@ -40,7 +41,7 @@ from latentforge.train.log import JsonlLogger
 from latentforge.train.precision import resolve_precision
 
 # switches that change how fast or where training runs, not what it produces
-RUNTIME_ONLY = ("compile", "distributed", "detect_anomaly", "tensorboard")
+RUNTIME_ONLY = ("compile", "distributed", "detect_anomaly", "tensorboard", "workers")
 # fields added after runs were first fingerprinted: left out at their defaults, so those runs
 # still match (and go on resuming) after an upgrade
 LATER_DEFAULTS = {"accumulate": 1, "ema_decay": 0.0}
@@ -64,6 +65,7 @@ class TrainConfig:
     distributed: Literal["ddp", "fsdp"] = "ddp"   # under torchrun
     detect_anomaly: bool = False     # autograd anomaly mode: slow, names the op that made a NaN
     tensorboard: bool = True         # event files beside log.jsonl when tensorboard is installed
+    workers: int = 0                 # processes reading StepBatches ahead of the step; 0: in the loop
     log_every: int = 25
     ckpt_every: int = 250
     keep_checkpoints: int = 2
@@ -73,6 +75,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep_checkpoints", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -96,8 +100,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -150,7 +152,8 @@ class Trainer:
         config: TrainConfig.
         folder: run folder of this stage; holds checkpoints/, log.jsonl, train_info.json.
         batch_fn: step -> the step's global batch (called after the step's seed is set; under
-            torchrun every rank calls it and keeps its own rows).
+            torchrun every rank calls it and keeps its own rows); or a `StepBatches`, which
+            reads only this rank's rows, `config.workers` processes ahead of the loop.
         loss_fn: batch -> dict with 'loss'; defaults to model.loss.
 
     Each step: seed from (seed, step); batch; forward/backward over `accumulate` micro-batches
@@ -160,7 +163,7 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, folder: str | os.PathLike,
-                 batch_fn: Callable[[int], dict[str, Tensor]],
+                 batch_fn: Callable[[int], dict[str, Tensor]] | StepBatches,
                  loss_fn: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
                  device: str | torch.device = "cpu", desc: str = "train", progress: bool = True) -> None:
         self.world = distributed.current()
@@ -218,9 +221,10 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else cfg.log_every
         bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, disable=not self.progress,
                    mininterval=1.0, dynamic_ncols=True, file=sys.stderr)
+        feed = self._feed(range(start, cfg.steps))
         with torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             for step in range(start, cfg.steps):
-                out = self._step(step)
+                out = self._step(step, feed)
                 for k, v in out.items():
                     sums[k] = sums[k] + v if k in sums else v.float()
                 count += 1
@@ -249,13 +253,13 @@ class Trainer:
         model.eval()
         return last
 
-    def _step(self, step: int) -> dict[str, Tensor]:
+    def _step(self, step: int, feed: Iterator[dict[str, Any]]) -> dict[str, Tensor]:
         cfg = self.config
         torch.manual_seed(step_seed(cfg.seed, step))
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        micro = _split(self._local_batch(step), cfg.accumulate)
+        micro = _split(self._on_device(next(feed)), cfg.accumulate)  # a batch_fn runs here, after the seed
         stats: dict[str, Tensor] = {}
         counting = self.flops_per_step is None
         counter = FlopCounterMode(display=False) if counting else contextlib.nullcontext()
@@ -288,10 +292,17 @@ class Trainer:
             self.ema.update(self.model, step)
         return stats
 
-    def _local_batch(self, step: int) -> dict[str, Any]:
-        """This process's rows of the step's global batch, on the device."""
-        batch = distributed.shard(self.batch_fn(step), self.world)
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def _feed(self, steps: range) -> Iterator[dict[str, Any]]:
+        """This process's rows of each step's batch, in step order."""
+        if isinstance(self.batch_fn, StepBatches):
+            if self.batch_fn.seed != self.config.seed:
+                raise ValueError(f"StepBatches seeded {self.batch_fn.seed}, training seed {self.config.seed}")
+            return self.batch_fn.ahead(steps, self.config.workers)
+        fn = self.batch_fn
+        return (distributed.shard(fn(step), self.world) for step in steps)  # lazily: after each step's seed
 
     def _check_finite(self, step: int, out: dict[str, Tensor]) -> None:
         loss = out["loss"]
@@ -321,7 +332,7 @@ class Trainer:
         """torch.compile the objective; eager, with the reason, when it cannot be compiled here."""
         try:
             compiled = torch.compile(self.objective)
-            probe = _split(self._local_batch(0), self.config.accumulate)[0]
+            probe = _split(self._on_device(next(self._feed(range(1)))), self.config.accumulate)[0]
             state, was_training = torch.get_rng_state(), self.model.training
             self.model.eval()  # leaves batch-norm statistics alone
             with torch.no_grad(), self.precision.autocast(self.device.type):
