@@ -91,9 +91,13 @@ def test_non_finite_loss_stops_with_the_step_and_terms(tmp_path):
 
 def test_precision_choice_logic():
     assert cpu_native_bf16({"avx2", "fma"}, "AVX2")[0] is False
-    assert cpu_native_bf16({"avx512f", "avx512_bf16"}, "AVX512")[0] is True
-    assert cpu_native_bf16({"amx_bf16", "amx_tile"}, "AVX512")[0] is True
-    native, reason = cpu_native_bf16({"avx512f", "avx512bw"}, "AVX512")
+    assert cpu_native_bf16({"avx512f", "avx512_bf16"}, "AVX512", onednn_isa="")[0] is True  # "": ignore the env
+    assert cpu_native_bf16({"amx_bf16", "amx_tile"}, "AVX512", onednn_isa="")[0] is True
+    # a oneDNN cap below bf16 (emulating an AVX2 machine) wins over the flags; a cap above it does not
+    native, reason = cpu_native_bf16({"avx512f", "avx512_bf16"}, "AVX2", onednn_isa="avx2")
+    assert not native and "ONEDNN_MAX_CPU_ISA=AVX2" in reason
+    assert cpu_native_bf16({"amx_bf16"}, "AVX512", onednn_isa="avx512_core_amx")[0] is True
+    native, reason = cpu_native_bf16({"avx512f", "avx512bw"}, "AVX512", onednn_isa="")
     assert not native and "without amx_bf16/avx512_bf16" in reason
     assert resolve_precision("fp32", "cpu").dtype is None
     assert resolve_precision("bf16", "cpu").dtype == torch.bfloat16

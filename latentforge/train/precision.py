@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ from pathlib import Path
 import torch
 
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) at or above which its matmuls and convs run bf16 natively
+NATIVE_BF16_ISAS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16",
+                    "AVX10_1_512_AMX_FP16", "ALL", "DEFAULT")
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,16 @@ def bf16_matmul_speedup(n: int = 512, repeats: int = 3) -> float:
 
 
 def cpu_native_bf16(flags: set[str] | None = None, capability: str | None = None,
-                    benchmark: bool = True) -> tuple[bool, str]:
-    """(does this CPU run bf16 natively?, the reason), from flags, else a micro-benchmark."""
+                    benchmark: bool = True, onednn_isa: str | None = None) -> tuple[bool, str]:
+    """(does this CPU run bf16 natively?, the reason), from flags, else a micro-benchmark.
+
+    A cap on oneDNN's instruction set (ONEDNN_MAX_CPU_ISA=AVX2, as when emulating an older CPU)
+    makes bf16 emulated even where the CPU has the instructions, so it wins over the flags.
+    """
     capability = capability if capability is not None else torch.backends.cpu.get_cpu_capability()
+    onednn_isa = (onednn_isa if onednn_isa is not None else os.environ.get("ONEDNN_MAX_CPU_ISA", "")).strip().upper()
+    if onednn_isa and onednn_isa not in NATIVE_BF16_ISAS:
+        return False, f"ONEDNN_MAX_CPU_ISA={onednn_isa} caps oneDNN below native bf16: bf16 would be emulated"
     flags = cpu_flags() if flags is None else flags
     found = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if "AMX" in capability.upper() or found:
