@@ -8,7 +8,8 @@ stage for every generator. Each generator gets the same width (128) and depth (4
 same training wall-clock budget: its step time is measured first and its step count set to fill
 the budget (so its learning-rate schedule completes). Then each samples two images for each of
 the first `--conditions` validation graphs and is scored by the Shapes parser: exact scene match,
-count/shape/color/size/relation accuracy, diversity, images/s.
+count/shape/color/size/relation accuracy, diversity, images/s; and whether it reads each attribute of
+the graph at all: its held-out loss with every colour (shape, size) shifted by one, minus the true one.
 
 Step sweeps (sampling time vs adherence, one trained model each, `generators.png`): masked with
 steps 4/8/16/32, DiT (flow, Euler) with 8/16/32/64, MAR with 4/8/16/32. `--only dit_p20_masked,dit_p20_moe`
@@ -170,7 +171,9 @@ def generator_row(out: Path, name: str, tokenizer_dir: Path, budget: float, cond
     run.run(("generator",))
     train_s = time.perf_counter() - t
     row = {"generator": name, "tokenizer": kind, "params": params, "step_ms": 1000 * step_s, "steps": steps,
-           "train_s": train_s, "sweep": []}
+           "train_s": train_s, "sweep": [], "sensitivity": sensitivity(run)}
+    print(f"  {name}: val loss {row['sensitivity']['val_loss']:.4f}; shifted colour / shape / size: "
+          + " / ".join(f"{row['sensitivity'][a]:+.4f}" for a in ("colour", "shape", "size")) + " nats", flush=True)
     for steps_k in (sweep or [None]):
         opts = dict(options) if steps_k is None else {**options, "steps": steps_k}
         cfg_k = dataclass_with_options(cfg, opts)
@@ -186,6 +189,18 @@ def generator_row(out: Path, name: str, tokenizer_dir: Path, budget: float, cond
     default = next((p for p in row["sweep"] if p["options"] == options), row["sweep"][0])
     row.update({k: v for k, v in default.items() if k != "options"})
     return row
+
+
+def sensitivity(run: Run, n: int = 500) -> dict[str, float]:
+    """Held-out loss increase (nats) when the graphs' colours, shapes or sizes are shifted by one
+    (eval/sensitivity.py): about 0 for an attribute the generator does not read."""
+    from latentforge.eval.sensitivity import condition_sensitivity
+    from latentforge.serialization import from_pretrained
+
+    model = from_pretrained(run.dir / "generator")
+    latents = run.load_latents("val")[:n]
+    cond = {k: v[:n] for k, v in run.condition("val", model).items()}
+    return condition_sensitivity(model, latents, cond)
 
 
 def dataclass_with_options(cfg: RecipeConfig, options: dict) -> RecipeConfig:
@@ -328,6 +343,7 @@ def main() -> None:
                     help=f"comma-separated, of {', '.join(GENERATORS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-only", action="store_true", help="only the diffusers DiT comparison")
+    ap.add_argument("--no-speed", action="store_true", help="skip the diffusers DiT and P20 step-time checks")
     ap.add_argument("--work", default="runs/bench_generators")
     ap.add_argument("--out", default="benchmarks/results/generators.json")
     args = ap.parse_args()
@@ -338,14 +354,15 @@ def main() -> None:
     from latentforge.train.precision import cpu_native_bf16
 
     result["diffusers_dit"] = []
-    for bf16 in (False, True) if cpu_native_bf16()[0] else (False,):
+    for bf16 in () if args.no_speed else (False, True) if cpu_native_bf16()[0] else (False,):
         speed = speed_vs_diffusers(bf16=bf16, reps=20)
         result["diffusers_dit"].append(speed)
         print(f"DiT vs diffusers ({speed['precision']}): train {speed['ours_train_ms']:.1f} / "
               f"{speed['peer_train_ms']:.1f} ms ({speed['train_ratio']:.2f}x), eval {speed['ours_eval_ms']:.1f} / "
               f"{speed['peer_eval_ms']:.1f} ms ({speed['eval_ratio']:.2f}x)", flush=True)
-    p20 = result["p20_step_speed"] = p20_step_speed()
-    print(f"P20 at 16x16 tokens, width 256, depth 8: step {p20['plain_ms']:.0f} ms plain, "
+    p20 = result["p20_step_speed"] = None if args.no_speed else p20_step_speed()
+    if p20 is not None:
+        print(f"P20 at 16x16 tokens, width 256, depth 8: step {p20['plain_ms']:.0f} ms plain, "
           f"{p20['deferred_masking_ms']:.0f} ms with deferred masking ({p20['masking_speedup']:.2f}x faster), "
           f"{p20['moe_4_experts_ms']:.0f} ms with MoE ({p20['moe_slowdown']:.2f}x)", flush=True)
     if not args.speed_only:

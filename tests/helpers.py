@@ -43,3 +43,36 @@ def few_steps(model) -> dict:
     """Sampling options that keep a tiny model's sampling fast: a few steps where the family takes steps."""
     options = model.sampling_options()
     return {k: 3 for k in ("steps", "head_steps") if k in options}
+
+
+def pooled_shapes(n: int, split: str, grid: int = 4) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """n Shapes scenes: their encoded graphs (3 object slots, with centres) and their images
+    average-pooled to a grid x grid x RGB array in [-1, 1] — a stand-in for a tokenizer's latents that
+    keeps every object's colour and rough shape, and costs nothing to "train"."""
+    from latentforge.data.shapes import sample_and_render
+
+    scenes, images = sample_and_render(ShapesConfig(), split, range(n), workers=1)
+    x = torch.as_tensor(images).float().div(127.5).sub(1)                    # [n, 32, 32, 3]
+    side = x.shape[1] // grid
+    pooled = x.view(n, grid, side, grid, side, 3).mean((2, 4))               # [n, grid, grid, 3]
+    return {k: torch.as_tensor(v) for k, v in encode_graphs(scenes, 3).items()}, pooled
+
+
+def quantized(pooled: torch.Tensor, levels: int = 4, lo: float = -1.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform colour quantisation of [..., 3] values: code r * L^2 + g * L + b (L^3 codes) and each
+    value's bin centre (what level 0 of a residual code reconstructs)."""
+    index = ((pooled - lo) / (hi - lo) * levels).long().clamp(0, levels - 1)
+    centre = lo + (index.float() + 0.5) * (hi - lo) / levels
+    return (index * torch.tensor([levels * levels, levels, 1])).sum(-1), centre
+
+
+def latents_of(config, pooled: torch.Tensor) -> torch.Tensor:
+    """The latents a generator config models, made from pooled images [n, g, g, 3]: the values
+    themselves (continuous families, channels 3), 64 colour codes, or 2 levels of 64 residual codes."""
+    if getattr(config, "latents", "discrete") == "continuous":
+        return pooled
+    coarse, centre = quantized(pooled)
+    if not getattr(config, "residual", False):
+        return coarse
+    fine, _ = quantized(pooled - centre, lo=-0.25, hi=0.25)
+    return torch.stack([coarse, fine], -1)

@@ -218,3 +218,13 @@ def test_streaming_errors():
     painted = Context(ctx.tokens, ctx.mask, spatial=torch.randn(1, 6, 32))
     with pytest.raises(ValueError, match="spatial"):
         model.sample(1, painted, length=8)
+
+
+def test_checkpoints_from_before_the_base_code_scale_load_with_unit_scale():
+    # models saved before issue 14 fed the base transformer the code sums at unit scale
+    model = HierarchicalGenerator(HierarchicalConfig.tiny())
+    assert model.base_code_scale.item() == pytest.approx(0.02)
+    old = {k: v for k, v in model.state_dict().items() if k != "base_code_scale"}
+    fresh = HierarchicalGenerator(HierarchicalConfig.tiny())
+    fresh.load_state_dict(old)
+    assert fresh.base_code_scale.item() == 1.0

@@ -104,5 +104,10 @@ class Conditioner(nn.Module):
             raise KeyError(f"{type(self).__name__} needs batch keys {list(self.keys)}; missing {missing}")
         return {k: batch[k] for k in self.keys + self.optional_keys if k in batch}
 
+    def attributes(self) -> dict[str, tuple[str, int]]:
+        """The categorical parts of the condition: name -> (batch key, number of values). What
+        `eval.sensitivity` shifts to see whether a generator reads each part; none by default."""
+        return {}
+
     def forward(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Context:
         raise NotImplementedError

@@ -31,6 +31,9 @@ class ClassConditioner(Conditioner):
         self.embed = nn.Embedding(config.num_classes, config.dim)
         nn.init.normal_(self.embed.weight, std=0.02)
 
+    def attributes(self) -> dict[str, tuple[str, int]]:
+        return {"class": ("label", self.config.num_classes)}
+
     def forward(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Context:
         label = cond["label"]  # [B]
         if label.min() < 0 or label.max() >= self.config.num_classes:

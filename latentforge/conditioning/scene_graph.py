@@ -78,6 +78,11 @@ class SceneGraphConditioner(Conditioner):
             self.predicate_as_object = nn.Embedding(config.num_predicates, D)
             self.painter = LayoutPainter(D, tuple(config.grid), config.layout_reach)
 
+    def attributes(self) -> dict[str, tuple[str, int]]:
+        c = self.config
+        return {"colour": ("obj_color", c.num_colors), "shape": ("obj_shape", c.num_shapes),
+                "size": ("obj_size", c.num_sizes)}
+
     def forward(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Context:
         encoded, mask = self._encode(cond)
         if self.layout is None:

@@ -133,11 +133,22 @@ class HierarchicalGenerator(Generator):
         # 0.34 after 200 steps at std 0.02, 0.02 after 150 steps at std 1).
         for table in self.code_emb:
             nn.init.normal_(table.weight, std=1.0)
+        # ... but the base transformer reads the previous position's sum through a learned scale that
+        # starts at GPT-2's 0.02: at unit scale the codes drown the position embedding and the
+        # condition's spatial map in its inputs, and the model predicts colour from the previous
+        # code instead of learning it from the graph (measured: +0.001 nats when the graph's colours
+        # are shifted, against +0.31 with the scale; BENCHMARKS.md, issue 14).
+        self.base_code_scale = nn.Parameter(torch.tensor(0.02))
+
+        def unit_scale_for_old_checkpoints(module, state_dict, prefix, *args) -> None:
+            state_dict.setdefault(prefix + "base_code_scale", torch.tensor(1.0))  # what they were trained with
+
+        self.register_load_state_dict_pre_hook(unit_scale_for_old_checkpoints)
         nn.init.normal_(self.history_levels.weight, std=0.02)
         nn.init.normal_(self.level_pos, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
-        return {"bos", "level_pos"}
+        return {"bos", "level_pos", "base_code_scale"}
 
     # ---------------------------------------------------------------- shapes and embeddings
 
@@ -179,7 +190,7 @@ class HierarchicalGenerator(Generator):
         if history is None:
             history = torch.full((B,), Q, dtype=torch.long, device=codes.device)
         prev = sums.gather(2, (history - 1).view(B, 1, 1, 1).expand(B, N, 1, sums.shape[-1]))[:, :, 0]
-        x = torch.cat([self.bos.expand(B, 1, -1), prev[:, :-1]], dim=1)  # [B, N, D]
+        x = torch.cat([self.bos.expand(B, 1, -1), self.base_code_scale * prev[:, :-1]], dim=1)  # [B, N, D]
         x = x + self.pos()[:N] + self.history_levels(history - 1)[:, None]
         spatial = self.spatial_inputs(context)
         if spatial is not None:
@@ -257,10 +268,11 @@ class HierarchicalGenerator(Generator):
                 p, j = drawn + i, known + i  # absolute frame, position in the window
                 self._draw_levels(h, g, codes[:, p], per_level, generator, use_cache)
                 if j + 1 < N:
-                    return self._level_sums(g.rows_of(codes[:, p]))[:, None, -1] + pos[..., j + 1 : j + 2, :]
+                    return (self.base_code_scale * self._level_sums(g.rows_of(codes[:, p]))[:, None, -1]
+                            + pos[..., j + 1 : j + 2, :])
                 return None
 
-            history = self._level_sums(g.rows_of(codes[:, start : start + known]))[..., -1, :]  # [rows, known, D]
+            history = self.base_code_scale * self._level_sums(g.rows_of(codes[:, start : start + known]))[..., -1, :]
             first = torch.cat([self.bos.expand(g.rows, 1, -1), history], dim=1) + pos[..., : known + 1, :]
             causal_decode(self.base, first, new, emit, use_cache=use_cache, **cross)
             drawn += new
