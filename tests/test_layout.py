@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from latentforge.conditioning.base import Context
@@ -91,7 +92,8 @@ def test_painter_touches_only_cells_within_reach():
 
 
 def test_scene_graph_conditioner_trains_and_samples_layouts():
-    cfg = SceneGraphConfig(dim=32, depth=1, heads=2, max_objects=3, grid=(4, 4))
+    # fixed slots, so that the training pass and the eval pass encode the objects alike
+    cfg = SceneGraphConfig(dim=32, depth=1, heads=2, max_objects=3, grid=(4, 4), random_slots=False)
     cond = SceneGraphConditioner(cfg)
     scenes = [sample_scene(ShapesConfig(), "train", i) for i in range(8)]
     batch = encode_graphs(scenes, 3)
@@ -144,3 +146,24 @@ def test_sample_centres_keeps_given_centres_and_snaps_to_bins():
     first = torch.stack([batch["obj_x"][:, 0], batch["obj_y"][:, 0]], -1)
     assert (xy[:, 0] - first).abs().max() <= 0.5 / 16 + 1e-6
     assert ((xy[real] * 16 - 0.5) % 1).abs().max() < 1e-4
+
+
+def test_graphs_of_any_size_up_to_the_slots_and_random_slots_in_training():
+    torch.manual_seed(0)
+    cond = SceneGraphConditioner(SceneGraphConfig(dim=32, depth=1, heads=2, max_objects=6, grid=(4, 4)))
+    small = encode_graphs([sample_scene(ShapesConfig(max_objects=3), "train", i) for i in range(4)], 3)
+    big = encode_graphs([sample_scene(ShapesConfig(min_objects=5, max_objects=6), "val", i) for i in range(4)], 6)
+    cond.train()
+    first, second = cond(small), cond(small)
+    assert not torch.allclose(first.tokens, second.tokens)  # slots drawn anew each pass
+    cond.eval()
+    for batch, m in ((small, 3), (big, 6)):
+        ctx = cond(batch, generator=torch.Generator().manual_seed(0))
+        assert ctx.tokens.shape == (4, m + m * (m - 1), 32) and ctx.spatial.shape == (4, 16, 32)
+        again = cond(batch, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(ctx.tokens, again.tokens)  # slots 0..M-1 outside training
+        centres = cond.sample_centres(batch, generator=torch.Generator().manual_seed(0))
+        placed = centres[batch["obj_mask"].bool()]
+        assert placed.shape[0] == int(batch["obj_mask"].sum()) and ((placed > 0) & (placed < 1)).all()
+    with pytest.raises(ValueError, match="6 object slots"):
+        cond({k: torch.cat([v, v[:, :1]], 1) if k.startswith("obj_") else v for k, v in big.items()})

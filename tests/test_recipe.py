@@ -99,6 +99,14 @@ def test_sample_and_eval_commands(run_dir, tmp_path, capsys):
     bad.write_text(json.dumps({"objects": [{"shape": "hexagon", "color": "red", "size": "large"}]}))
     assert main(["sample", str(run_dir), "--graph", str(bad), "--out", str(out)]) == 2
     assert "objects[0].shape: 'hexagon' is not one of" in capsys.readouterr().err
+    # a run trained on graphs of at most 3 objects draws graphs of up to 6, and refuses 7 by name
+    five = [{"shape": s, "color": c, "size": "small"} for s, c in zip(["circle", "square", "triangle"] * 2,
+                                                                   ["red", "green", "blue", "yellow", "cyan"])]
+    graph.write_text(json.dumps({"objects": five, "relations": [[0, "left of", 1]]}))
+    assert main(["sample", str(run_dir), "--graph", str(graph), "--n", "2", "--out", str(out)]) == 0
+    graph.write_text(json.dumps({"objects": five + five[:2]}))
+    assert main(["sample", str(run_dir), "--graph", str(graph), "--out", str(out)]) == 2
+    assert "has 7 objects; Shapes scenes hold at most 6" in capsys.readouterr().err
     assert main(["eval", str(run_dir), "--metrics", "recon,adherence", "--no-progress"]) == 0
     assert "scene_exact" in capsys.readouterr().out
 

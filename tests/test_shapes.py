@@ -432,6 +432,17 @@ def test_scene_adherence_on_ground_truth_and_on_wrong_graphs():
     assert wrong["scene_exact"] < 0.2
     with pytest.raises(ValueError, match="images"):
         scene_adherence(images[:3], scenes)
+    # per object count: the groups partition the images, and exact match is their weighted mean
+    mixed = list(images[:20]) + list(images[20:][::-1])
+    target = scenes[:20] + scenes[20:][::-1]
+    shuffled = scenes[:20] + scenes[20:]  # the last 20 graphs no longer match their images
+    grouped = scene_adherence(np.stack(mixed), shuffled, by_count=True)
+    counts = sorted({len(s.objects) for s in target})
+    assert sum(grouped[f"n_{k}obj"] for k in counts) == 40
+    assert sum(grouped[f"scene_exact_{k}obj"] * grouped[f"n_{k}obj"] for k in counts) / 40 == pytest.approx(
+        grouped["scene_exact"])
+    assert {k for k in grouped if k.endswith("obj")} == {f"{m}_{k}obj" for k in counts
+                                                         for m in ("scene_exact", "count_acc", "n")}
 
 
 def test_rendering_over_worker_processes_gives_the_same_scenes_and_pixels():

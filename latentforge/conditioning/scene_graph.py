@@ -1,10 +1,16 @@
 """Scene-graph conditioning (paper P1, trf-sg2im): a transformer over object and relation tokens.
 
-object token   = shape_emb + color_emb + size_emb + slot_emb[i]          (one per object slot)
-relation token = subject_slot_emb[s] + predicate_emb[p] + object_slot_emb[o]
+object token   = shape_emb + color_emb + size_emb + slot_emb[slot_i]     (one per object)
+relation token = subject_slot_emb[slot_s] + predicate_emb[p] + object_slot_emb[slot_o]
 The slot embeddings tie relations to objects; bidirectional self-attention (padding masked)
 lets each object token learn where it must sit relative to the others. Output: context
-[B, M + R, D] and its mask, M object slots and R = M (M - 1) relation slots.
+[B, M + R, D] and its mask, M objects and R = M (M - 1) relation slots.
+
+Graphs of any size up to `max_objects` (the data set's limit, 6 for Shapes, whatever the training
+graphs held): in training each graph's objects take distinct slots drawn at random from all
+`max_objects` (`random_slots`), so every slot embedding is trained and none means "the third
+object"; a graph of M objects padded to M is encoded with slots 0..M-1, a draw training has seen.
+Nothing else depends on M: the encoder and the layout predictor are transformers over the objects.
 
 With `layout` on (the default, as in P1) the encoded objects are also placed: a layout predictor
 (`conditioning/layout.py`) is trained on the data's object centres (`obj_x`, `obj_y`; its
@@ -32,7 +38,8 @@ class SceneGraphConfig(ConditionerConfig):
     dim: int = 128
     depth: int = 2
     heads: int = 4
-    max_objects: int = 3
+    max_objects: int = 3             # object slots: the largest graph it encodes (recipes: the data's limit)
+    random_slots: bool = True        # training: objects take random distinct slots (see the module doc)
     num_shapes: int = 3
     num_colors: int = 6
     num_sizes: int = 2
@@ -87,7 +94,7 @@ class SceneGraphConditioner(Conditioner):
         encoded, mask = self._encode(cond)
         if self.layout is None:
             return Context(encoded, mask)
-        objects, obj_mask = encoded[:, : self.config.max_objects], cond["obj_mask"].bool()
+        objects, obj_mask = encoded[:, : cond["obj_shape"].shape[1]], cond["obj_mask"].bool()
         centres, losses = self._centres(objects, cond, generator)
         return Context(encoded, mask, self.painter(objects, obj_mask, centres), losses)
 
@@ -99,20 +106,25 @@ class SceneGraphConditioner(Conditioner):
         encoded, _ = self._encode(cond)
         training, self.training = self.training, False
         try:
-            return self._centres(encoded[:, : self.config.max_objects], cond, generator)[0]
+            return self._centres(encoded[:, : cond["obj_shape"].shape[1]], cond, generator)[0]
         finally:
             self.training = training
 
     def _encode(self, cond: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        M = self.config.max_objects
-        if cond["obj_shape"].shape[1] != M:
-            raise ValueError(f"scene graphs padded to {cond['obj_shape'].shape[1]} objects; "
-                             f"this encoder takes max_objects={M}")
-        slots = torch.arange(M, device=cond["obj_shape"].device)
+        B, M = cond["obj_shape"].shape
+        capacity = self.config.max_objects
+        if M > capacity:
+            raise ValueError(f"scene graphs padded to {M} objects; this encoder has {capacity} object slots "
+                             f"(max_objects={capacity})")
+        device = cond["obj_shape"].device
+        if self.training and self.config.random_slots:
+            slots = torch.rand(B, capacity, device=device).argsort(dim=1)[:, :M]              # [B, M] distinct
+        else:
+            slots = torch.arange(M, device=device).expand(B, M)
         objects = (self.shape(cond["obj_shape"]) + self.color(cond["obj_color"]) + self.size(cond["obj_size"])
-                   + self.slot(slots)[None] + self.kind_emb.weight[0])                        # [B, M, D]
-        relations = (self.subject_slot(cond["rel_subj"]) + self.predicate(cond["rel_pred"])
-                     + self.object_slot(cond["rel_obj"]) + self.kind_emb.weight[1])            # [B, R, D]
+                   + self.slot(slots) + self.kind_emb.weight[0])                              # [B, M, D]
+        relations = (self.subject_slot(slots.gather(1, cond["rel_subj"])) + self.predicate(cond["rel_pred"])
+                     + self.object_slot(slots.gather(1, cond["rel_obj"])) + self.kind_emb.weight[1])  # [B, R, D]
         tokens = torch.cat([objects, relations], dim=1)                                      # [B, M+R, D]
         mask = torch.cat([cond["obj_mask"], cond["rel_mask"]], dim=1).bool()
         return self.encoder(tokens, key_mask=mask), mask

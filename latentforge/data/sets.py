@@ -20,6 +20,7 @@ from latentforge.data.digits import NUM_CLASSES, DigitsConfig, digits_images
 from latentforge.data.photos import PHOTOS, PhotosConfig, photo_crops
 from latentforge.data.shapes import (
     COLORS,
+    MAX_OBJECTS,
     SHAPES,
     SIZES,
     SceneGraph,
@@ -85,7 +86,8 @@ class ShapesData(RowwiseDataSet):
                 **{k: v.numpy() for k, v in cond.items()}}
 
     def link_conditioner(self, cfg):
-        return dataclasses.replace(cfg, max_objects=self.config.max_objects) if hasattr(cfg, "max_objects") else cfg
+        # slots for the largest scene the data set can draw, whatever the training graphs hold
+        return dataclasses.replace(cfg, max_objects=MAX_OBJECTS) if hasattr(cfg, "max_objects") else cfg
 
     def training_captions(self) -> list[str]:
         scfg = self.config.shapes()  # scenes without rendering: captions are cheap
@@ -107,12 +109,12 @@ class ShapesData(RowwiseDataSet):
             graphs = [SceneGraph.from_json(g) for g in items]
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ValueError(f"{where}: {err}") from None
-        limit = self.config.max_objects
-        too_big = [i for i, g in enumerate(graphs) if len(g.objects) > limit]
+        too_big = [i for i, g in enumerate(graphs) if len(g.objects) > MAX_OBJECTS]
         if too_big:
             raise ValueError(f"{where}: graph {too_big[0]} has {len(graphs[too_big[0]].objects)} objects; "
-                             f"this run was trained with at most {limit}")
-        cond = encode_graphs(graphs, limit)
+                             f"Shapes scenes hold at most {MAX_OBJECTS}")
+        # padded as the training graphs were, or to the largest graph given
+        cond = encode_graphs(graphs, max(self.config.max_objects, *(len(g.objects) for g in graphs)))
         rows = {"graphs": np.array([json.dumps(g.to_json()) for g in graphs]),
                 "captions": np.array([g.caption() for g in graphs]), **{k: v.numpy() for k, v in cond.items()}}
         return self.for_sampling(rows)

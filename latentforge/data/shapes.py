@@ -59,6 +59,7 @@ _CANDIDATES = (64, 1024)  # positions proposed per object: a cheap batch, then a
 # Most large objects a scene of n objects may hold; beyond this, placement almost never
 # succeeds (measured with `_place`), so surplus large objects are made small up front.
 _MAX_LARGE = (0, 1, 2, 3, 3, 2, 1)
+MAX_OBJECTS = len(_MAX_LARGE) - 1  # the most objects a 32-pixel scene is drawn with
 _ATTEMPTS_PER_DOWNSIZE = 4  # failed layouts before one large object is made small
 _ATTEMPTS_PER_DROP = 32  # failed all-small layouts before an object is dropped
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
@@ -282,10 +283,10 @@ class ShapesConfig:
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 128:
             raise ValueError(f"ShapesConfig.size must be in [16, 128], got {self.size}")
-        if not 1 <= self.min_objects <= 6:
+        if not 1 <= self.min_objects <= MAX_OBJECTS:
             raise ValueError(f"ShapesConfig.min_objects must be in [1, 6], got {self.min_objects}")
-        if not 1 <= self.max_objects <= 6:
-            raise ValueError(f"ShapesConfig.max_objects must be in [1, 6], got {self.max_objects}")
+        if not 1 <= self.max_objects <= MAX_OBJECTS:
+            raise ValueError(f"ShapesConfig.max_objects must be in [1, {MAX_OBJECTS}], got {self.max_objects}")
         if self.min_objects > self.max_objects:
             raise ValueError(
                 f"ShapesConfig.min_objects ({self.min_objects}) must not exceed "

@@ -38,12 +38,13 @@ def judge_for(dataset: Any) -> Judge | None:
 
 @judge("shapes")
 def shapes_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
-    """The scene parser reads each sample's objects and relations and compares them with its graph."""
+    """The scene parser reads each sample's objects and relations and compares them with its graph;
+    exact match and count accuracy also per object count (scene_exact_3obj: graphs of 3 objects)."""
     from latentforge.data.sets import scene_of
     from latentforge.eval.shapes import scene_adherence
 
     scenes = [scene_of(g) for g in rows["graphs"]]
-    out = scene_adherence(samples, scenes)
+    out = scene_adherence(samples, scenes, by_count=True)
     out["real_images_scene_exact"] = scene_adherence(real, scenes)["scene_exact"]
     return out
 

@@ -215,7 +215,7 @@ def compare_scenes(pred: SceneGraph, target: SceneGraph) -> dict:
     }
 
 
-def scene_adherence(images: np.ndarray, graphs: Sequence[SceneGraph]) -> dict[str, float]:
+def scene_adherence(images: np.ndarray, graphs: Sequence[SceneGraph], by_count: bool = False) -> dict[str, float]:
     """How well images depict their scene graphs, parsed with `parse_scene`.
 
     Args:
@@ -228,13 +228,24 @@ def scene_adherence(images: np.ndarray, graphs: Sequence[SceneGraph]) -> dict[st
     Returns:
         scene_exact and count_acc (fractions of images), shape_acc, color_acc and
         size_acc (over all target objects), relation_acc (over all target relations;
-        1.0 when there are none). All in [0, 1].
+        1.0 when there are none). All in [0, 1]. With `by_count`, also scene_exact_{k}obj and
+        count_acc_{k}obj over the graphs of k objects, and their number n_{k}obj, for each k present.
     """
     if len(images) != len(graphs):
         raise ValueError(f"got {len(images)} images but {len(graphs)} graphs")
     if not len(graphs):
         raise ValueError("scene_adherence needs at least one image")
     results = [compare_scenes(parse_scene(image), graph) for image, graph in zip(images, graphs)]
+    out = _summary(results)
+    if by_count:  # the same parses, grouped by how many objects the graph asks for
+        for k in sorted({len(g.objects) for g in graphs}):
+            part = _summary([r for r, g in zip(results, graphs) if len(g.objects) == k])
+            out.update({f"{key}_{k}obj": part[key] for key in ("scene_exact", "count_acc")})
+            out[f"n_{k}obj"] = sum(len(g.objects) == k for g in graphs)
+    return out
+
+
+def _summary(results: list[dict]) -> dict[str, float]:
     n_images = len(results)
     n_objects = sum(r["n_objects"] for r in results)
     n_relations = sum(r["n_relations"] for r in results)
