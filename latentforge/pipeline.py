@@ -113,5 +113,7 @@ class Pipeline:
                              f"{len(next(iter(given.values()), ()))} condition rows given")
         gen = torch.Generator(device=self.device).manual_seed(seed)
         cond = condition_tensors(dataset, given, self.generator) if conditional else None
+        if conditional and hasattr(self.generator.conditioner, "layout_critic"):
+            self.generator.conditioner.layout_critic = dataset.layout_critic()  # the data's placement rules
         samples = self.generate(cond, n=n, generator=gen, batch_size=batch_size, **(options or {}))
         return samples, given

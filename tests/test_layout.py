@@ -167,3 +167,46 @@ def test_graphs_of_any_size_up_to_the_slots_and_random_slots_in_training():
         assert placed.shape[0] == int(batch["obj_mask"].sum()) and ((placed > 0) & (placed < 1)).all()
     with pytest.raises(ValueError, match="6 object slots"):
         cond({k: torch.cat([v, v[:, :1]], 1) if k.startswith("obj_") else v for k, v in big.items()})
+
+
+def test_shapes_layout_critic_known_answers():
+    from latentforge.data.shapes import layout_violations
+
+    scenes = [sample_scene(ShapesConfig(max_objects=6), "val", i) for i in range(200)]
+    cond = encode_graphs(scenes, 6)
+    true = torch.stack([cond["obj_x"], cond["obj_y"]], -1)
+    assert layout_violations(cond, true).sum() == 0  # the data's own layouts break no rule
+    two = [s for s in scenes if len(s.objects) == 2][:10]
+    cond2 = encode_graphs(two, 2)
+    xy = torch.stack([cond2["obj_x"], cond2["obj_y"]], -1)
+    stacked = torch.full_like(xy, 0.5)  # both objects at the centre: one clash, and both relations of the pair broken
+    assert layout_violations(cond2, stacked).tolist() == [3] * len(two)
+    mirrored = xy.clone()
+    mirrored[..., 0] = 1 - mirrored[..., 0]  # left and right swapped: the left/right relation breaks
+    assert layout_violations(cond2, mirrored).tolist() == [1] * len(two)  # triangles' boxes are up-down asymmetric only
+    off = xy.clone()
+    off[:, 0, 0] = 0.0  # first object's centre on the left edge: over the border (its relation still holds or not)
+    assert (layout_violations(cond2, off) >= 1).all()
+
+
+def test_constrained_and_rejection_layout_sampling_follow_the_critic():
+    from latentforge.data.shapes import layout_violations
+
+    torch.manual_seed(0)
+    cfg = SceneGraphConfig(dim=32, depth=1, heads=2, max_objects=3, grid=(4, 4), layout_temperature=1.0)
+    cond = SceneGraphConditioner(cfg).eval()  # untrained: uniform layouts, which break rules often
+    scenes = [sample_scene(ShapesConfig(min_objects=3), "val", i) for i in range(64)]
+    batch = {k: v for k, v in encode_graphs(scenes, 3).items() if k not in ("obj_x", "obj_y")}
+
+    def broken(**options):
+        cond.config.layout_constrained = options.get("constrained", False)
+        cond.config.layout_rejection = options.get("rejection", 0)
+        xy = cond.sample_centres(batch, generator=torch.Generator().manual_seed(0))
+        return layout_violations(batch, xy).float().mean().item()
+
+    cond.layout_critic = None
+    plain = broken(constrained=True, rejection=16)  # no critic attached: options have no effect
+    cond.layout_critic = layout_violations
+    assert broken() == plain
+    constrained, rejected, both = broken(constrained=True), broken(rejection=16), broken(constrained=True, rejection=16)
+    assert plain > 1.0 and constrained < 0.5 * plain and rejected < 0.5 * plain and both <= min(constrained, rejected)

@@ -24,6 +24,8 @@ and which part of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -118,17 +120,20 @@ class LayoutPredictor(nn.Module):
     @torch.no_grad()
     def sample(self, objects: Tensor, mask: Tensor, pair: Tensor, known: Tensor | None = None, *,
                generator: torch.Generator | None = None, temperature: float = 1.0,
-               candidates: int = 1) -> Tensor:
+               candidates: int = 1, cell_penalty: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         """Place every object [B, M, 2]; rows of `known` [B, M, 2] that are finite are kept as given.
 
         With candidates > 1, that many layouts are drawn per row and the one the model finds most
         likely is kept (reranking by the model's own likelihood, no outside knowledge).
+        `cell_penalty(k, xy)` -> [B, bins^2]: how many rules placing object k in each cell breaks,
+        given the centres xy [B, M, 2] of objects < k (B * candidates rows with candidates); object k
+        is then drawn among the cells of least penalty only (the model's distribution restricted to them).
         Placed centres are bin centres; padded objects get (0.5, 0.5) and are masked downstream.
         """
         if candidates > 1:
             many = [t.repeat_interleave(candidates, 0) for t in (objects, mask, pair)]
             rep_known = None if known is None else known.repeat_interleave(candidates, 0)
-            xy = self.sample(*many, rep_known, generator=generator, temperature=temperature)
+            xy = self.sample(*many, rep_known, generator=generator, temperature=temperature, cell_penalty=cell_penalty)
             score = self.log_prob(*many[:2], xy, many[2]).view(-1, candidates)  # [B, K]
             best = score.argmax(1) + torch.arange(len(score), device=score.device) * candidates
             return xy[best]
@@ -140,6 +145,9 @@ class LayoutPredictor(nn.Module):
             xy = torch.where(keep[..., None], known.float(), xy)
         for k in range(M):
             logits = self.logits(objects[:, : k + 1], mask[:, : k + 1], xy[:, : k + 1], pair)[:, k].float()
+            if cell_penalty is not None:
+                penalty = cell_penalty(k, xy)                                           # [B, cells]
+                logits = logits.masked_fill(penalty > penalty.min(1, keepdim=True).values, float("-inf"))
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 index = torch.multinomial(probs, 1, generator=generator)[:, 0]

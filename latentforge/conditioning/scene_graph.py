@@ -16,6 +16,12 @@ With `layout` on (the default, as in P1) the encoded objects are also placed: a 
 (`conditioning/layout.py`) is trained on the data's object centres (`obj_x`, `obj_y`; its
 cross-entropy is handed to the generator as `layout_nll`) and, when centres are not given,
 samples them; the layout is painted on the latent grid as the context's spatial map.
+
+Sampling-time rejection: where the data set knows its placement rules (`DataSet.layout_critic`:
+Shapes counts overlapping boxes, objects over the border and relations the centres break), the
+pipeline attaches that critic as `layout_critic`, and with `layout_rejection: K` the sampler draws K
+layouts per graph and keeps the first that breaks the fewest rules — rejection sampling from the
+predictor's own distribution restricted to valid layouts, where one exists among the K.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class SceneGraphConfig(ConditionerConfig):
     layout_reach: float = 0.25       # cells within this distance (image fractions, per axis) of a centre
     layout_temperature: float = 1.0
     layout_candidates: int = 1       # draw this many layouts per graph, keep the most likely
+    layout_rejection: int = 0        # with the data's layout critic: draw this many, keep the first that breaks fewest rules
+    layout_constrained: bool = False # with the data's layout critic: place each object only where it breaks fewest rules
 
     @classmethod
     def tiny(cls) -> "SceneGraphConfig":
@@ -77,6 +85,7 @@ class SceneGraphConditioner(Conditioner):
         self.encoder = Transformer(D, config.depth, config.heads)
         init_transformer_weights(self, config.depth)
         self.layout = self.painter = None
+        self.layout_critic = None  # set at sampling time from the data set (not saved); see the module doc
         if config.layout:
             self.layout = LayoutPredictor(D, config.layout_bins, config.layout_depth, config.heads)
             self.pair_row = nn.Linear(D, D)  # the object being placed
@@ -142,12 +151,52 @@ class SceneGraphConditioner(Conditioner):
                 raise ValueError("training the layout predictor needs every object's centre (obj_x, obj_y)")
             centres = torch.nan_to_num(known, nan=0.5)
             losses["layout_nll"] = self.layout.nll(objects, obj_mask, centres, pair)
+        elif self.layout_critic is not None and self.config.layout_rejection > 1:
+            centres = self._rejection_sample(objects, obj_mask, pair, known, cond, generator)
         else:
+            K = self.config.layout_candidates
+            penalty = None
+            if self.layout_critic is not None and self.config.layout_constrained:
+                penalty = self._cell_penalty({k: v.repeat_interleave(K, 0) for k, v in cond.items()})
             centres = self.layout.sample(objects, obj_mask, pair, known, generator=generator,
-                                         temperature=self.config.layout_temperature,
-                                         candidates=self.config.layout_candidates)
+                                         temperature=self.config.layout_temperature, candidates=K,
+                                         cell_penalty=penalty)
         bins = self.config.layout_bins
         return bin_centres(centre_bins(centres, bins), bins), losses
+
+    def _cell_penalty(self, cond: dict[str, Tensor]):
+        """(k, xy [B, M, 2]) -> [B, cells]: the critic's count for the objects <= k with object k
+        at each cell of the layout grid (padded objects and later ones left out)."""
+        bins = self.config.layout_bins
+        cells = bin_centres(torch.arange(bins * bins, device=cond["obj_mask"].device), bins)  # [C, 2]
+        C = len(cells)
+        rows = {k: v.repeat_interleave(C, 0) for k, v in cond.items()}  # graph b, cell c at b * C + c
+
+        def penalty(k: int, xy: Tensor) -> Tensor:
+            B, M, _ = xy.shape
+            trial = xy[:, None].repeat(1, C, 1, 1)                                        # [B, C, M, 2]
+            trial[:, :, k] = cells
+            placed = torch.arange(M, device=xy.device) <= k                                # [M]
+            part = dict(rows, obj_mask=rows["obj_mask"].bool() & placed,
+                        rel_mask=rows["rel_mask"].bool() & placed[rows["rel_subj"]] & placed[rows["rel_obj"]])
+            return self.layout_critic(part, trial.view(B * C, M, 2)).view(B, C)
+
+        return penalty
+
+    def _rejection_sample(self, objects: Tensor, obj_mask: Tensor, pair: Tensor, known: Tensor,
+                          cond: dict[str, Tensor], generator: torch.Generator | None) -> Tensor:
+        """K layouts per graph [B * K, M, 2]; per graph the first with the fewest broken rules."""
+        K, (B, M) = self.config.layout_rejection, obj_mask.shape
+        many = [t.repeat_interleave(K, 0) for t in (objects, obj_mask, pair, known)]
+        rows = {k: v.repeat_interleave(K, 0) for k, v in cond.items()}
+        penalty = self._cell_penalty(rows) if self.config.layout_constrained else None
+        xy = self.layout.sample(*many, generator=generator, temperature=self.config.layout_temperature,
+                                cell_penalty=penalty)
+        bins = self.config.layout_bins
+        snapped = bin_centres(centre_bins(xy, bins), bins)  # what the painter will see
+        broken = self.layout_critic(rows, snapped)
+        best = broken.view(B, K).argmin(1)  # the first of the fewest: an unbiased pick among valid draws
+        return xy.view(B, K, M, 2)[torch.arange(B, device=xy.device), best]
 
     def _pair_features(self, objects: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """[B, M, M, D]: row k, column j = both objects plus the predicates relating them.

@@ -149,6 +149,12 @@ class DataSet:
         """The rows as a sampler is given them: by default everything."""
         return arrays
 
+    def layout_critic(self) -> Any:
+        """For data whose conditions are placed as layouts (scene graphs): a function
+        (condition tensors, centres [B, M, 2]) -> [B] count of placement rules broken, which the
+        layout sampler minimises over its candidates (`layout_rejection`); None by default."""
+        return None
+
     def training_captions(self) -> list[str]:
         """The captions of the training split, for a caption conditioner's vocabulary."""
         raise NotImplementedError(f"data {self.config.name!r} has no captions")

@@ -26,6 +26,7 @@ from latentforge.data.shapes import (
     SceneGraph,
     ShapesConfig,
     encode_graphs,
+    layout_violations,
     sample_and_render,
     sample_scene,
 )
@@ -84,6 +85,10 @@ class ShapesData(RowwiseDataSet):
                 "graphs": np.array([json.dumps(g.to_json()) for g in graphs]),
                 "captions": np.array([g.caption() for g in graphs]),
                 **{k: v.numpy() for k, v in cond.items()}}
+
+    def layout_critic(self):
+        """Counts the placement rules a sampled layout breaks (overlaps, border, relations)."""
+        return layout_violations
 
     def link_conditioner(self, cfg):
         # slots for the largest scene the data set can draw, whatever the training graphs hold

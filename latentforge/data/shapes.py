@@ -376,6 +376,40 @@ def object_box(obj: ShapeObject) -> tuple[float, float, float, float]:
     return obj.x + left, obj.y + top, obj.x + right, obj.y + bottom
 
 
+def layout_violations(cond: Mapping[str, torch.Tensor], centres: torch.Tensor) -> torch.Tensor:
+    """How many of the placement rules scenes are drawn with a layout breaks, per graph [B].
+
+    `cond` holds encoded graphs (`encode_graphs`: obj_shape, obj_size, obj_mask, rel_*), `centres`
+    [B, M, 2] object centroids in image fractions. One count for each pair of objects whose boxes
+    come closer than GAP or whose centres are closer than MARGIN on either axis, each object whose
+    box leaves the BORDER, and each relation of the graph the centres do not satisfy. The data's own
+    layouts score 0; a sampler can reject layouts that score more (P1's layout stage samples centres,
+    and crowded or misplaced ones are what its image model then draws as merged objects).
+    """
+    shape, size, mask = cond["obj_shape"], cond["obj_size"], cond["obj_mask"].bool()  # [B, M]
+    side = torch.tensor([SIZE_SIDE[s] for s in SIZES], device=centres.device)[size]   # [B, M]
+    triangle = shape == SHAPES.index("triangle")
+    x, y = centres[..., 0].to(side.dtype), centres[..., 1].to(side.dtype)
+    left, right = x - side / 2, x + side / 2
+    top = y + torch.where(triangle, -2 * side / 3, -side / 2)                             # box_offsets
+    bottom = y + torch.where(triangle, side / 3, side / 2)
+    apart = ((left[:, :, None] >= right[:, None] + GAP) | (right[:, :, None] <= left[:, None] - GAP)
+             | (top[:, :, None] >= bottom[:, None] + GAP) | (bottom[:, :, None] <= top[:, None] - GAP))  # [B, M, M]
+    separated = (((x[:, :, None] - x[:, None]).abs() >= MARGIN - 1e-6)
+                 & ((y[:, :, None] - y[:, None]).abs() >= MARGIN - 1e-6))
+    M = mask.shape[1]
+    pairs = mask[:, :, None] & mask[:, None] & torch.ones(M, M, dtype=torch.bool, device=mask.device).triu(1)
+    clashes = (pairs & ~(apart & separated)).sum((1, 2))
+    outside = (mask & ((left < BORDER - 1e-6) | (right > 1 - BORDER + 1e-6)
+                       | (top < BORDER - 1e-6) | (bottom > 1 - BORDER + 1e-6))).sum(1)
+    subj, obj, pred = cond["rel_subj"], cond["rel_obj"], cond["rel_pred"]                # [B, R]
+    dx = x.gather(1, obj) - x.gather(1, subj)  # > 0: the subject is left of the object
+    dy = y.gather(1, obj) - y.gather(1, subj)  # > 0: the subject is above it
+    holds = torch.stack([dx > 0, dx < 0, dy > 0, dy < 0], -1).gather(-1, pred[..., None])[..., 0]
+    broken = (cond["rel_mask"].bool() & ~holds).sum(1)
+    return clashes + outside + broken
+
+
 # --- sampling ---------------------------------------------------------------------
 
 
