@@ -20,7 +20,8 @@ from latentforge.eval.sensitivity import condition_sensitivity
 NAMES = registry.names("generator")
 STEPS, BATCH = 250, 32
 # The least increase of held-out loss (nats) each shifted attribute must cause: about half of what
-# each family measured at STEPS (2026-12-05; BENCHMARKS.md, issue 14). The continuous families' losses
+# each family measured at STEPS (2026-12-05, before and after the unit-scale attribute embeddings;
+# BENCHMARKS.md, issue 14). The continuous families' losses
 # are denoising errors, on another scale than the code families' cross-entropies. The hierarchical
 # generator before the fix measured colour +0.35 here (and +0.001 on an 8 x 8 grid), after it +1.23.
 MARGIN = {  # family: (colour, shape, size)

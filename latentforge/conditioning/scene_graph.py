@@ -84,6 +84,11 @@ class SceneGraphConditioner(Conditioner):
         self.kind_emb = nn.Embedding(2, D)  # 0 = object token, 1 = relation token
         self.encoder = Transformer(D, config.depth, config.heads)
         init_transformer_weights(self, config.depth)
+        # The attributes start at unit scale, not GPT-2's 0.02: at 0.02 the generators learnt where
+        # objects go long before what they are (MAR never learnt colour, the hierarchical model only
+        # after ~600 steps); at unit scale both read colour within 250 steps (BENCHMARKS.md, issue 14).
+        for table in (self.shape, self.color, self.size):
+            nn.init.normal_(table.weight, std=1.0)
         self.layout = self.painter = None
         self.layout_critic = None  # set at sampling time from the data set (not saved); see the module doc
         if config.layout:
