@@ -166,8 +166,11 @@ class SceneGraphConditioner(Conditioner):
             centres = self.layout.sample(objects, obj_mask, pair, known, generator=generator,
                                          temperature=self.config.layout_temperature, candidates=K,
                                          cell_penalty=penalty)
-        bins = self.config.layout_bins
-        return bin_centres(centre_bins(centres, bins), bins), losses
+        return self._snap(centres), losses
+
+    def _snap(self, centres: Tensor) -> Tensor:
+        """Centres [..., 2] moved to their layout bin's centre: what the painter sees."""
+        return bin_centres(centre_bins(centres, self.config.layout_bins), self.config.layout_bins)
 
     def _cell_penalty(self, cond: dict[str, Tensor]):
         """(k, xy [B, M, 2]) -> [B, cells]: the critic's count for the objects <= k with object k
@@ -197,9 +200,7 @@ class SceneGraphConditioner(Conditioner):
         penalty = self._cell_penalty(rows) if self.config.layout_constrained else None
         xy = self.layout.sample(*many, generator=generator, temperature=self.config.layout_temperature,
                                 cell_penalty=penalty)
-        bins = self.config.layout_bins
-        snapped = bin_centres(centre_bins(xy, bins), bins)  # what the painter will see
-        broken = self.layout_critic(rows, snapped)
+        broken = self.layout_critic(rows, self._snap(xy))
         best = broken.view(B, K).argmin(1)  # the first of the fewest: an unbiased pick among valid draws
         return xy.view(B, K, M, 2)[torch.arange(B, device=xy.device), best]
 

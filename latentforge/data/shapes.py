@@ -284,7 +284,7 @@ class ShapesConfig:
         if not 16 <= self.size <= 128:
             raise ValueError(f"ShapesConfig.size must be in [16, 128], got {self.size}")
         if not 1 <= self.min_objects <= MAX_OBJECTS:
-            raise ValueError(f"ShapesConfig.min_objects must be in [1, 6], got {self.min_objects}")
+            raise ValueError(f"ShapesConfig.min_objects must be in [1, {MAX_OBJECTS}], got {self.min_objects}")
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(f"ShapesConfig.max_objects must be in [1, {MAX_OBJECTS}], got {self.max_objects}")
         if self.min_objects > self.max_objects:

@@ -137,7 +137,7 @@ class HierarchicalGenerator(Generator):
         # starts at GPT-2's 0.02: at unit scale the codes drown the position embedding and the
         # condition's spatial map in its inputs, and the model predicts colour from the previous
         # code instead of learning it from the graph (measured: +0.001 nats when the graph's colours
-        # are shifted, against +0.31 with the scale; BENCHMARKS.md, issue 14).
+        # are shifted, against +0.48 with the scale; BENCHMARKS.md, issue 14).
         self.base_code_scale = nn.Parameter(torch.tensor(0.02))
 
         def unit_scale_for_old_checkpoints(module, state_dict, prefix, *args) -> None:
@@ -168,6 +168,10 @@ class HierarchicalGenerator(Generator):
         embs = torch.stack([self.code_emb[q](codes[..., q]) for q in range(codes.shape[-1])], dim=-2)
         return embs.cumsum(dim=-2)
 
+    def _history(self, sums: Tensor) -> Tensor:
+        """What the base transformer reads of a position's summed codes [..., D]: scaled (see __init__)."""
+        return self.base_code_scale * sums
+
     def _depth_inputs(self, h: Tensor, sums: Tensor) -> Tensor:
         """Depth-sequence inputs from base states h [..., D] and the running sums of the first
         levels [..., q, D] of the same position -> [..., q + 1, Dd] (levels 0..q)."""
@@ -190,7 +194,7 @@ class HierarchicalGenerator(Generator):
         if history is None:
             history = torch.full((B,), Q, dtype=torch.long, device=codes.device)
         prev = sums.gather(2, (history - 1).view(B, 1, 1, 1).expand(B, N, 1, sums.shape[-1]))[:, :, 0]
-        x = torch.cat([self.bos.expand(B, 1, -1), self.base_code_scale * prev[:, :-1]], dim=1)  # [B, N, D]
+        x = torch.cat([self.bos.expand(B, 1, -1), self._history(prev[:, :-1])], dim=1)  # [B, N, D]
         x = x + self.pos()[:N] + self.history_levels(history - 1)[:, None]
         spatial = self.spatial_inputs(context)
         if spatial is not None:
@@ -268,11 +272,10 @@ class HierarchicalGenerator(Generator):
                 p, j = drawn + i, known + i  # absolute frame, position in the window
                 self._draw_levels(h, g, codes[:, p], per_level, generator, use_cache)
                 if j + 1 < N:
-                    return (self.base_code_scale * self._level_sums(g.rows_of(codes[:, p]))[:, None, -1]
-                            + pos[..., j + 1 : j + 2, :])
+                    return self._history(self._level_sums(g.rows_of(codes[:, p]))[:, None, -1]) + pos[..., j + 1 : j + 2, :]
                 return None
 
-            history = self.base_code_scale * self._level_sums(g.rows_of(codes[:, start : start + known]))[..., -1, :]
+            history = self._history(self._level_sums(g.rows_of(codes[:, start : start + known]))[..., -1, :])
             first = torch.cat([self.bos.expand(g.rows, 1, -1), history], dim=1) + pos[..., : known + 1, :]
             causal_decode(self.base, first, new, emit, use_cache=use_cache, **cross)
             drawn += new
