@@ -21,7 +21,7 @@ training-step time (forward, backward, AdamW) and sampling time per network eval
 
     pip install -e ".[bench]"
     python benchmarks/generators.py [--budget 150] [--conditions 100] [--only dit,masked]
-                                    [--speed-only] [--out benchmarks/results/generators.json]
+                                    [--speed-only] [--no-speed] [--no-sweep] [--threads 2] [--out benchmarks/results/generators.json]
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def measure_step(cfg: RecipeConfig, run: Run, reps: int = 6) -> float:
 
 
 def generator_row(out: Path, name: str, tokenizer_dir: Path, budget: float, conditions: int, data_size: int,
-                  tokenizer_steps: int) -> dict:
+                  tokenizer_steps: int, sweep_steps: bool = True) -> dict:
     kind, section, options, sweep = GENERATORS[name]
     sizes = (data_size, tokenizer_steps)
     probe = recipe(out, f"gen_{name}", TOKENIZERS[kind], section, 10, conditions, options, *sizes)
@@ -174,7 +174,7 @@ def generator_row(out: Path, name: str, tokenizer_dir: Path, budget: float, cond
            "train_s": train_s, "sweep": [], "sensitivity": sensitivity(run)}
     print(f"  {name}: val loss {row['sensitivity']['val_loss']:.4f}; shifted colour / shape / size: "
           + " / ".join(f"{row['sensitivity'][a]:+.4f}" for a in ("colour", "shape", "size")) + " nats", flush=True)
-    for steps_k in (sweep or [None]):
+    for steps_k in (sweep if sweep and sweep_steps else [None]):
         opts = dict(options) if steps_k is None else {**options, "steps": steps_k}
         cfg_k = dataclass_with_options(cfg, opts)
         run_k = Run(cfg_k, progress=False)
@@ -344,6 +344,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-only", action="store_true", help="only the diffusers DiT comparison")
     ap.add_argument("--no-speed", action="store_true", help="skip the diffusers DiT and P20 step-time checks")
+    ap.add_argument("--no-sweep", action="store_true", help="sample each family at its default steps only")
     ap.add_argument("--work", default="runs/bench_generators")
     ap.add_argument("--out", default="benchmarks/results/generators.json")
     args = ap.parse_args()
@@ -377,7 +378,7 @@ def main() -> None:
         rows = []
         for name in names:
             rows.append(generator_row(out, name, tokenizers[GENERATORS[name][0]], args.budget, args.conditions,
-                                      args.data_size, args.tokenizer_steps))
+                                      args.data_size, args.tokenizer_steps, not args.no_sweep))
             result["generators"] = rows
             write_json(args.out, result)  # keep what is done if a later generator fails
         plot(rows, Path(args.out).with_suffix(".png"))

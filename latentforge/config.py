@@ -57,6 +57,24 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         raise ConfigError(f"{path or 'config'}: {err}") from err
 
 
+# Field metadata for an option added after runs were first fingerprinted: at its default it is left
+# out of `identity`, so those runs still match (and go on resuming) after an upgrade.
+#     simvq: bool = field(default=False, metadata=ADDED_LATER)
+ADDED_LATER = {"added_later": True}
+
+
+def identity(cfg: Any) -> Any:
+    """`to_dict` without the ADDED_LATER fields that hold their default: what a run's fingerprint reads."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: identity(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if not (f.metadata.get("added_later") and getattr(cfg, f.name) == f.default)}
+    if isinstance(cfg, (list, tuple)):
+        return [identity(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: identity(v) for k, v in cfg.items()}
+    return cfg
+
+
 def to_dict(cfg: Any) -> Any:
     """Dataclass -> plain dict/list/scalar tree (tuples become lists), for YAML and JSON."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):

@@ -31,6 +31,7 @@ from latentforge.config import (
     ConfigError,
     apply_overrides,
     from_dict,
+    identity,
     load_yaml,
     to_dict,
 )
@@ -205,7 +206,7 @@ class Run:
         """The config sections a stage depends on: its own and those of every stage before it."""
         own = {"data": ["data"], "tokenizer": ["tokenizer", "tokenizer_train"],
                "generator": ["generator", "generator_train"], "sample": ["sample"], "eval": ["eval"]}
-        c = to_dict(self.cfg)
+        c = identity(self.cfg)
         for key in ("tokenizer_train", "generator_train"):
             c[key] = getattr(self.cfg, key).identity()
         upto = STAGES[: STAGES.index(stage) + 1]

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 MODULES: dict[str, tuple[str, ...]] = {
-    "quantizer": ("latentforge.quantize.vq", "latentforge.quantize.rvq", "latentforge.quantize.fsq",
-                  "latentforge.quantize.lfq", "latentforge.quantize.gumbel", "latentforge.quantize.gaussian",
-                  "latentforge.quantize.topk"),
+    "quantizer": ("latentforge.quantize.vq", "latentforge.quantize.rvq", "latentforge.quantize.grouped_vq",
+                  "latentforge.quantize.fsq", "latentforge.quantize.lfq", "latentforge.quantize.gumbel",
+                  "latentforge.quantize.gaussian", "latentforge.quantize.topk"),
     "tokenizer": ("latentforge.tokenizers.conv", "latentforge.tokenizers.conv1d", "latentforge.tokenizers.vit"),
     "conditioner": ("latentforge.conditioning.class_label", "latentforge.conditioning.caption",
                     "latentforge.conditioning.scene_graph"),

@@ -1,4 +1,5 @@
-"""FSQ, LFQ, residual VQ and the Gumbel-softmax bottleneck: known answers, invariants, contracts."""
+"""FSQ, LFQ, residual VQ, grouped VQ and the Gumbel-softmax bottleneck: known answers, invariants,
+contracts (grouped VQ's own checks: test_vq_defences.py)."""
 
 import math
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from latentforge.config import ConfigError, from_dict, to_dict
 from latentforge.quantize.base import QuantizerConfig
 from latentforge.quantize.fsq import FSQ, FSQConfig
+from latentforge.quantize.grouped_vq import GroupedVQConfig
 from latentforge.quantize.gumbel import GumbelConfig, GumbelQuantizer
 from latentforge.quantize.lfq import LFQ, LFQConfig
 from latentforge.quantize.rvq import ResidualVQ, RVQConfig
@@ -22,6 +24,7 @@ TINY = {
     "lfq": LFQConfig(dim=6, bits=4, temperature=0.5),
     "rvq": RVQConfig(dim=6, codebook_size=8, depth=3),
     "gumbel": GumbelConfig(dim=6, codebook_size=8, anneal_steps=10),
+    "grouped_vq": GroupedVQConfig(dim=6, codebook_size=8, groups=3),
 }
 GRIDS = [(5,), (3, 4), (2, 3, 2)]
 
@@ -338,6 +341,37 @@ def test_rvq_shared_codebook_ema_and_rotation_options_reach_the_levels():
     (gb,) = torch.autograd.grad(b.z_q.sum(), z)
     assert not torch.allclose(ga, gb, atol=1e-3)
     assert not any(level.config.rotation_trick for level in rotated.levels)
+
+
+def test_rvq_gradient_through_levels_sums_each_levels_straight_through_or_rotation():
+    from latentforge.quantize.vq import rotation_matrix
+
+    base = {"dim": 4, "codebook_size": 8, "depth": 3, "kmeans_init": False, "quantizer_dropout": False}
+    plain = ResidualVQ(RVQConfig(**base))
+    z = torch.randn(2, 5, 4, requires_grad=True)
+    w = torch.randn(2, 5, 4)
+    ref = plain(z)
+    for rotation in (False, True):
+        levels = ResidualVQ(RVQConfig(**base, gradient="levels", rotation_trick=rotation))
+        levels.load_state_dict(plain.state_dict())
+        assert all(level.config.rotation_trick == rotation for level in levels.levels)
+        out = levels(z)
+        assert torch.equal(out.codes, ref.codes) and torch.allclose(out.z_q, ref.z_q, atol=1e-6)
+        assert all(torch.allclose(out.losses[k], ref.losses[k]) for k in ref.losses)
+        (grad,) = torch.autograd.grad((out.z_q * w).sum(), z)
+        # each level hands the decoder gradient to its residual, which passes it to z unchanged
+        expected, residual = torch.zeros_like(w), z.detach()
+        for k in range(3):
+            e = levels.levels[k].codebook[out.codes[..., k]].detach()
+            if rotation:
+                scale = e.norm(dim=-1, keepdim=True) / residual.norm(dim=-1, keepdim=True)
+                expected += scale * (rotation_matrix(residual, e).transpose(-1, -2) @ w[..., None])[..., 0]
+            else:
+                expected += w
+            residual = residual - e
+        assert torch.allclose(grad, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="gradient"):
+        RVQConfig(gradient="each")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -203,3 +203,8 @@ def test_fingerprints_ignore_run_time_switches_and_survive_new_defaults():
     assert fingerprints("generator_train.compile=true", "generator_train.tensorboard=false",
                         "tokenizer_train.detect_anomaly=true") == fingerprints()
     assert fingerprints("generator_train.ema_decay=0.999")[1] != fingerprints()[1]
+    # the quantizer's collapse defences (issue 14) joined later too: off, they leave the
+    # fingerprint alone; on, they change it (and so the generator's, which reads those codes)
+    for switch in ("simvq=true", "entropy_weight=0.01", "kmeans_usage=true"):
+        changed = fingerprints(f"tokenizer.quantizer.{switch}")
+        assert changed[0] != fingerprints()[0] and changed[1] != fingerprints()[1], switch

@@ -237,3 +237,26 @@ def test_vq_config_errors_name_the_bad_option():
         VQConfig(codebook_update="kmeans")
     with pytest.raises(ValueError, match="ema_decay"):
         VQConfig(ema_decay=1.0)
+
+
+def test_kmeans_usage_starts_usage_from_the_kmeans_counts_so_a_high_threshold_keeps_the_codes():
+    torch.manual_seed(0)
+    centres = torch.randn(16, 4) * 5
+    data = (centres.repeat_interleave(5, 0) + 0.01 * torch.randn(80, 4)).view(1, 80, 4)  # 5 vectors each
+    cfg = dict(codebook_size=16, dim=4, l2_normalize=False, kmeans_iters=20, usage_decay=0.8, dead_threshold=2.0)
+    for update in ("learned", "ema"):
+        vq = VectorQuantizer(VQConfig(**cfg, codebook_update=update, kmeans_usage=True)).train()
+        q = vq(data)
+        assert torch.allclose(vq.usage, torch.full((16,), 5.0)), "usage 0.8 * 5 + 0.2 * 5: none below 2"
+        assert torch.cdist(centres, vq.codebook.detach()).min(1).values.max() < 0.1
+        assert len(q.codes.unique()) == 16
+        if update == "ema":
+            # the EMA statistics start from the k-means clusters too: one update keeps each code there
+            assert torch.allclose(vq.ema_count, torch.full((16,), 5.0))
+    # the old prior, 1 per code: 0.8 * 1 + 0.2 * 5 = 1.8 < 2, so every k-means code is "dead" at step 1
+    vq = VectorQuantizer(VQConfig(**cfg)).train()
+    vq(data)
+    assert torch.equal(vq.usage, torch.full((16,), 4.0)), "all revived at step 1, each given the grace of 4"
+    import pytest
+    with pytest.raises(ValueError, match="kmeans_usage"):
+        VQConfig(kmeans_init=False, kmeans_usage=True)

@@ -83,7 +83,7 @@ def tokenizer_metrics(tokenizer, modality: Any, examples: np.ndarray, device: to
             counts = h if counts is None else counts + h
     recon = np.concatenate(recons)
     out = modality.recon_metrics(examples, recon)
-    if spec.kind == "discrete" and spec.depth > 1:
+    if spec.kind == "discrete" and spec.depth > 1 and tokenizer.quantizer.prefix_decodable:
         out.update(prefix_metrics(tokenizer, modality, examples, device, batch))
     if counts is not None:
         per_level = [codebook_stats(c) for c in counts]

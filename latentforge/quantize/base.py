@@ -36,6 +36,9 @@ class Quantizer(nn.Module):
 
     config: QuantizerConfig
     discrete: bool = True
+    # Codes of several levels per position whose first k levels decode alone (residual VQ): the
+    # evaluation then reports quality against the number of levels decoded.
+    prefix_decodable: bool = False
 
     @property
     def vocab_size(self) -> int | None:

@@ -9,6 +9,12 @@ Quantizer dropout (SoundStream): in training, each example keeps a random number
 1..depth, so the decoder learns to read any prefix of the codes; one model then serves
 several bitrates, and a coarse-to-fine generator (P3 Mogo) can stop after any level.
 
+The encoder's gradient (`gradient`): "sum" passes the decoder's gradient once, straight through
+(or rotated, `rotation_trick`) the sum of the levels' codes. "levels" passes it through every level
+to that level's input residual, as SoundStream's Algorithm 1 and vector-quantize-pytorch do: the
+encoder then gets the sum over the levels used (depth times the straight-through gradient, or each
+level's rotation), which outweighs the commitment terms depth-fold.
+
 Codes are `[B, *grid, depth]`, level-major in the last axis: codes[..., 0] is the coarsest.
 
 Shapes: B batch, grid the latent grid (any rank), D = dim.
@@ -17,11 +23,13 @@ Shapes: B batch, grid the latent grid (any rank), D = dim.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from latentforge.config import ADDED_LATER
 from latentforge.quantize.base import Quantized, Quantizer
 from latentforge.quantize.vq import VectorQuantizer, VQConfig, rotate_onto
 from latentforge.registry import register
@@ -40,11 +48,17 @@ class RVQConfig(VQConfig):
     depth: int = 2                    # levels (codebooks) per position
     shared_codebook: bool = False     # one codebook for every level
     quantizer_dropout: bool = True    # training: each example uses levels 1..n, n uniform in 1..depth
+    # How the decoder's gradient reaches the encoder: "sum" passes it once, through the sum of the
+    # levels' codes; "levels" passes it through each level to that level's input residual, so the
+    # encoder gets the sum over the levels used (SoundStream's and vector-quantize-pytorch's way)
+    gradient: Literal["sum", "levels"] = field(default="sum", metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if self.gradient not in ("sum", "levels"):
+            raise ValueError(f"gradient must be 'sum' or 'levels', got {self.gradient!r}")
         if self.l2_normalize:
             raise ValueError("l2_normalize=True cannot be used with residual VQ: normalising each residual "
                              "discards its magnitude, so the levels could not add up to z")
@@ -52,8 +66,9 @@ class RVQConfig(VQConfig):
     def level_config(self) -> VQConfig:
         """The VQConfig of one level."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(VQConfig) if f.init}
-        # The rotation, if any, is applied once to the sum of the levels (see forward).
-        return VQConfig(**{**shared, "name": "vq", "rotation_trick": False})
+        # With gradient="sum" the rotation, if any, is applied once to the sum of the levels (see
+        # forward); with "levels" each level rotates its own residual onto its code.
+        return VQConfig(**{**shared, "name": "vq", "rotation_trick": self.rotation_trick and self.gradient == "levels"})
 
     @classmethod
     def tiny(cls) -> "RVQConfig":
@@ -63,6 +78,9 @@ class RVQConfig(VQConfig):
 
 @register("quantizer", "rvq", RVQConfig)
 class ResidualVQ(Quantizer):
+    # Any prefix of the levels decodes (coarser): `lookup` takes codes [..., :k].
+    prefix_decodable = True
+
     def __init__(self, config: RVQConfig) -> None:
         super().__init__()
         self.config = config
@@ -102,7 +120,9 @@ class ResidualVQ(Quantizer):
                 # level k's commitment pulls z towards the sum of levels 1..k.
                 residual = residual - e
                 mask = (keep > k).to(z.dtype).view(-1, *[1] * (z.dim() - 1))  # [B, 1, ..., 1]
-                total = total + e * mask
+                # "levels": q.z_q equals e in value and carries the decoder's gradient to this
+                # level's residual, hence to z (straight-through or the level's rotation).
+                total = total + (q.z_q if cfg.gradient == "levels" else e) * mask
                 stats[f"usage_l{k}"] = q.stats["usage"]
                 stats[f"perplexity_l{k}"] = q.stats["perplexity"]
                 stats[f"residual_l{k}"] = residual.detach().pow(2).mean()  # error after k+1 levels
@@ -111,7 +131,9 @@ class ResidualVQ(Quantizer):
             stats["levels_used"] = keep.float().mean()
             # Levels that dropout removed for an example still train their codebooks on its
             # residuals: those are the residuals the level sees whenever it is kept.
-            if cfg.rotation_trick:
+            if cfg.gradient == "levels":
+                z_q = total
+            elif cfg.rotation_trick:
                 z_q = rotate_onto(z, total)
             else:
                 z_q = z + (total - z).detach()  # straight-through on the sum

@@ -5,7 +5,8 @@
 - k-means initialisation from the first training batch, so training starts with every code
   near the data instead of in empty space;
 - dead-code revival: a code whose running usage falls below a threshold is moved onto a
-  random encoder output of the current batch;
+  random encoder output of the current batch (`kmeans_usage` starts the running usage from the
+  k-means clusters instead of 1 per code, which a threshold above 1 needs);
 - straight-through gradients: the decoder's gradient is copied onto the encoder output;
 - losses: codebook term ||sg(z) - e||^2 and commitment beta * ||z - sg(e)||^2.
 
@@ -18,13 +19,26 @@ Options:
   rotation and rescaling that takes z onto e, so it carries how z sits relative to its code
   (straight-through copies it unchanged).
 
+Defences against codebook collapse (each off by default):
+- `simvq` (Zhu et al. 2024, "Addressing representation collapse in vector quantized models with
+  one linear layer"): the codebook C stays frozen and the codes used are C W, with W [D, D]
+  learned. A gradient step on W moves every code, not only the ones the batch picked, so codes
+  that no vector chose still follow the data;
+- `entropy_weight` (MaskGIT / MAGVIT-v2's entropy loss, as in lfq.py): with soft assignments
+  p_n = softmax(-d_n / entropy_temperature) over the K squared distances d_n of vector n, the
+  loss gets entropy_weight * (mean_n H(p_n) - H(mean_n p_n)): each vector commits to one code
+  (first term), and the batch spreads over the whole codebook (second term). Its softmax holds
+  N x K floats, in training only.
+
+Grouped (multi-head) VQ, a vector split into groups with a codebook each, is grouped_vq.py.
+
 All distances run in fp32, whatever the autocast context. Shapes: N = B * prod(grid) vectors,
 K = codebook_size, D = dim.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -32,6 +46,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentforge.config import ADDED_LATER
 from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, code_histogram, usage_stats
 from latentforge.registry import register
 
@@ -45,12 +60,19 @@ class VQConfig(QuantizerConfig):
     commitment: float = 0.25       # beta
     kmeans_init: bool = True
     kmeans_iters: int = 10
+    # Start each code's running usage (and the EMA statistics) from the vectors k-means gave it in
+    # the init batch instead of 1 per code. Needed when dead_threshold > 1 (the peer's 2): a
+    # prior of 1 then declares nearly every fresh k-means code dead at the first step.
+    kmeans_usage: bool = field(default=False, metadata=ADDED_LATER)
     usage_decay: float = 0.95      # running per-step usage count of each code
     dead_threshold: float = 0.05   # revive a code whose running usage falls below this
     codebook_update: Literal["learned", "ema"] = "learned"
     ema_decay: float = 0.99        # ema: weight of the past in the cluster-size and sum averages
     ema_epsilon: float = 1e-5      # ema: Laplace smoothing of the cluster sizes
     rotation_trick: bool = False
+    simvq: bool = field(default=False, metadata=ADDED_LATER)  # codes = C W: C frozen (k-means or random init), W [D, D] learned
+    entropy_weight: float = field(default=0.0, metadata=ADDED_LATER)  # weight of the entropy penalty on soft assignments (0: off)
+    entropy_temperature: float = field(default=0.01, metadata=ADDED_LATER)  # tau of softmax(-d / tau) over squared distances d
 
     def __post_init__(self) -> None:
         if self.codebook_size < 2:
@@ -63,6 +85,15 @@ class VQConfig(QuantizerConfig):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.ema_epsilon <= 0:
             raise ValueError(f"ema_epsilon must be > 0, got {self.ema_epsilon}")
+        if self.kmeans_usage and not self.kmeans_init:
+            raise ValueError("kmeans_usage=True needs kmeans_init=True: it starts usage from the k-means counts")
+        if self.simvq and self.codebook_update == "ema":
+            raise ValueError("simvq=True needs codebook_update='learned': SimVQ learns the codes through W by "
+                             "gradient, while ema moves each code to its cluster mean directly")
+        if self.entropy_weight < 0:
+            raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}")
+        if self.entropy_temperature <= 0:
+            raise ValueError(f"entropy_temperature must be > 0, got {self.entropy_temperature}")
 
     @classmethod
     def tiny(cls) -> "VQConfig":
@@ -84,6 +115,12 @@ class VectorQuantizer(Quantizer):
             # correction, and a code nothing was assigned to yet (count 0) keeps its place.
             self.register_buffer("ema_count", torch.zeros(config.codebook_size))          # [K]
             self.register_buffer("ema_sum", torch.zeros(config.codebook_size, config.dim))  # [K, D]
+        elif config.simvq:
+            # C is a buffer (no optimiser touches it); W starts at the identity, so the codes
+            # start where C (k-means centres, or random) puts them. Random C is drawn at the
+            # paper's scale, N(0, 1/D): codes of norm ~1, near encoder outputs.
+            self.register_buffer("codebook", codebook * config.dim**-0.5)
+            self.code_map = nn.Parameter(torch.eye(config.dim))  # W [D, D]
         else:
             self.codebook = nn.Parameter(codebook)
         self.register_buffer("initialized", torch.tensor(not config.kmeans_init))
@@ -98,43 +135,70 @@ class VectorQuantizer(Quantizer):
         return self.config.codebook_size
 
     def _embeddings(self) -> Tensor:
+        """The code vectors [K, D] that inputs are matched to and replaced by (fp32)."""
         e = self.codebook.float()
+        if self.config.simvq:
+            e = e @ self.code_map.float()  # [K, D]
         return F.normalize(e, dim=-1) if self.config.l2_normalize else e
 
     def lookup(self, codes: Tensor) -> Tensor:
         """codes [B, *grid] -> code vectors [B, *grid, dim]."""
         return F.embedding(codes, self._embeddings())
 
+    def distances(self, flat: Tensor) -> Tensor:
+        """Squared distances [N, K] from each row of flat [N, dim] to every code (fp32)."""
+        e = self._embeddings()
+        return flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]
+
     def nearest(self, flat: Tensor) -> Tensor:
         """Index of the nearest code for each row of flat [N, dim] (fp32)."""
-        e = self._embeddings()
-        dist_sq = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]
-        return dist_sq.argmin(dim=1)
+        return self.distances(flat).argmin(dim=1)
+
+    def entropy_terms(self, dist_sq: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean per-vector entropy and entropy of the batch-mean assignment, from dist_sq [N, K].
+
+        The soft assignment is p_n = softmax(-dist_sq_n / entropy_temperature) (fp32).
+        """
+        logp = F.log_softmax(-dist_sq / self.config.entropy_temperature, dim=-1)  # [N, K]
+        p = logp.exp()
+        per_vector = -(p * logp).sum(-1).mean()
+        mean_p = p.mean(0)  # [K]
+        # A code far from every vector has mean_p = 0 exactly in fp32; the clamp keeps 0 * log 0 at 0.
+        codebook = -(mean_p * torch.log(mean_p.clamp_min(1e-10))).sum()
+        return per_vector, codebook
 
     def forward(self, z: Tensor) -> Quantized:
         """z [B, *grid, dim] -> Quantized with codes [B, *grid]."""
+        cfg = self.config
         with torch.autocast(z.device.type, enabled=False):
             dtype = z.dtype
             z = z.float()
-            if self.config.l2_normalize:
+            if cfg.l2_normalize:
                 z = F.normalize(z, dim=-1)
             flat = z.reshape(-1, z.shape[-1])  # [N, dim]
             if self.training and not bool(self.initialized):
                 self._kmeans_init(flat.detach())
-            codes = self.nearest(flat)                   # [N]
+            dist_sq = self.distances(flat)               # [N, K]
+            codes = dist_sq.argmin(dim=1)                # [N]
             e = self._embeddings()[codes].view_as(z)     # [B, *grid, D]
             losses: dict[str, Tensor] = {}
-            if self.config.codebook_update == "learned":
+            if cfg.codebook_update == "learned":
                 losses["codebook"] = F.mse_loss(e, z.detach())
-            losses["commitment"] = self.config.commitment * F.mse_loss(z, e.detach())
+            losses["commitment"] = cfg.commitment * F.mse_loss(z, e.detach())
+            entropy_stats: dict[str, Tensor] = {}
+            # A training device, like LFQ's: eval skips it (the codes do not depend on it).
+            if self.training and cfg.entropy_weight > 0:
+                per_vector, codebook = self.entropy_terms(dist_sq)
+                losses["entropy"] = cfg.entropy_weight * (per_vector - codebook)
+                entropy_stats = {"entropy_position": per_vector.detach(), "entropy_codebook": codebook.detach()}
             counts = code_histogram(codes, self.size)
             if self.training:
-                if self.config.codebook_update == "ema":
+                if cfg.codebook_update == "ema":
                     self._ema_update(flat.detach(), codes, counts)
                 self._revive_dead(flat.detach(), counts)
             # The decoder reads e either way; only the gradient the encoder gets differs.
-            z_q = rotate_onto(z, e) if self.config.rotation_trick else z + (e - z).detach()
-            stats = usage_stats(counts)
+            z_q = rotate_onto(z, e) if cfg.rotation_trick else z + (e - z).detach()
+            stats = usage_stats(counts) | entropy_stats
         return Quantized(z_q.to(dtype), codes.view(z.shape[:-1]), losses, stats)
 
     @torch.no_grad()
@@ -161,9 +225,27 @@ class VectorQuantizer(Quantizer):
             centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)  # empty clusters stay
             if self.config.l2_normalize:
                 centres = F.normalize(centres, dim=-1)
-        self.codebook.data.copy_(centres)
+        self._write_codes(slice(None), centres)
         _broadcast(self.codebook.data)
         self.initialized.fill_(True)
+        if self.config.kmeans_usage:
+            # counts over the global batch, as `_ema_update` and `_revive_dead` keep them
+            counts = torch.bincount(self.nearest(flat), minlength=k).to(self.usage.dtype)  # [K]
+            _all_reduce(counts)
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            self.usage.copy_(counts / world)
+            if self.config.codebook_update == "ema":
+                self.ema_count.copy_(counts)
+                self.ema_sum.copy_(self.codebook * counts[:, None])
+
+    @torch.no_grad()
+    def _write_codes(self, rows: Tensor | slice, vectors: Tensor) -> None:
+        """Make the codes at `rows` equal `vectors` [R, D] (what `_embeddings` returns, before any
+        normalisation). SimVQ writes C = v W^+ so that C W = v: W is shared by every code and
+        must not change for one; the pseudo-inverse keeps this defined if W ever loses rank."""
+        if self.config.simvq:
+            vectors = vectors.float() @ torch.linalg.pinv(self.code_map.detach().float())  # [R, D]
+        self.codebook.data[rows] = vectors.to(self.codebook.dtype)
 
     @torch.no_grad()
     def _ema_update(self, flat: Tensor, codes: Tensor, counts: Tensor) -> None:
@@ -201,7 +283,7 @@ class VectorQuantizer(Quantizer):
         if dead.numel() == 0:
             return
         picks = torch.randint(flat.shape[0], (dead.numel(),), device=flat.device)
-        self.codebook.data[dead] = flat[picks].to(self.codebook.dtype)
+        self._write_codes(dead, flat[picks])
         _broadcast(self.codebook.data)  # rank 0's picks win everywhere
         self.usage[dead] = 2 * max(cfg.dead_threshold, 0.5)  # a grace period to attract data
         if self.config.codebook_update == "ema":

@@ -8,13 +8,12 @@ the checkpoint of step k therefore replays steps k+1.. exactly as an uninterrupt
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from latentforge.atomic import write_json
+from latentforge.config import ADDED_LATER, identity
 from latentforge.serialization import CorruptFileError
 from latentforge.train import distributed
 from latentforge.train.batches import StepBatches, step_seed
@@ -42,9 +42,6 @@ from latentforge.train.precision import resolve_precision
 
 # switches that change how fast or where training runs, not what it produces
 RUNTIME_ONLY = ("compile", "distributed", "detect_anomaly", "tensorboard", "workers")
-# fields added after runs were first fingerprinted: left out at their defaults, so those runs
-# still match (and go on resuming) after an upgrade
-LATER_DEFAULTS = {"accumulate": 1, "ema_decay": 0.0}
 
 
 @dataclass
@@ -59,8 +56,8 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0           # max global grad norm; 0 disables
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    accumulate: int = 1              # micro-batches per step (gradient accumulation)
-    ema_decay: float = 0.0           # EMA of the weights, saved for sampling; 0 disables
+    accumulate: int = field(default=1, metadata=ADDED_LATER)        # micro-batches per step
+    ema_decay: float = field(default=0.0, metadata=ADDED_LATER)     # EMA of the weights for sampling; 0: off
     compile: bool = False            # torch.compile the loss (eager, with a message, if it cannot)
     distributed: Literal["ddp", "fsdp"] = "ddp"   # under torchrun
     detect_anomaly: bool = False     # autograd anomaly mode: slow, names the op that made a NaN
@@ -87,8 +84,7 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The fields that decide what training produces, for a run's fingerprint."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in RUNTIME_ONLY and not (k in LATER_DEFAULTS and LATER_DEFAULTS[k] == v)}
+        return {k: v for k, v in identity(self).items() if k not in RUNTIME_ONLY}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
