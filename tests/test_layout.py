@@ -37,6 +37,17 @@ def test_layout_logits_are_causal_over_objects():
     assert not torch.allclose(base[:, 2], out[:, 2])
 
 
+def test_row_logits_equal_the_full_logits_row_padded_objects_included():
+    torch.manual_seed(0)
+    pred = randomized(LayoutPredictor(dim=32, bins=8, depth=2, heads=2))
+    objects, pair, xy = torch.randn(3, 4, 32), torch.randn(3, 4, 4, 32), torch.rand(3, 4, 2)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    full = pred.logits(objects, mask, xy, pair)
+    for k in range(4):
+        # what sampling reads for object k, computed from objects <= k only
+        assert torch.allclose(pred.row_logits(k, objects, mask, xy, pair), full[:, k], atol=1e-5), k
+
+
 def test_layout_sampling_keeps_given_centres_and_is_seeded():
     torch.manual_seed(0)
     pred = randomized(LayoutPredictor(dim=32, bins=8, depth=1, heads=2))

@@ -195,11 +195,14 @@ def test_fingerprints_ignore_run_time_switches_and_survive_new_defaults():
         run = Run(load_recipe("configs/shapes_sg2im.yaml", ["name=demo", *overrides]))
         return run.fingerprint("tokenizer"), run.fingerprint("generator")
 
-    # what `make demo` recorded before the trainer gained accumulate / ema_decay / compile / ...:
-    # those runs still match, so they resume instead of being refused. The generator's changed with
-    # issue 14 on purpose (the recipe's scene-graph conditioner: slots for 6 objects, layout rules;
-    # an old demo's generator stage is refused by name, README "Command line")
-    assert fingerprints() == ("8ca50ba8dd89a100", "c11a4a32d7542fe8")
+    # what `make demo` recorded before the trainer gained accumulate / ema_decay / compile / ... and
+    # the quantizer its collapse defences: those runs still match, so they resume instead of being
+    # refused. The recipe itself changed with issue 14 (500 -> 450 tokenizer steps, 1150 -> 1350
+    # generator steps, best of 32 layouts instead of 16; README "Command line"); with the old values
+    # the fingerprints are the old ones
+    old = ("tokenizer_train.steps=500", "generator_train.steps=1150", "generator.conditioner.layout_rejection=16")
+    assert fingerprints(*old) == ("8ca50ba8dd89a100", "c11a4a32d7542fe8")
+    assert fingerprints() == ("8ce5f4e7aa6aab24", "a917f3dd0fed9496")
     assert fingerprints("generator_train.compile=true", "generator_train.tensorboard=false",
                         "tokenizer_train.detect_anomaly=true") == fingerprints()
     assert fingerprints("generator_train.ema_decay=0.999")[1] != fingerprints()[1]

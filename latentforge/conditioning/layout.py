@@ -85,23 +85,41 @@ class LayoutPredictor(nn.Module):
     def logits(self, objects: Tensor, mask: Tensor, xy: Tensor, pair: Tensor) -> Tensor:
         """objects [B, M, D], mask [B, M], centres xy [B, M, 2] (teacher forcing) and pair features
         [B, M, M, D] -> [B, M, bins^2]; row k depends on the centres of objects j < k only."""
+        M = objects.shape[1]
+        cell = self._cells(xy)
+        h = self._states(objects, mask, cell)
+        rows, cols = torch.tril_indices(M, M, offset=-1, device=mask.device)  # pairs j < k
+        phi = self._pairwise(pair, mask, cell, rows, cols)                    # [B, P, C]
+        return self.unary(h[:, 0::2]).index_add(1, rows, phi)
+
+    def row_logits(self, k: int, objects: Tensor, mask: Tensor, xy: Tensor, pair: Tensor) -> Tensor:
+        """Row k of `logits` alone [B, bins^2], from objects <= k: what sampling object k needs
+        (the other rows' potentials, most of the cost, are not computed)."""
+        objects, mask, cell = objects[:, : k + 1], mask[:, : k + 1], self._cells(xy[:, : k + 1])
+        h = self._states(objects, mask, cell)
+        cols = torch.arange(k, device=mask.device)
+        phi = self._pairwise(pair, mask, cell, torch.full_like(cols, k), cols)  # [B, k, C]
+        return self.unary(h[:, 2 * k: 2 * k + 1])[:, 0] + phi.sum(1)
+
+    def _cells(self, xy: Tensor) -> Tensor:
+        """Centres [B, M, 2] -> their (x, y) bins [B, M, 2]."""
+        return (xy.clamp(0, 1) * self.bins).long().clamp(max=self.bins - 1)
+
+    def _states(self, objects: Tensor, mask: Tensor, cell: Tensor) -> Tensor:
+        """The causal transformer over [obj_0, at_0, obj_1, at_1, ...] -> states [B, 2M, D]."""
         B, M, D = objects.shape
-        cell = (xy.clamp(0, 1) * self.bins).long().clamp(max=self.bins - 1)
         placed = objects + self.x_emb(cell[..., 0]) + self.y_emb(cell[..., 1]) + self.role.weight[1]
         query = objects + self.role.weight[0]
-        seq = torch.stack([query, placed], dim=2).reshape(B, 2 * M, D)  # [obj_0, at_0, obj_1, ...]
-        h = self.transformer(seq, causal=True, key_mask=mask.repeat_interleave(2, dim=1))
-        return self.unary(h[:, 0::2]) + self._pairwise(pair[:, :M, :M], mask, cell)
+        seq = torch.stack([query, placed], dim=2).reshape(B, 2 * M, D)
+        return self.transformer(seq, causal=True, key_mask=mask.repeat_interleave(2, dim=1))
 
-    def _pairwise(self, pair: Tensor, mask: Tensor, cell: Tensor) -> Tensor:
-        """Row k sums phi over the real objects j < k; only those M (M - 1) / 2 pairs are computed."""
-        B, M = mask.shape
-        rows, cols = torch.tril_indices(M, M, offset=-1, device=mask.device)          # pairs j < k
+    def _pairwise(self, pair: Tensor, mask: Tensor, cell: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """phi [B, P, bins^2] for the pairs (rows[p], cols[p]), each with cols[p] < rows[p] placed
+        already; pairs with a padded object give 0."""
         n = 2 * self.bins - 1
         delta = self.cell_xy[None, None] - cell[:, cols, None] + (self.bins - 1)      # [B, P, C, 2]
         phi = self.pairwise(pair[:, rows, cols], delta[..., 1] * n + delta[..., 0])   # [B, P, C]
-        phi = phi * (mask[:, rows] & mask[:, cols]).to(phi.dtype)[..., None]
-        return phi.new_zeros(B, M, phi.shape[-1]).index_add(1, rows, phi)
+        return phi * (mask[:, rows] & mask[:, cols]).to(phi.dtype)[..., None]
 
     def nll(self, objects: Tensor, mask: Tensor, xy: Tensor, pair: Tensor) -> Tensor:
         """Mean cross-entropy (nats) of the true centre bins over real objects."""
@@ -144,7 +162,7 @@ class LayoutPredictor(nn.Module):
             keep = torch.isfinite(known).all(-1)
             xy = torch.where(keep[..., None], known.float(), xy)
         for k in range(M):
-            logits = self.logits(objects[:, : k + 1], mask[:, : k + 1], xy[:, : k + 1], pair)[:, k].float()
+            logits = self.row_logits(k, objects, mask, xy, pair).float()
             if cell_penalty is not None:
                 penalty = cell_penalty(k, xy)                                           # [B, cells]
                 logits = logits.masked_fill(penalty > penalty.min(1, keepdim=True).values, float("-inf"))
