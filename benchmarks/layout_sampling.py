@@ -3,14 +3,19 @@
 For the run's first `--graphs` validation graphs: how many of the data's placement rules
 (`data.shapes.layout_violations`) the sampled layouts break with each option, and the scene parser's
 scores of images drawn with each (2 per graph). Options: "plain" (as trained), "constrained"
-(`layout_constrained`), "rejectK" (`layout_rejection: K`), "constrained+rejectK" (both).
+(`layout_constrained`), "rejectK" (`layout_rejection: K`), "constrained+rejectK" (both). The images
+are drawn with the run's sampling section (CFG scale, temperature, top-k / top-p) unless `--sample`
+overrides some of its keys.
 
     python benchmarks/layout_sampling.py runs/demo [--graphs 200] [--options plain,constrained,reject16,constrained+reject16]
+                                         [--sample '{"temperature": 1.0, "top_p": null}'] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from latentforge.atomic import write_json  # noqa: E402
 from latentforge.data.shapes import layout_violations  # noqa: E402
 from latentforge.eval.judges import shapes_judge  # noqa: E402
-from latentforge.pipeline import Pipeline, condition_tensors  # noqa: E402
+from latentforge.pipeline import Pipeline, condition_tensors, sampling_options  # noqa: E402
 from latentforge.recipes import Run, load_recipe  # noqa: E402
 
 KEYS = ("scene_exact", "count_acc", "shape_acc", "color_acc", "size_acc", "relation_acc",
@@ -42,8 +47,11 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--graphs", type=int, default=200)
     ap.add_argument("--options", default="plain,constrained,reject16,constrained+reject16")
+    ap.add_argument("--sample", default="{}", help="JSON: keys of the run's sample section to override")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/layout_sampling.json")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     cfg = load_recipe(Path(args.run) / "config.yaml")
     run = Run(cfg, progress=False)
     pipe = Pipeline.from_run(args.run, run.modality)
@@ -54,8 +62,9 @@ def main() -> None:
     conditioner.layout_critic = run.dataset.layout_critic()
     twice = {k: np.repeat(v, 2, axis=0) for k, v in rows.items()}
     real = np.repeat(split["images"][: args.graphs], 2, axis=0)
-    options = {"cfg_scale": cfg.sample.cfg_scale, **(cfg.sample.options or {})}
-    result = {"run": args.run, "graphs": args.graphs, "date": time.strftime("%Y-%m-%d"), "options": {}}
+    options = sampling_options(pipe.generator, dataclasses.replace(cfg.sample, **json.loads(args.sample)))
+    result = {"run": args.run, "graphs": args.graphs, "date": time.strftime("%Y-%m-%d"), "sampling": options,
+              "options": {}}
     for option in args.options.split(","):
         configure(conditioner, option)
         xy = conditioner.sample_centres(cond, generator=torch.Generator().manual_seed(0))
