@@ -85,12 +85,12 @@ class LayoutPredictor(nn.Module):
     def logits(self, objects: Tensor, mask: Tensor, xy: Tensor, pair: Tensor) -> Tensor:
         """objects [B, M, D], mask [B, M], centres xy [B, M, 2] (teacher forcing) and pair features
         [B, M, M, D] -> [B, M, bins^2]; row k depends on the centres of objects j < k only."""
-        M = objects.shape[1]
+        B, M, _ = objects.shape
         cell = self._cells(xy)
         h = self._states(objects, mask, cell)
         rows, cols = torch.tril_indices(M, M, offset=-1, device=mask.device)  # pairs j < k
         phi = self._pairwise(pair, mask, cell, rows, cols)                    # [B, P, C]
-        return self.unary(h[:, 0::2]).index_add(1, rows, phi)
+        return self.unary(h[:, 0::2]) + phi.new_zeros(B, M, phi.shape[-1]).index_add(1, rows, phi)
 
     def row_logits(self, k: int, objects: Tensor, mask: Tensor, xy: Tensor, pair: Tensor) -> Tensor:
         """Row k of `logits` alone [B, bins^2], from objects <= k: what sampling object k needs
