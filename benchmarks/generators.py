@@ -21,7 +21,8 @@ training-step time (forward, backward, AdamW) and sampling time per network eval
 
     pip install -e ".[bench]"
     python benchmarks/generators.py [--budget 150] [--conditions 100] [--only dit,masked]
-                                    [--speed-only] [--no-speed] [--no-sweep] [--threads 2] [--out benchmarks/results/generators.json]
+                                    [--speed-only] [--no-speed] [--no-sweep] [--threads 2]
+                                    [--out benchmarks/results/generators.json]
 """
 
 from __future__ import annotations
