@@ -72,7 +72,7 @@ def main() -> None:
         t = time.perf_counter()
         samples, given = pipe.sample(twice, 2 * args.graphs, seed=0, dataset=run.dataset, options=options)
         scores = shapes_judge(run.dataset, samples, given, real)
-        row = {"graphs_breaking_a_rule": float((broken > 0).mean()), "rules_broken_per_graph": float(broken.mean()),
+        row = {"graphs_breaking_a_rule": float((broken > 0).float().mean()), "rules_broken_per_graph": float(broken.mean()),
                "sample_s": time.perf_counter() - t, **{k: scores[k] for k in KEYS if k in scores}}
         result["options"][option] = row
         print(option, {k: round(v, 3) for k, v in row.items()}, flush=True)
