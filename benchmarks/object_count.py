@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from latentforge.atomic import write_json  # noqa: E402
 from latentforge.data.shapes import MAX_OBJECTS, ShapesConfig, sample_scene  # noqa: E402
 from latentforge.eval.shapes import scene_adherence  # noqa: E402
-from latentforge.pipeline import Pipeline  # noqa: E402
+from latentforge.pipeline import Pipeline, sampling_options  # noqa: E402
 from latentforge.recipes import Run, load_recipe  # noqa: E402
 
 KEYS = ("scene_exact", "count_acc", "shape_acc", "color_acc", "size_acc", "relation_acc")
@@ -37,7 +37,7 @@ def main() -> None:
     cfg = load_recipe(Path(args.run) / "config.yaml")
     run = Run(cfg, progress=False)
     pipe = Pipeline.from_run(args.run, run.modality)
-    options = {"cfg_scale": cfg.sample.cfg_scale, **(cfg.sample.options or {})}
+    options = sampling_options(pipe.generator, cfg.sample)  # the run's own: CFG, temperature, top-k / top-p
     result = {"run": args.run, "trained_max_objects": cfg.data.max_objects, "graphs": args.graphs,
               "date": time.strftime("%Y-%m-%d"), "by_count": {}}
     for k in range(1, MAX_OBJECTS + 1):

@@ -21,7 +21,6 @@ VQ; a row without a peer counterpart trains ours only.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, cod
 from latentforge.registry import register
 from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer, Decoder, Encoder
 from latentforge.tokenizers.losses import band_psnr
+from latentforge.train.precision import cpu_model
 from latentforge.train.trainer import TrainConfig, build_optimizer, lr_at
 
 # --- the peer's bottlenecks behind our interface ------------------------------------------
@@ -231,18 +231,6 @@ def train_and_measure(quantizer: dict, train: Tensor, val: Tensor, steps: int, b
         "perplexity": statistics.mean(s["perplexity"] for s in stats),
         "step_ms": 1000 * statistics.median(times[10:]),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (as lscpu prints it), or the architecture where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cell(o: dict, p: dict | None, key: str, fmt: str, scale: float = 1.0) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,16 +30,8 @@ from latentforge.data.sets import ShapesDataConfig
 from latentforge.modalities.image import ImageModality
 from latentforge.recipes import load_recipe
 from latentforge.registry import lookup
-from latentforge.train.precision import cpu_flags
+from latentforge.train.precision import cpu_flags, cpu_model
 from latentforge.train.trainer import TrainConfig, Trainer
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def matmul_ceiling(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

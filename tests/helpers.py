@@ -1,5 +1,6 @@
 """Small fixtures the generator tests share (imported as `from helpers import ...`)."""
 
+import numpy as np
 import torch
 
 from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
@@ -76,3 +77,12 @@ def latents_of(config, pooled: torch.Tensor) -> torch.Tensor:
         return coarse
     fine, _ = quantized(pooled - centre, lo=-0.25, hi=0.25)
     return torch.stack([coarse, fine], -1)
+
+
+def entropy_reference(logits: np.ndarray) -> tuple[float, float]:
+    """NumPy reference of the entropy penalty's two terms for soft assignments softmax(logits [N, K])
+    (float64): the mean per-vector entropy and the entropy of the batch-mean assignment."""
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    mean_p = p.mean(0)
+    return float(-(p * np.log(p)).sum(1).mean()), float(-(mean_p * np.log(mean_p)).sum())

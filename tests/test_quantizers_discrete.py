@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import entropy_reference
 
 from latentforge.config import ConfigError, from_dict, to_dict
 from latentforge.quantize.base import QuantizerConfig
@@ -212,12 +213,7 @@ def test_lfq_entropy_term_matches_numpy():
     h = z.reshape(-1, bits).double().numpy()
     corners = np.array([[1.0 if (k >> i) & 1 else -1.0 for i in range(bits)] for k in range(2**bits)])
     dist = ((h[:, None, :] - corners[None]) ** 2).sum(-1)  # [N, K] squared distances
-    logits = -dist / tau
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    per_position = -(p * np.log(p)).sum(1).mean()
-    mean_p = p.mean(0)
-    codebook = -(mean_p * np.log(mean_p)).sum()
+    per_position, codebook = entropy_reference(-dist / tau)
     assert abs(float(out.stats["entropy_position"]) - per_position) < 1e-5
     assert abs(float(out.stats["entropy_codebook"]) - codebook) < 1e-5
     assert abs(float(out.losses["entropy"]) - weight * (per_position - gamma * codebook)) < 1e-5

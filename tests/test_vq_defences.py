@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import entropy_reference
 
 from latentforge.config import ConfigError, from_dict, to_dict
 from latentforge.quantize.base import QuantizerConfig
@@ -143,11 +144,7 @@ def test_entropy_penalty_matches_a_hand_computed_value():
     out = vq(torch.tensor(z, dtype=torch.float32)[None])
 
     d = ((z[:, None, :] - codebook[None]) ** 2).sum(-1)       # [4, 3] squared distances
-    p = np.exp(-d / tau)
-    p /= p.sum(1, keepdims=True)
-    per_vector = -(p * np.log(p)).sum(1).mean()
-    mean_p = p.mean(0)
-    batch = -(mean_p * np.log(mean_p)).sum()
+    per_vector, batch = entropy_reference(-d / tau)
     assert abs(float(out.stats["entropy_position"]) - per_vector) < 1e-5
     assert abs(float(out.stats["entropy_codebook"]) - batch) < 1e-5
     assert abs(float(out.losses["entropy"].detach()) - weight * (per_vector - batch)) < 1e-5

@@ -86,5 +86,17 @@ def usage_stats(counts: Tensor) -> dict[str, Tensor]:
     }
 
 
+def assignment_entropies(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Entropy penalty terms (MaskGIT / LFQ) of soft code assignments p_n = softmax(logits_n), logits
+    [N, K] in fp32: the mean per-vector entropy and the entropy of the batch-mean assignment."""
+    logp = torch.log_softmax(logits, dim=-1)  # [N, K]
+    p = logp.exp()
+    per_vector = -(p * logp).sum(-1).mean()
+    mean_p = p.mean(0)  # [K]
+    # A code far from every vector has mean_p = 0 exactly in fp32; the clamp keeps 0 * log 0 at 0.
+    codebook = -(mean_p * torch.log(mean_p.clamp_min(1e-10))).sum()
+    return per_vector, codebook
+
+
 def code_histogram(codes: Tensor, size: int) -> Tensor:
     return torch.bincount(codes.reshape(-1), minlength=size)

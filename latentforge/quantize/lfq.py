@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, code_histogram, usage_stats
+from latentforge.quantize.base import (
+    Quantized,
+    Quantizer,
+    QuantizerConfig,
+    assignment_entropies,
+    code_histogram,
+    usage_stats,
+)
 from latentforge.registry import register
 
 _MAX_ENTROPY_BITS = 16  # the entropy softmax holds N x 2^bits floats
@@ -89,14 +96,8 @@ class LFQ(Quantizer):
         h [N, bits] pre-quantization values. -||h - c||^2 = 2 h.c - ||h||^2 - bits, and the last
         two terms are the same for every code c, so softmax(-dist / T) = softmax(2 h.c / T).
         """
-        cfg = self.config
         corners = self.index_to_codes(torch.arange(self.vocab_size, device=h.device))  # [K, bits]
-        logp = F.log_softmax(2 * h @ corners.t() / cfg.temperature, dim=-1)          # [N, K]
-        p = logp.exp()
-        per_position = -(p * logp).sum(-1).mean()
-        mean_p = p.mean(0)  # [K]
-        codebook = -(mean_p * torch.log(mean_p.clamp_min(1e-10))).sum()
-        return per_position, codebook
+        return assignment_entropies(2 * h @ corners.t() / self.config.temperature)    # logits [N, K]
 
     def forward(self, z: Tensor) -> Quantized:
         """z [B, *grid, D] -> Quantized with codes [B, *grid]."""

@@ -47,7 +47,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.config import ADDED_LATER
-from latentforge.quantize.base import Quantized, Quantizer, QuantizerConfig, code_histogram, usage_stats
+from latentforge.quantize.base import (
+    Quantized,
+    Quantizer,
+    QuantizerConfig,
+    assignment_entropies,
+    code_histogram,
+    usage_stats,
+)
 from latentforge.registry import register
 
 
@@ -155,17 +162,9 @@ class VectorQuantizer(Quantizer):
         return self.distances(flat).argmin(dim=1)
 
     def entropy_terms(self, dist_sq: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean per-vector entropy and entropy of the batch-mean assignment, from dist_sq [N, K].
-
-        The soft assignment is p_n = softmax(-dist_sq_n / entropy_temperature) (fp32).
-        """
-        logp = F.log_softmax(-dist_sq / self.config.entropy_temperature, dim=-1)  # [N, K]
-        p = logp.exp()
-        per_vector = -(p * logp).sum(-1).mean()
-        mean_p = p.mean(0)  # [K]
-        # A code far from every vector has mean_p = 0 exactly in fp32; the clamp keeps 0 * log 0 at 0.
-        codebook = -(mean_p * torch.log(mean_p.clamp_min(1e-10))).sum()
-        return per_vector, codebook
+        """Mean per-vector entropy and entropy of the batch-mean assignment, from dist_sq [N, K];
+        the soft assignment is p_n = softmax(-dist_sq_n / entropy_temperature) (fp32)."""
+        return assignment_entropies(-dist_sq / self.config.entropy_temperature)
 
     def forward(self, z: Tensor) -> Quantized:
         """z [B, *grid, dim] -> Quantized with codes [B, *grid]."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -44,6 +45,18 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
         if line.startswith("flags") or line.startswith("Features"):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo (as lscpu prints it), or the architecture where it
+    cannot be read: what benchmark results record as the machine."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 @functools.lru_cache(maxsize=1)
