@@ -72,7 +72,7 @@ def test_patch_layout_and_spatial_pooling():
     pooled = model._pool_spatial(spatial.reshape(2, 24, 5))
     assert pooled.shape == (2, 6, 5)
     assert torch.allclose(pooled[:, 5], spatial[:, 2:4, 4:6].mean(dim=(1, 2)))
-    with pytest.raises(ValueError, match="2D grid divisible"):
+    with pytest.raises(ValueError, match="2D or 3D grid whose last two sizes"):
         DiTConfig(grid=(8,), patch=2)
     with pytest.raises(ValueError, match="float latents"):
         model.loss(torch.randn(2, 4, 6, 4))

@@ -29,14 +29,20 @@ through the run's `Guidance` (classifier-free guidance on the velocity / noise o
 DDIM clips its x0 guesses to the largest normalised latent seen when `latent_norm` was fitted.
 The context's pooled vector and cross-attention keys/values are computed once per sampling run.
 
-Grids may be 1D, 2D or 3D; patches larger than 1 are for 2D grids. A conditioner's spatial map
+Grids may be 1D, 2D or 3D; patches larger than 1 cover p x p cells of the last two axes (the
+image plane: a video's (T, H, W) grid becomes T x H/p x W/p tokens). A conditioner's spatial map
 (P1's layout, on the latent grid) is averaged over each patch before it is added to the inputs.
+
+Positions: a learned factorised table added to the inputs (DiT), or P16 Step-Video's 3D RoPE
+(`position: rope`, nn/rope.py): no table, the head dimension split over the grid's axes and
+queries and keys rotated in every self-attention, so full attention over the spatio-temporal
+tokens sees relative offsets in time, height and width.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
@@ -44,11 +50,13 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
+from latentforge.config import ADDED_LATER
 from latentforge.generators.base import Generator, GeneratorConfig
 from latentforge.generators.guidance import Guidance
 from latentforge.generators.noise import DDPM, FlowMatching, denoise
 from latentforge.nn.adaln import AdaLNBlock, AdaLNFinal
 from latentforge.nn.embeddings import GridPositionEmbedding, TimestepEmbedding
+from latentforge.nn.rope import GridRoPE
 from latentforge.nn.transformer import init_transformer_weights
 from latentforge.registry import register
 
@@ -58,7 +66,7 @@ class DiTConfig(GeneratorConfig):
     latents = "continuous"
     name: str = "dit"
     channels: int = 4                    # latent channels C, from the tokenizer's LatentSpec
-    patch: int = 1                       # p x p patches of a 2D grid become one token
+    patch: int = 1                       # p x p patches of the last two grid axes become one token
     dim: int = 256
     depth: int = 6
     heads: int = 4
@@ -74,6 +82,8 @@ class DiTConfig(GeneratorConfig):
     cross_attention: bool = True         # False: the context reaches the blocks only pooled, through adaLN
     moe_experts: int = 0                 # P20: > 0 puts expert-choice MoE MLPs in every other backbone block
     moe_top_k: float = 1.0               # experts per token on average (expert capacity T * k / E)
+    position: Literal["learned", "rope"] = field(default="learned", metadata=ADDED_LATER)  # rope: P16's 3D RoPE
+    rope_base: float = field(default=10000.0, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,8 +100,11 @@ class DiTConfig(GeneratorConfig):
                              f"got {self.moe_experts}, {self.moe_top_k}")
         if self.patch < 1:
             raise ValueError(f"patch must be >= 1, got {self.patch}")
-        if self.patch > 1 and (len(self.grid) != 2 or any(n % self.patch for n in self.grid)):
-            raise ValueError(f"patch {self.patch} needs a 2D grid divisible by it, got grid {tuple(self.grid)}")
+        if self.patch > 1 and (len(self.grid) < 2 or any(n % self.patch for n in self.grid[-2:])):
+            raise ValueError(f"patch {self.patch} needs a 2D or 3D grid whose last two sizes it divides, "
+                             f"got grid {tuple(self.grid)}")
+        if self.position not in ("learned", "rope"):
+            raise ValueError(f"position must be 'learned' or 'rope', got {self.position!r}")
 
     @classmethod
     def tiny(cls) -> DiTConfig:
@@ -100,7 +113,8 @@ class DiTConfig(GeneratorConfig):
 
     @property
     def patch_grid(self) -> tuple[int, ...]:
-        return tuple(n // self.patch for n in self.grid)
+        lead = len(self.grid) - 2 if self.patch > 1 else len(self.grid)
+        return tuple(self.grid[:lead]) + tuple(n // self.patch for n in self.grid[lead:])
 
 
 class _Condition(NamedTuple):
@@ -119,7 +133,7 @@ class DiTGenerator(Generator):
         self.config = config
         self.build_conditioner(config.dim)
         D, C = config.dim, config.channels
-        self.patch_dim = config.patch ** len(config.grid) * C
+        self.patch_dim = config.patch ** 2 * C
         if config.objective == "flow":
             self.process: FlowMatching | DDPM = FlowMatching(config.logit_mean, config.logit_std, config.shift)
         else:
@@ -127,7 +141,10 @@ class DiTGenerator(Generator):
         self.build_latent_norm()
 
         self.in_proj = nn.Linear(self.patch_dim, D)
-        self.pos = GridPositionEmbedding(config.patch_grid, D)
+        if config.position == "rope":
+            self.rope = GridRoPE(config.patch_grid, D // config.heads, config.rope_base)
+        else:
+            self.pos = GridPositionEmbedding(config.patch_grid, D)
         self.time_emb = TimestepEmbedding(D, scale=self.process.time_scale)
         self.context_proj = None if self.conditioner is None else nn.Linear(self.context_dim, D)
         cross_dim = self.context_dim if config.cross_attention else None
@@ -164,22 +181,23 @@ class DiTGenerator(Generator):
         p = self.config.patch
         if p == 1:
             return z.reshape(z.shape[0], -1, z.shape[-1])
-        return rearrange(z, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
+        return rearrange(z, "b ... (h p) (w q) c -> b (... h w) (p q c)", p=p, q=p)
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """[B, N, P] -> [B, *grid, C]; the inverse of patchify."""
         p = self.config.patch
         if p == 1:
             return x.reshape(x.shape[0], *self.config.grid, -1)
-        return rearrange(x, "b (h w) (p q c) -> b (h p) (w q) c", h=self.config.patch_grid[0], p=p, q=p)
+        return rearrange(x.reshape(x.shape[0], *self.config.patch_grid, -1), "b ... h w (p q c) -> b ... (h p) (w q) c",
+                         p=p, q=p)
 
     def _pool_spatial(self, spatial: Tensor) -> Tensor:
-        """A map on the latent grid [B, H*W, D] -> its mean over each patch [B, N, D]."""
+        """A map on the latent grid [B, prod(grid), D] -> its mean over each patch [B, N, D]."""
         p = self.config.patch
         if p == 1:
             return spatial
-        h, w = self.config.patch_grid
-        return reduce(spatial, "b (h p w q) d -> b (h w) d", "mean", h=h, p=p, w=w, q=p)
+        grid = spatial.reshape(spatial.shape[0], *self.config.grid, -1)
+        return reduce(grid, "b ... (h p) (w q) d -> b (... h w) d", "mean", p=p, q=p)
 
     # ------------------------------------------------------------------ network
 
@@ -201,7 +219,10 @@ class DiTGenerator(Generator):
         keep [B, K] (int64 token indices) runs the backbone on those tokens only.
         """
         B, N, _ = tokens.shape
-        h = self.in_proj(tokens) + self.pos()                           # [B, N, D]
+        h = self.in_proj(tokens)                                        # [B, N, D]
+        rope = self.rope() if self.config.position == "rope" else None
+        if rope is None:
+            h = h + self.pos()
         if cond.spatial is not None:
             h = h + cond.spatial
         c = self.time_emb(t)                                            # [B, D]
@@ -209,12 +230,13 @@ class DiTGenerator(Generator):
             c = c + cond.vector
         kv = [None] * (len(self.mixer) + len(self.blocks)) if cond.kv is None else cond.kv
         for block, block_kv in zip(self.mixer, kv):
-            h = block(h, c, context_mask=cond.mask, context_kv=block_kv)
+            h = block(h, c, context_mask=cond.mask, context_kv=block_kv, rope=rope)
         if keep is not None:
             index = keep[..., None].expand(-1, -1, h.shape[-1])
             h = h.gather(1, index)                                      # [B, K, D]
+            rope = None if rope is None else self.rope(keep)            # the kept tokens' positions
         for block, block_kv in zip(self.blocks, kv[len(self.mixer):]):
-            h = block(h, c, context_mask=cond.mask, context_kv=block_kv)
+            h = block(h, c, context_mask=cond.mask, context_kv=block_kv, rope=rope)
         if keep is not None:
             h = self.mask_token.to(h.dtype).expand(B, N, -1).scatter(1, index, h)  # [B, N, D]
         return self.final(h, c)

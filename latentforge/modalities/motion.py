@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from latentforge.atomic import atomic_path
+from latentforge.modalities.animation import save_filmstrip, save_gif
 from latentforge.modalities.base import Modality, train_copies
 from latentforge.modalities.motion_features import feature_dim, features_to_positions, positions_to_features
 from latentforge.modalities.skeleton import Skeleton
@@ -62,8 +62,9 @@ class MotionModality(Modality):
         self.check(samples, "preview")
         captions = captions or [""] * len(samples)
         gif, strip = path.with_suffix(".gif"), path.with_name(path.name + "_strip.png")
-        save_gif([render_clip(c, self.skeleton) for c in samples], captions, gif, self.skeleton.fps)
-        save_filmstrip([render_clip(c, self.skeleton) for c in samples], captions, strip, title)
+        clips = [render_clip(c, self.skeleton) for c in samples]
+        save_gif(clips, captions, gif, self.skeleton.fps, stride=GIF_STRIDE, caption_px=CAPTION)
+        save_filmstrip(clips, captions, strip, title)
         return [gif.name, strip.name]
 
     def preview_pairs(self, real: np.ndarray, recon: np.ndarray, path: Path, title: str) -> list[str]:
@@ -141,56 +142,3 @@ def render_clip(clip: np.ndarray, skeleton: Skeleton) -> list[Image.Image]:
             draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=colour[j])
         frames.append(tile)
     return frames
-
-
-def _captioned(tiles: list[Image.Image], captions: list[str], ncols: int) -> Image.Image:
-    rows = math.ceil(len(tiles) / ncols)
-    sheet = Image.new("RGB", (ncols * TILE, rows * (TILE + CAPTION)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (tile, text) in enumerate(zip(tiles, captions)):
-        r, c = divmod(i, ncols)
-        sheet.paste(tile, (c * TILE, r * (TILE + CAPTION)))
-        draw.text((c * TILE + 3, r * (TILE + CAPTION) + TILE + 2), _fit(text, TILE - 6, draw), fill=(20, 20, 20))
-    return sheet
-
-
-def _fit(text: str, width: int, draw: ImageDraw.ImageDraw) -> str:
-    """Two lines at most of `text` that fit `width` pixels in the default font."""
-    lines, line = [], ""
-    for word in text.split():
-        trial = f"{line} {word}".strip()
-        if draw.textlength(trial) <= width or not line:
-            line = trial
-        else:
-            lines.append(line)
-            line = word
-    lines.append(line)
-    if len(lines) > 2:
-        lines = [lines[0], lines[1][: max(1, len(lines[1]) - 1)] + "…"]
-    return "\n".join(lines)
-
-
-def save_gif(clips: list[list[Image.Image]], captions: list[str], path: Path, fps: float, ncols: int = 4) -> None:
-    """All clips animated side by side, looping; the frame time follows the data's rate."""
-    T = len(clips[0])
-    sheets = [_captioned([c[t] for c in clips], captions, min(ncols, len(clips))) for t in range(0, T, GIF_STRIDE)]
-    with atomic_path(path) as tmp:
-        sheets[0].save(tmp, format="GIF", save_all=True, append_images=sheets[1:], loop=0,
-                       duration=round(1000 * GIF_STRIDE / fps), optimize=False)
-
-
-def save_filmstrip(clips: list[list[Image.Image]], captions: list[str], path: Path, title: str) -> None:
-    """One row per clip: STRIP_FRAMES moments evenly spread over it, its caption on the left."""
-    T = len(clips[0])
-    picks = np.linspace(0, T - 1, STRIP_FRAMES).round().astype(int)
-    label_w, top = 150, 22
-    sheet = Image.new("RGB", (label_w + STRIP_FRAMES * TILE, top + len(clips) * TILE), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((6, 5), f"{title} (frames {', '.join(map(str, picks))})", fill=(0, 0, 0))
-    for r, (frames, text) in enumerate(zip(clips, captions)):
-        y = top + r * TILE
-        draw.text((6, y + TILE // 2 - 8), _fit(text, label_w - 12, draw), fill=(20, 20, 20))
-        for c, t in enumerate(picks):
-            sheet.paste(frames[t], (label_w + c * TILE, y))
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")

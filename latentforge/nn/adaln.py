@@ -66,16 +66,18 @@ class AdaLNBlock(nn.Module):
             nn.init.zeros_(self.cross.proj.bias)
 
     def forward(self, x: Tensor, c: Tensor, *, key_mask: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None, context_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                context_mask: Tensor | None = None, context_kv: tuple[Tensor, Tensor] | None = None,
+                rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x [B, T, D], c [B, Dc] -> [B, T, D].
 
         Args:
             key_mask: [B, T] bool, True where a token may be attended.
             context / context_kv: the context [B, S, Dc'] or its precomputed keys and values.
             context_mask: [B, S] bool, True where a context token is real.
+            rope: rotary tables of x's positions for self-attention (nn/rope.py).
         """
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(c).chunk(6, dim=-1)  # 6 x [B, D]
-        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a), key_mask=key_mask)
+        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a), key_mask=key_mask, rope=rope)
         if self.cross is not None:
             if context is None and context_kv is None:
                 raise ValueError("this block cross-attends: pass a context")

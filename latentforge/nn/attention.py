@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentforge.nn.rope import apply_rope
+
 
 class KVCache:
     """Pre-allocated keys/values of one self-attention layer, filled left to right."""
@@ -59,7 +61,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
                 context: Tensor | None = None, context_kv: tuple[Tensor, Tensor] | None = None,
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x [B, T, D] -> [B, T, D].
 
         Args:
@@ -67,6 +69,8 @@ class Attention(nn.Module):
             key_mask: [B, S] bool, True where a key may be attended (padding mask).
             context / context_kv: the context [B, S, Dc] or its precomputed keys and values.
             cache: self-attention KV cache; new keys are appended, queries see all cached keys.
+            rope: self-attention's rotary tables (cos, sin) of x's positions, [T, Dh/2] or
+                [B, T, Dh/2] (nn/rope.py): queries and keys are rotated before the product.
         """
         B, T, D = x.shape
         if self.is_cross:
@@ -75,6 +79,8 @@ class Attention(nn.Module):
             offset = 0
         else:
             q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             offset = cache.length if cache is not None else 0
             if cache is not None:
                 k, v = cache.append(k, v)
