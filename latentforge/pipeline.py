@@ -98,7 +98,8 @@ class Pipeline:
             part = None if cond is None else {k: v[start:stop].to(self.device) for k, v in cond.items()}
             context = self.generator.encode_condition(part, generator=generator)
             z = self.generator.sample(stop - start, context, generator=generator, **sampling)
-            out.append(self.modality.from_model(self.tokenizer.decode(z)))
+            step = self.modality.inference_batch  # decoding clips takes far more memory than sampling latents
+            out.extend(self.modality.from_model(self.tokenizer.decode(z[i:i + step])) for i in range(0, len(z), step))
         return np.concatenate(out)
 
     def sample(self, rows: dict[str, np.ndarray], n: int, seed: int, dataset: Any,

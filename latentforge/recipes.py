@@ -310,8 +310,9 @@ class Run:
         with torch.no_grad():
             for split in ("train", "val"):
                 examples = self.dataset.examples(self.load_split(split))
-                codes = [tok.encode(self.modality.to_model(examples[i:i + 500]).to(self.device)).cpu()
-                         for i in range(0, len(examples), 500)]
+                step = self.modality.inference_batch
+                codes = [tok.encode(self.modality.to_model(examples[i:i + step]).to(self.device)).cpu()
+                         for i in range(0, len(examples), step)]
                 out[split] = torch.cat(codes).numpy()
         write_npz(self.dir / "latents.npz", **out)
 

@@ -69,10 +69,12 @@ def _say(message: str) -> None:
 
 @torch.no_grad()
 def tokenizer_metrics(tokenizer, modality: Any, examples: np.ndarray, device: torch.device,
-                      batch: int = 500) -> tuple[dict, np.ndarray]:
+                      batch: int | None = None) -> tuple[dict, np.ndarray]:
     """The modality's reconstruction metrics over `examples`; for discrete latents, codebook usage
-    over their codes (per level for residual codes, the headline numbers averaged over levels)."""
+    over their codes (per level for residual codes, the headline numbers averaged over levels).
+    `batch`: examples per tokenizer call (default: the modality's `inference_batch`)."""
     spec = tokenizer.spec
+    batch = batch or modality.inference_batch
     recons, counts = [], None
     for i in range(0, len(examples), batch):
         q = tokenizer.quantize(modality.to_model(examples[i:i + batch]).to(device))
@@ -99,9 +101,10 @@ def tokenizer_metrics(tokenizer, modality: Any, examples: np.ndarray, device: to
     return out, recon
 @torch.no_grad()
 def prefix_metrics(tokenizer, modality: Any, examples: np.ndarray, device: torch.device,
-                   batch: int = 500) -> dict[str, list[float]]:
+                   batch: int | None = None) -> dict[str, list[float]]:
     """Residual codes: the modality's headline reconstruction number (PSNR, MPJPE) when only the
     first k levels are decoded, k = 1..depth: what each level adds (P3's check)."""
+    batch = batch or modality.inference_batch
     depth = tokenizer.spec.depth
     recons: list[list[np.ndarray]] = [[] for _ in range(depth)]
     for i in range(0, len(examples), batch):

@@ -264,6 +264,19 @@ class DiTGenerator(Generator):
             noise: eps [B, *grid, C] in normalised units (drawn when None); for tests.
             t: times [B] (float in (0, 1) for flow, int64 in [0, T) for DDPM; drawn when None).
         """
+        err = self._patch_errors(z, context, noise, t, training=True)
+        return self.add_condition_losses({"loss": err.mean()}, context)
+
+    def errors(self, z: Tensor, context: Context | None, noise: Tensor, t: Tensor) -> Tensor:
+        """Per-example denoising error [B] (mean squared over the grid) for given noise and times,
+        the condition kept and no token masking: what Diffusion-DPO compares between a policy and
+        its reference (generators/dpo.py)."""
+        return self._patch_errors(z, context, noise, t, training=False).mean(-1)
+
+    def _patch_errors(self, z: Tensor, context: Context | None, noise: Tensor | None, t: Tensor | None,
+                      training: bool) -> Tensor:
+        """Squared error of the model's output per patch token, [B, N]; `training` masks tokens
+        (P20: [B, K] kept ones) and drops conditions for guidance, in that order of random draws."""
         self._check(z)
         x = self.latent_norm(z.float())
         B = x.shape[0]
@@ -272,12 +285,12 @@ class DiTGenerator(Generator):
         x_t = self.process.noisy(x, noise, t)
         target = self.process.target(x, noise)
         tokens = self.patchify(x_t)
-        keep = self._keep(B, tokens.shape[1], x.device)
-        out = self._forward(tokens, t, self._prepare(self.drop_condition(context)), keep)
+        keep = self._keep(B, tokens.shape[1], x.device) if training else None
+        out = self._forward(tokens, t, self._prepare(self.drop_condition(context) if training else context), keep)
         err = (out.float() - self.patchify(target).float()).pow(2).mean(-1)  # per patch [B, N]
         if keep is not None:
             err = err.gather(1, keep)  # dropped patches carry only the mask token: no loss there
-        return self.add_condition_losses({"loss": err.mean()}, context)
+        return err
 
     # ------------------------------------------------------------------ sampling
 

@@ -35,6 +35,12 @@ class Modality:
         """A tokenizer's output -> stored examples (the layout `to_model` reads)."""
         raise NotImplementedError
 
+    @property
+    def inference_batch(self) -> int:
+        """Examples per batch when a tokenizer encodes or decodes without gradients (encoding a
+        split, evaluation, decoding samples): large for small examples, small for clips."""
+        return 500
+
     def tokenizer_fields(self) -> dict[str, Any]:
         """The tokenizer config fields that follow from the data (image side, sequence length...)."""
         return {}

@@ -44,6 +44,12 @@ class VideoModality(Modality):
         out = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return out.permute(0, 2, 3, 4, 1).cpu().numpy()  # [N, T, H, W, 3]
 
+    @property
+    def inference_batch(self) -> int:
+        # as many pixels per batch as 500 32x32 images: a convolutional tokenizer's activations
+        # on 500 clips of 17x64x64 would take tens of GB
+        return max(4, 500 * 32 * 32 // (self.frames * self.size * self.size))
+
     def tokenizer_fields(self) -> dict[str, Any]:
         return {"frames": self.frames, "image_size": self.size}
 
