@@ -117,6 +117,6 @@ def dpo_finetune(policy: nn.Module, pairs: dict[str, Tensor], config: DPOConfig,
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
         opt.step()
-        log.append({k: float(v) for k, v in out.items()})
+        log.append({k: float(v.detach()) for k, v in out.items()})
     policy.eval()
     return log
