@@ -33,6 +33,14 @@ Grids may be 1D, 2D or 3D; patches larger than 1 cover p x p cells of the last t
 image plane: a video's (T, H, W) grid becomes T x H/p x W/p tokens). A conditioner's spatial map
 (P1's layout, on the latent grid) is averaged over each patch before it is added to the inputs.
 
+Long videos (P4 ARLON's ingredients, `context_frames`, `guide_channels`): on a (T, H, W) grid the
+first k latent frames may be given clean (a share `context_p` of training examples gets them, and
+the loss skips them; sampling takes them as `prefix`, so a clip continues the previous chunk's
+last frames), and a guide map [B, *grid, Cg] (the coarse latent an AR model drew, upsampled to the
+grid) turns the per-example adaLN vector into one per token: each token's norms are modulated by
+the guide at its place ("semantic injection"). Training adds Gaussian noise of std `guide_noise`
+to the guide (ARLON's uncertainty sampling), so the model tolerates the AR model's mistakes.
+
 Positions: a learned factorised table added to the inputs (DiT), or P16 Step-Video's 3D RoPE
 (`position: rope`, nn/rope.py): no table, the head dimension split over the grid's axes and
 queries and keys rotated in every self-attention, so full attention over the spatio-temporal
@@ -84,6 +92,10 @@ class DiTConfig(GeneratorConfig):
     moe_top_k: float = 1.0               # experts per token on average (expert capacity T * k / E)
     position: Literal["learned", "rope"] = field(default="learned", metadata=ADDED_LATER)  # rope: P16's 3D RoPE
     rope_base: float = field(default=10000.0, metadata=ADDED_LATER)
+    guide_channels: int = field(default=0, metadata=ADDED_LATER)       # P4: per-token guide map width (0: none)
+    guide_noise: float = field(default=0.0, metadata=ADDED_LATER)      # P4: std of training noise on the guide
+    context_frames: int = field(default=0, metadata=ADDED_LATER)       # leading latent frames given clean
+    context_p: float = field(default=0.5, metadata=ADDED_LATER)        # share of training examples given them
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,6 +117,15 @@ class DiTConfig(GeneratorConfig):
                              f"got grid {tuple(self.grid)}")
         if self.position not in ("learned", "rope"):
             raise ValueError(f"position must be 'learned' or 'rope', got {self.position!r}")
+        if self.guide_channels < 0 or self.guide_noise < 0:
+            raise ValueError(f"guide_channels and guide_noise must be >= 0, got {self.guide_channels}, {self.guide_noise}")
+        if self.context_frames:
+            if len(self.grid) != 3 or not 0 < self.context_frames < self.grid[0]:
+                raise ValueError(f"context_frames {self.context_frames} needs a (T, H, W) grid with more frames, "
+                                 f"got grid {tuple(self.grid)}")
+            if not 0 < self.context_p <= 1 or self.mask_ratio > 0:
+                raise ValueError(f"context_frames needs 0 < context_p <= 1 and no token masking, got context_p "
+                                 f"{self.context_p}, mask_ratio {self.mask_ratio}")
 
     @classmethod
     def tiny(cls) -> DiTConfig:
@@ -156,6 +177,8 @@ class DiTGenerator(Generator):
         # fills dropped positions after the backbone; the loss skips them, so it gets no gradient
         # (as in MicroDiT) and exists only to give the output every patch
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
+        # P4's semantic injection: the guide's patch -> a per-token addition to the adaLN vector
+        self.guide_proj = nn.Linear(config.patch ** 2 * config.guide_channels, D) if config.guide_channels else None
         self.final = AdaLNFinal(D, self.patch_dim, D)
 
         total = config.depth + config.patch_mixer_depth
@@ -213,10 +236,12 @@ class DiTGenerator(Generator):
         spatial = None if spatial is None else self._pool_spatial(spatial)
         return _Condition(self.context_proj(pooled), kv, mask, spatial)
 
-    def _forward(self, tokens: Tensor, t: Tensor, cond: _Condition, keep: Tensor | None = None) -> Tensor:
+    def _forward(self, tokens: Tensor, t: Tensor, cond: _Condition, keep: Tensor | None = None,
+                 guide: Tensor | None = None) -> Tensor:
         """Noisy patch tokens [B, N, P] at times t [B] -> model output [B, N, P].
 
-        keep [B, K] (int64 token indices) runs the backbone on those tokens only.
+        keep [B, K] (int64 token indices) runs the backbone on those tokens only; guide [B, N, Pg]
+        (the guide map's patch tokens) modulates each token's blocks.
         """
         B, N, _ = tokens.shape
         h = self.in_proj(tokens)                                        # [B, N, D]
@@ -228,6 +253,11 @@ class DiTGenerator(Generator):
         c = self.time_emb(t)                                            # [B, D]
         if cond.vector is not None:
             c = c + cond.vector
+        if self.guide_proj is not None:
+            if guide is None:
+                raise ValueError("this DiT is guided (guide_channels > 0): pass a guide map")
+            c = c[:, None] + self.guide_proj(guide)                     # [B, N, D]: one vector per token
+        c_all = c
         kv = [None] * (len(self.mixer) + len(self.blocks)) if cond.kv is None else cond.kv
         for block, block_kv in zip(self.mixer, kv):
             h = block(h, c, context_mask=cond.mask, context_kv=block_kv, rope=rope)
@@ -235,11 +265,13 @@ class DiTGenerator(Generator):
             index = keep[..., None].expand(-1, -1, h.shape[-1])
             h = h.gather(1, index)                                      # [B, K, D]
             rope = None if rope is None else self.rope(keep)            # the kept tokens' positions
+            if c.dim() == 3:
+                c = c.gather(1, index)
         for block, block_kv in zip(self.blocks, kv[len(self.mixer):]):
             h = block(h, c, context_mask=cond.mask, context_kv=block_kv, rope=rope)
         if keep is not None:
             h = self.mask_token.to(h.dtype).expand(B, N, -1).scatter(1, index, h)  # [B, N, D]
-        return self.final(h, c)
+        return self.final(h, c_all)
 
     def predict(self, x: Tensor, t: Tensor, context: Context | None = None) -> Tensor:
         """Model output for normalised noisy latents x [B, *grid, C] at times t [B], no masking:
@@ -257,26 +289,47 @@ class DiTGenerator(Generator):
     # ------------------------------------------------------------------ training
 
     def loss(self, z: Tensor, context: Context | None = None, *, noise: Tensor | None = None,
-             t: Tensor | None = None) -> dict[str, Tensor]:
+             t: Tensor | None = None, guide: Tensor | None = None) -> dict[str, Tensor]:
         """Denoising loss for latents z [B, *grid, C].
 
         Args:
             noise: eps [B, *grid, C] in normalised units (drawn when None); for tests.
             t: times [B] (float in (0, 1) for flow, int64 in [0, T) for DDPM; drawn when None).
+            guide: the guide map [B, *grid, Cg] of a guided DiT (`guide_channels`).
         """
-        err = self._patch_errors(z, context, noise, t, training=True)
-        return self.add_condition_losses({"loss": err.mean()}, context)
+        err, counted = self._patch_errors(z, context, noise, t, training=True, guide=guide)
+        loss = err.mean() if counted is None else (err * counted).sum() / counted.sum()
+        return self.add_condition_losses({"loss": loss}, context)
 
-    def errors(self, z: Tensor, context: Context | None, noise: Tensor, t: Tensor) -> Tensor:
+    def errors(self, z: Tensor, context: Context | None, noise: Tensor, t: Tensor,
+               guide: Tensor | None = None) -> Tensor:
         """Per-example denoising error [B] (mean squared over the grid) for given noise and times,
         the condition kept and no token masking: what Diffusion-DPO compares between a policy and
         its reference (generators/dpo.py)."""
-        return self._patch_errors(z, context, noise, t, training=False).mean(-1)
+        return self._patch_errors(z, context, noise, t, training=False, guide=guide)[0].mean(-1)
+
+    def _context_tokens(self) -> int:
+        """Patch tokens of the leading context frames (raster order: time slowest)."""
+        return self.config.context_frames * math.prod(self.config.patch_grid[1:])
+
+    def _guide_tokens(self, guide: Tensor | None, training: bool) -> Tensor | None:
+        """A guide map [B, *grid, Cg] -> patch tokens [B, N, p^2 Cg], noised in training (P4)."""
+        if self.guide_proj is None or guide is None:
+            return None
+        want = (*self.config.grid, self.config.guide_channels)
+        if tuple(guide.shape[1:]) != want:
+            raise ValueError(f"expected a guide map [B, {', '.join(map(str, want))}], got {list(guide.shape)}")
+        guide = guide.float()
+        if training and self.config.guide_noise > 0:
+            guide = guide + self.config.guide_noise * torch.randn_like(guide)
+        return self.patchify(guide)
 
     def _patch_errors(self, z: Tensor, context: Context | None, noise: Tensor | None, t: Tensor | None,
-                      training: bool) -> Tensor:
-        """Squared error of the model's output per patch token, [B, N]; `training` masks tokens
-        (P20: [B, K] kept ones) and drops conditions for guidance, in that order of random draws."""
+                      training: bool, guide: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Squared error of the model's output per patch token, [B, N], and which errors count
+        ([B, N] floats; None: all). `training` masks tokens (P20: [B, K] kept ones) and drops
+        conditions for guidance, in that order of random draws, then gives context frames (their
+        errors do not count: they are inputs) and noises the guide."""
         self._check(z)
         x = self.latent_norm(z.float())
         B = x.shape[0]
@@ -286,36 +339,70 @@ class DiTGenerator(Generator):
         target = self.process.target(x, noise)
         tokens = self.patchify(x_t)
         keep = self._keep(B, tokens.shape[1], x.device) if training else None
-        out = self._forward(tokens, t, self._prepare(self.drop_condition(context) if training else context), keep)
+        cond = self._prepare(self.drop_condition(context) if training else context)
+        given = None
+        if training and self.config.context_frames:
+            k = self._context_tokens()
+            given = torch.rand(B, device=x.device) < self.config.context_p        # [B]
+            clean = self.patchify(x)
+            tokens = torch.cat([torch.where(given[:, None, None], clean[:, :k], tokens[:, :k]), tokens[:, k:]], 1)
+        out = self._forward(tokens, t, cond, keep, self._guide_tokens(guide, training))
         err = (out.float() - self.patchify(target).float()).pow(2).mean(-1)  # per patch [B, N]
+        counted = None
+        if given is not None:
+            counted = torch.ones_like(err)
+            counted[:, :k] = (~given).to(err.dtype)[:, None]
         if keep is not None:
             err = err.gather(1, keep)  # dropped patches carry only the mask token: no loss there
-        return err
+        return err, counted
 
     # ------------------------------------------------------------------ sampling
 
     def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, steps: int = 50,
-             method: str | None = None, eta: float = 0.0) -> Tensor:
+             method: str | None = None, eta: float = 0.0, prefix: Tensor | None = None,
+             guide: Tensor | None = None) -> Tensor:
         """Latent grids [n, *grid, C].
 
         Args:
             steps: model evaluations (flow: ODE steps; Heun adds one per step but the last).
             method: "euler" (default) or "heun" for flow; "ddim" (the default) for DDPM.
             eta: DDIM noise, 0 deterministic, 1 ancestral (uses `generator`).
+            prefix: latents [n, context_frames, H, W, C] the samples start with (a DiT with
+                `context_frames`): every model call sees them clean, and the result holds them.
+            guide: the guide map [n, *grid, Cg] of a guided DiT (`guide_channels`).
         """
         cond = self._prepare(guidance.context)
+        ref = self.latent_norm.mean
+        inputs = [self._guide_tokens(guide, training=False)] if self.guide_proj is not None else []
+        if self.guide_proj is not None and guide is None:
+            raise ValueError("this DiT is guided (guide_channels > 0): pass guide=")
+        k, given = 0, None
+        if prefix is not None:
+            want = (guidance.n, self.config.context_frames, *self.config.grid[1:], self.config.channels)
+            if not self.config.context_frames or tuple(prefix.shape) != want:
+                raise ValueError(f"prefix must be latents [{', '.join(map(str, want))}] for a DiT with context_frames; "
+                                 f"got {list(prefix.shape)} (context_frames {self.config.context_frames})")
+            k = self._context_tokens()
+            given = self.patchify(self.latent_norm(prefix.float().to(ref.device)))[:, :k]  # [n, k, P]
+
+        def net(xs: Tensor, ts: Tensor, *extra: Tensor) -> Tensor:
+            return self._forward(xs, ts, cond, guide=extra[0] if extra else None)
 
         def model(x: Tensor, t: Tensor) -> Tensor:
-            return guidance(lambda xs, ts: self._forward(xs, ts, cond), x, t)
+            if given is not None:  # the context frames are inputs: the model always sees them clean
+                x = torch.cat([given.to(x.dtype), x[:, k:]], 1)
+            return guidance(net, x, t, *inputs)
 
-        ref = self.latent_norm.mean
         noise = torch.randn(guidance.n, *self.config.grid, self.config.channels, generator=generator,
                             device=ref.device, dtype=torch.float32)
         noise = self.patchify(noise)  # [n, N, P]: the ODE runs on patch tokens
         bound = float(self.latent_norm.bound)
         x = denoise(self.process, model, noise, steps, method=method, eta=eta, generator=generator,
                     clip_x0=bound if math.isfinite(bound) else None)
-        return self.latent_norm.inverse(self.unpatchify(x)).to(ref.dtype)
+        out = self.latent_norm.inverse(self.unpatchify(x)).to(ref.dtype)
+        if prefix is not None:
+            out[:, :self.config.context_frames] = prefix.to(out)  # exactly the given frames
+        return out
 
 
 def flow_shift(grid: tuple[int, ...], channels: int, base: int = 4096) -> float:

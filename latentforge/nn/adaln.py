@@ -7,6 +7,8 @@ from it six vectors [B, D]: a shift, a scale and a gate for self-attention and f
     x += gate_a * SelfAttn(LN(x) * (1 + scale_a) + shift_a)
     x += CrossAttn(LN(x), context)                        (optional; unmodulated, as in PixArt)
     x += gate_m * MLP(LN(x) * (1 + scale_m) + shift_m)
+c may also be one vector per token [B, T, Dc] (P4 ARLON's semantic injection: a coarse video
+latent, upsampled to the token grid, modulates each token's norms), giving six [B, T, D] maps.
 The LayerNorms have no affine parameters: the modulation replaces them. "Zero" is the init:
 the regression layer starts at zero (gates = 0) and the cross-attention output projection too,
 so every block starts as the identity and the network grows its residual branches from there,
@@ -25,9 +27,14 @@ from latentforge.nn.moe import ExpertChoiceMLP
 from latentforge.nn.transformer import MLP
 
 
+def per_token(v: Tensor) -> Tensor:
+    """A modulation vector per example [B, D] -> [B, 1, D]; one per token [B, T, D] stays."""
+    return v[:, None] if v.dim() == 2 else v
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x [B, T, D] shifted and scaled per example by shift, scale [B, D]."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """x [B, T, D] shifted and scaled per example (shift, scale [B, D]) or per token ([B, T, D])."""
+    return x * (1 + per_token(scale)) + per_token(shift)
 
 
 def _modulation(cond_dim: int, dim: int, n: int) -> nn.Sequential:
@@ -68,7 +75,7 @@ class AdaLNBlock(nn.Module):
     def forward(self, x: Tensor, c: Tensor, *, key_mask: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, context_kv: tuple[Tensor, Tensor] | None = None,
                 rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """x [B, T, D], c [B, Dc] -> [B, T, D].
+        """x [B, T, D], c [B, Dc] (or one vector per token, [B, T, Dc]: P4's semantic injection) -> [B, T, D].
 
         Args:
             key_mask: [B, T] bool, True where a token may be attended.
@@ -77,12 +84,12 @@ class AdaLNBlock(nn.Module):
             rope: rotary tables of x's positions for self-attention (nn/rope.py).
         """
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(c).chunk(6, dim=-1)  # 6 x [B, D]
-        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a), key_mask=key_mask, rope=rope)
+        x = x + per_token(gate_a) * self.attn(modulate(self.norm1(x), shift_a, scale_a), key_mask=key_mask, rope=rope)
         if self.cross is not None:
             if context is None and context_kv is None:
                 raise ValueError("this block cross-attends: pass a context")
             x = x + self.cross(self.cross_norm(x), key_mask=context_mask, context=context, context_kv=context_kv)
-        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        return x + per_token(gate_m) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
 
 
 class AdaLNFinal(nn.Module):
