@@ -6,6 +6,7 @@ from helpers import graphs, randomize
 
 from latentforge import from_pretrained, save_pretrained
 from latentforge.conditioning.base import Context
+from latentforge.conditioning.class_label import ClassConfig
 from latentforge.conditioning.scene_graph import SceneGraphConfig
 from latentforge.generators.autoregressive import ARConfig, ARGenerator, coarse_to_fine_order
 from latentforge.generators.sampling import filter_logits, sample_tokens
@@ -218,3 +219,24 @@ def test_order_errors():
         model.sample(1, order=torch.zeros(16, dtype=torch.long))
     with pytest.raises(ValueError, match="order must be one of"):
         ARConfig(order="zigzag")
+
+
+def test_a_prefix_is_fed_not_drawn_and_the_rest_follows_it():
+    """A long video's next chunk starts with the last chunk's codes: sampling with a prefix keeps it and
+    greedy draws after it are the teacher-forced argmax given it; bad prefixes are refused."""
+    model = randomize(ARGenerator(ARConfig(grid=(3, 2, 2), vocab_size=16, dim=32, depth=2, heads=2,
+                                           conditioner=ClassConfig(dim=32, num_classes=4))))
+    ctx = model.encode_condition({"label": torch.tensor([1, 3])})
+    prefix = torch.randint(0, 16, (2, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    out = model.sample(2, ctx, temperature=0, prefix=prefix).reshape(2, -1)
+    assert torch.equal(out[:, :4], prefix.reshape(2, -1))
+    logits = model.logits(out, ctx)
+    assert torch.equal(logits.argmax(-1)[:, 4:], out[:, 4:])
+    cached = model.sample(2, ctx, temperature=0, prefix=prefix, use_cache=False).reshape(2, -1)
+    assert torch.equal(cached, out)
+    with pytest.raises(ValueError, match="prefix must be codes"):
+        model.sample(2, ctx, prefix=torch.zeros(2, 12, dtype=torch.long))       # the whole grid
+    with pytest.raises(ValueError, match="prefix must be codes"):
+        model.sample(2, ctx, prefix=torch.full((2, 4), 16))                      # outside the vocabulary
+    with pytest.raises(ValueError, match="raster-order model"):
+        randomize(tiny(order="random", grid=(3, 2, 2), conditional=False)).sample(2, prefix=prefix)

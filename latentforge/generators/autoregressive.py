@@ -169,7 +169,7 @@ class ARGenerator(Generator):
 
     def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-             order: Tensor | None = None) -> Tensor:
+             order: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:
         """Code grids [n, *grid], one token per step.
 
         Args:
@@ -177,6 +177,9 @@ class ARGenerator(Generator):
             use_cache: False recomputes every prefix (the reference the cached path must equal).
             order: generation order, a permutation of the N raster positions, [N] or [n, N] (non-raster
                 models only). None takes the config's: for `random`, one order per sample from `generator`.
+            prefix: codes the samples start with, in raster order: [n, P] or leading slices of the
+                grid [n, k, *grid[1:]] (a long video's next chunk continues the last one's frames);
+                they are fed, not drawn.
         """
         g, n, N = guidance, guidance.n, self.config.num_tokens
         pos = self.pos()
@@ -184,6 +187,14 @@ class ARGenerator(Generator):
         if spatial is not None:
             pos = pos + spatial  # per-row inputs [rows, N, D] from here on
         order = self.draw_order(n, pos.device, generator) if order is None else self._check_order(order, n, pos.device)
+        forced = None
+        if prefix is not None:
+            forced = torch.as_tensor(prefix, device=pos.device).long().reshape(n, -1)  # [n, P]
+            if order is not None or not 0 < forced.shape[1] < N or forced.min() < 0 \
+                    or forced.max() >= self.config.vocab_size:
+                raise ValueError(f"prefix must be codes in [0, {self.config.vocab_size}) for fewer than {N} leading "
+                                 f"raster positions of a raster-order model, [n, P] or [n, k, *grid[1:]]; got "
+                                 f"{list(prefix.shape)} (order {self.config.order})")
         # step t's input beyond the fed code: [rows, N, D] (or [N, D] shared, in raster order)
         inputs = pos
         if order is not None:
@@ -195,8 +206,11 @@ class ARGenerator(Generator):
 
         def emit(i: int, h: Tensor) -> Tensor | None:
             logits = g.mix(self.head(h))  # [n, V]
-            steps[:, i] = sample_tokens(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                                        generator=generator)
+            if forced is not None and i < forced.shape[1]:
+                steps[:, i] = forced[:, i]
+            else:
+                steps[:, i] = sample_tokens(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                            generator=generator)
             if i + 1 < N:
                 return g.rows_of(self.token_emb(steps[:, i]))[:, None] + inputs[..., i + 1 : i + 2, :]
             return None
