@@ -17,6 +17,7 @@ input dtype: losses summed over many pixels lose too much precision in bf16.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -184,14 +185,17 @@ def image_psnr(x_hat: Tensor, x: Tensor) -> Tensor:
 
 
 def image_autoencoder_loss(tokenizer, x: Tensor, recon: ReconKind = "l2",
-                           wavelet: WaveletLossConfig | None = None) -> dict[str, Tensor]:
+                           wavelet: WaveletLossConfig | None = None, *, x_in: Tensor | None = None,
+                           corrupt_latents: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """quantize -> decode -> reconstruction terms (+ P34's wavelet terms) + the bottleneck's terms
     (+ the patch-GAN terms when the tokenizer has a `discriminator`).
 
+    x_in: what the encoder reads when it differs from the target x (P22's masked frames);
+    corrupt_latents: applied to the quantized latents before decoding (P22's masked tokens).
     Returns 'loss' (their sum), every term, 'psnr' and the bottleneck's statistics.
     """
-    q = tokenizer.quantize(x)
-    x_hat = tokenizer.decode_latents(q.z_q)
+    q = tokenizer.quantize(x if x_in is None else x_in)
+    x_hat = tokenizer.decode_latents(q.z_q if corrupt_latents is None else corrupt_latents(q.z_q))
     terms = reconstruction_loss(x_hat, x, recon)
     if wavelet is not None:
         terms.update(wavelet_loss(x_hat, x, wavelet))
