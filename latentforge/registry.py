@@ -28,7 +28,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "generator": ("latentforge.generators.autoregressive", "latentforge.generators.axial",
                   "latentforge.generators.masked", "latentforge.generators.diffusion",
                   "latentforge.generators.mar", "latentforge.generators.hierarchical"),
-    "dataset": ("latentforge.data.sets", "latentforge.data.folder", "latentforge.data.motion"),
+    "dataset": ("latentforge.data.sets", "latentforge.data.folder", "latentforge.data.motion", "latentforge.data.video"),
     "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe"),
 }
 KINDS = tuple(MODULES)

@@ -78,8 +78,17 @@ def motion_features(dataset: Any, inception_weights: str | None, device: str | t
     return dataset_features(dataset, inception_weights, device, progress)
 
 
+def video_features(dataset: Any, inception_weights: str | None, device: str | torch.device,
+                   progress: bool) -> FeatureExtractor:
+    """The data set's ViViT probe (probe-FVD: not comparable with published I3D FVD)."""
+    from latentforge.eval.video_probe import dataset_features
+
+    return dataset_features(dataset, inception_weights, device, progress)
+
+
 # modality name -> the feature network of its distribution metrics
-FEATURES: dict[str, Callable[..., FeatureExtractor | None]] = {"image": image_features, "motion": motion_features}
+FEATURES: dict[str, Callable[..., FeatureExtractor | None]] = {"image": image_features, "motion": motion_features,
+                                                              "video": video_features}
 
 
 def pick_features(dataset: Any, inception_weights: str | None = None, device: str | torch.device = "cpu",

@@ -101,3 +101,57 @@ def stickfigure_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndar
             hz = gait_frequency(clips[periodic], dataset.skeleton)
             out[key] = float(((hz >= lo) & (hz <= hi)).mean())
     return out
+
+
+@judge("moving_shapes")
+def moving_shapes_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray],
+                        real: np.ndarray) -> dict[str, float]:
+    """The colour tracker (`eval/video_judge.py`) follows each object of the caption by its colour
+    and reads its shape, size, first direction and bounces; motion_exact is the share of clips where
+    all of it matches and no other object shows (the floor on real clips beside)."""
+    from latentforge.eval.video_judge import motion_adherence
+
+    out = motion_adherence(samples, rows)
+    out["real_clips_motion_exact"] = motion_adherence(real, rows)["motion_exact"]
+    return out
+
+
+@judge("pong")
+def pong_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
+    """On the Pong clips: the share whose ball, found frame by frame (`eval/video_judge.py`), moves
+    as Pong's does (`ball_track_plausible`, over the `ball_seen` share showing it in three frames in a
+    row), the same on real clips, and the detector's agreement with the console's RAM there (the
+    share of frames showing the ball where it is found within a pixel; false alarms elsewhere)."""
+    from latentforge.eval.video_judge import ball_agreement, ball_tracks
+
+    pong = np.flatnonzero(np.asarray(rows["label"]) == list(dataset.class_names).index("pong"))
+    if not len(pong):
+        return {}
+    out = ball_tracks(np.asarray(samples[pong]))
+    out.update({f"real_clips_{k}": v for k, v in ball_tracks(np.asarray(real[pong])).items()})
+    if "ball_xy" in rows:
+        agree = ball_agreement(np.asarray(real[pong]), rows["ball_xy"][pong], rows["ball_visible"][pong])
+        out.update({f"real_clips_{k}": v for k, v in agree.items()})
+    return out
+
+
+@judge("moving_mnist")
+def moving_mnist_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray],
+                       real: np.ndarray) -> dict[str, float]:
+    """The data set's video probe (eval/video_probe.py, trained once and cached) reads each clip's
+    digits and their directions, slots in canonical order (`canonical_slots`): `digits_exact` (the
+    clip shows the captioned digits), `direction_acc` (per digit slot, its direction), `clip_exact`
+    (every digit and direction right); the same numbers on real clips of the same captions beside."""
+    from latentforge.data.video import canonical_slots
+    from latentforge.eval.video_probe import dataset_probe
+
+    probe, _ = dataset_probe(dataset, progress=dataset.progress)
+    digits, directions = canonical_slots(rows["digit_classes"], rows["directions"])
+    out: dict[str, float] = {}
+    for prefix, clips in (("", samples), ("real_clips_", real)):
+        pred = {k: v.numpy() for k, v in probe.predict(clips).items()}
+        digit_ok, direction_ok = pred["digit"] == digits, pred["direction"] == directions
+        out[f"{prefix}digits_exact"] = float(digit_ok.all(1).mean())
+        out[f"{prefix}direction_acc"] = float(direction_ok.mean())
+        out[f"{prefix}clip_exact"] = float((digit_ok & direction_ok).all(1).mean())
+    return out
