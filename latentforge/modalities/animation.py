@@ -61,15 +61,15 @@ def save_filmstrip(clips: list[list[Image.Image]], captions: list[str], path: Pa
     T = len(clips[0])
     w, h = clips[0][0].size
     picks = np.unique(np.linspace(0, T - 1, min(T, moments)).round().astype(int))
-    top = 22
-    sheet = Image.new("RGB", (label_px + len(picks) * w, top + len(clips) * h), "white")
+    top, gap = 22, 3  # white between frames and rows: a moment ends where the next begins
+    sheet = Image.new("RGB", (label_px + len(picks) * (w + gap), top + len(clips) * (h + gap)), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((6, 5), f"{title} (frames {', '.join(map(str, picks))})", fill=(0, 0, 0))
     for r, (frames, text) in enumerate(zip(clips, captions)):
-        y = top + r * h
+        y = top + r * (h + gap)
         draw.text((6, y + max(4, h // 2 - 8 * caption_lines)), fit_text(text, label_px - 12, draw, caption_lines),
                   fill=(20, 20, 20))
         for c, t in enumerate(picks):
-            sheet.paste(frames[t], (label_px + c * w, y))
+            sheet.paste(frames[t], (label_px + c * (w + gap), y))
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
