@@ -212,15 +212,37 @@ class MaskedGenerator(Generator):
 
     # ------------------------------------------------------------------ sampling
 
+    def _inpainting_start(self, known: Tensor | None, region: Tensor | None, n: int,
+                          device: torch.device) -> tuple[Tensor, Tensor]:
+        """Checked inpainting inputs -> the first step's codes and mask, [n, N] each."""
+        grid = tuple(self.config.grid)
+        if known is None or region is None:
+            raise ValueError("inpainting needs both known codes and a region")
+        if self.config.enat:
+            raise ValueError("inpainting is implemented for MaskGIT decoding (enat: false)")
+        if tuple(known.shape) != (n, *grid) or tuple(region.shape) != (n, *grid) or region.dtype != torch.bool:
+            raise ValueError(f"known must be codes [{n}, {', '.join(map(str, grid))}] and region bool of the same shape; "
+                             f"got {known.dtype} {list(known.shape)} and {region.dtype} {list(region.shape)}")
+        region = region.reshape(n, -1).to(device)
+        counts = region.sum(1)
+        if not bool((counts == counts[0]).all()) or int(counts[0]) == 0:
+            raise ValueError(f"every sample's region must hold the same number (> 0) of tokens, got {counts.tolist()}")
+        codes = torch.where(region, 0, known.reshape(n, -1).to(device).long())
+        return codes, region
+
     def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, steps: int = 8,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             choice_temperature: float = 4.5, reuse: bool = True) -> Tensor:
+             choice_temperature: float = 4.5, reuse: bool = True, known: Tensor | None = None,
+             region: Tensor | None = None) -> Tensor:
         """Code grids [n, *grid] in `steps` parallel decoding steps.
 
         Args:
             temperature, top_k, top_p: how each masked token is drawn (see sampling.sample_tokens).
             choice_temperature: scale of the Gumbel noise on confidences, annealed linearly to 0.
             reuse: ENAT only; encode each token once and reuse its features (exact, see module doc).
+            known, region: inpainting (P22): codes [n, *grid] kept outside `region` (bool [n, *grid],
+                True where codes are drawn; as many per sample); decoding starts with the region masked
+                and the rest visible. MaskGIT only (not ENAT).
         """
         g, n, ctx = guidance, guidance.n, guidance.context
         N, V = self.config.num_tokens, self.config.vocab_size
@@ -230,6 +252,8 @@ class MaskedGenerator(Generator):
         dec_cross = _cross_kwargs(self.decoder, ctx, True) if self.config.enat else {}
         codes = torch.zeros(n, N, dtype=torch.long, device=device)
         masked = torch.ones(n, N, dtype=torch.bool, device=device)
+        if known is not None or region is not None:
+            codes, masked = self._inpainting_start(known, region, n, device)
         reveal = torch.zeros(n, N, dtype=torch.long, device=device)
         incremental = self.config.enat and reuse
         if incremental:
@@ -252,7 +276,7 @@ class MaskedGenerator(Generator):
                 return self._decode(self.encode_visible(codes, ~masked, reveal, base, enc_cross), masked, base, dec_cross)
             return self._maskgit_logits(codes, masked, base, enc_cross)
 
-        for k, remaining in enumerate(masked_counts(N, steps)):
+        for k, remaining in enumerate(masked_counts(int(masked[0].sum()), steps)):
             if remaining == int(masked[0].sum()):
                 continue  # more steps than tokens: this one reveals nothing (every sample has the same count)
             logits = g(logits_of, codes, masked, reveal)                                 # [n, N, V]
