@@ -34,6 +34,8 @@ def test_the_recipe_links_video_data_to_a_video_tokenizer():
         load_recipe("configs/video_moving_shapes.yaml", ["data.name=shapes"])
     with pytest.raises(ConfigError, match="1 \\+ 2k frames: 15 or 17"):
         load_recipe("configs/video_moving_shapes.yaml", ["data.frames=16"])
+    mnist = load_recipe("configs/video_moving_mnist.yaml")
+    assert mnist.generator.grid == (9, 8, 8) and "three" in mnist.generator.conditioner.vocab
 
 
 @pytest.fixture(scope="module")
