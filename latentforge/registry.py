@@ -29,7 +29,7 @@ MODULES: dict[str, tuple[str, ...]] = {
                   "latentforge.generators.masked", "latentforge.generators.diffusion",
                   "latentforge.generators.mar", "latentforge.generators.hierarchical"),
     "dataset": ("latentforge.data.sets", "latentforge.data.folder", "latentforge.data.motion", "latentforge.data.video"),
-    "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe"),
+    "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe", "latentforge.eval.video_probe"),
 }
 KINDS = tuple(MODULES)
 _TABLES: dict[str, dict[str, tuple[type, type]]] = {kind: {} for kind in KINDS}

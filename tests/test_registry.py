@@ -248,6 +248,11 @@ def probe_batch(probe) -> tuple[dict, object]:
     if cfg.name == "motion":
         motion = torch.randn(4, 12, cfg.num_joints, 3, generator=g)
         return {"motion": motion, "label": torch.randint(0, cfg.num_classes, (4,), generator=g)}, motion
+    if cfg.name == "vivit":
+        clips = torch.randint(0, 256, (4, cfg.frames, cfg.size, cfg.size, 3), generator=g, dtype=torch.uint8)
+        batch = {"video": clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1,
+                 **{h: torch.randint(0, c, (4, s), generator=g) for h, s, c in zip(cfg.heads, cfg.slots, cfg.classes)}}
+        return batch, clips.numpy()
     raise AssertionError(f"probe {cfg.name!r}: no test batch; add one here")
 
 
