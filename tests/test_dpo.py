@@ -93,3 +93,23 @@ def test_preference_pairs_move_samples_to_the_preferred_mode(conditional):
     if before is not None:
         assert 0.25 < before < 0.75
     assert share > 0.85, (before, share)
+
+
+def test_finetuning_draws_from_its_own_seed_and_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    model = DiTGenerator(DiTConfig(grid=(4,), channels=2, dim=32, depth=1, heads=2))
+    g = torch.Generator().manual_seed(0)
+    pairs = {"win": torch.randn(8, 4, 2, generator=g), "lose": torch.randn(8, 4, 2, generator=g)}
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def tuned(seed):
+        model.load_state_dict(start)
+        dpo_finetune(model, pairs, DPOConfig(steps=3, batch_size=4, lr=1e-3, seed=seed))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    before = torch.get_rng_state()
+    a = tuned(0)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(123)  # another global state changes nothing
+    assert torch.equal(tuned(0), a)
+    assert not torch.equal(tuned(1), a)

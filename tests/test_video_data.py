@@ -421,3 +421,16 @@ def test_moving_mnist_judge_reads_slots_in_canonical_order(mnist, monkeypatch):
     out = JUDGES["moving_mnist"](data, rows["video"], shuffled, rows["video"].copy())
     assert out["real_clips_clip_exact"] == 1.0 and out["real_clips_direction_acc"] == 1.0
     assert out["digits_exact"] == 1.0 and out["direction_acc"] == 0.5 and out["clip_exact"] == 0.0
+
+
+def test_judge_on_reconstructions_is_the_tokenizers_ceiling(shapes):
+    """eval's recon group judges reconstructions against their own rows' captions: a perfect
+    tokenizer scores as the real clips, one that loses the motion (every frame the first) does not."""
+    from latentforge.eval.run_metrics import recon_adherence
+
+    data, rows = shapes
+    clips = rows["video"][:20]
+    perfect = recon_adherence(data, clips, clips.copy(), rows)
+    assert perfect["judge_motion_exact"] >= 0.99 and not any(k.startswith("judge_real") for k in perfect)
+    frozen = recon_adherence(data, clips, np.repeat(clips[:, :1], clips.shape[1], axis=1), rows)
+    assert frozen["judge_motion_exact"] < 0.1 and frozen["judge_colour_acc"] >= 0.99

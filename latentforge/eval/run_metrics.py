@@ -195,6 +195,17 @@ def distribution_metrics(inputs: EvalInputs, features: FeatureExtractor, groups:
     return out
 
 
+def recon_adherence(dataset: Any, examples: np.ndarray, recon: np.ndarray, val: dict[str, np.ndarray]) -> dict[str, float]:
+    """The data set's judge on tokenizer reconstructions of the first len(examples) val rows, against
+    those rows' own conditions: the ceiling a generator over these latents can reach, keyed judge_*.
+    Empty when the data set has no judge or no conditions."""
+    score = judge_for(dataset)
+    rows = {k: v[: len(examples)] for k, v in dataset.conditions(val).items()} if score is not None else {}
+    if not rows:
+        return {}
+    return {f"judge_{k}": v for k, v in score(dataset, recon, rows, examples).items() if not k.startswith("real")}
+
+
 def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str, Any]:
     """Compute the groups of `config.metrics` (an `EvalConfig`) from a run's artifacts."""
     from latentforge.eval.features import pick_features
@@ -217,6 +228,7 @@ def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str
         tok_metrics, recon = tokenizer_metrics(inputs.tokenizer, modality, examples, device)
         if features is not None:
             tok_metrics["rfid"] = fid(features(examples), features(recon))
+        tok_metrics.update(recon_adherence(dataset, examples, recon, inputs.val) if "adherence" in wanted else {})
         out["tokenizer"] = tok_metrics
         k = min(ecfg.show, len(examples))
         headline = next(iter(tok_metrics.items()))

@@ -102,8 +102,7 @@ def dpo_finetune(policy: nn.Module, pairs: dict[str, Tensor], config: DPOConfig,
     reference = frozen_copy(policy) if reference is None else reference
     condition_keys = [k for k in pairs if k not in ("win", "lose")]
     P = len(pairs["win"])
-    gen = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # batches, noise and times: nothing global is drawn
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)
     policy.train()
@@ -111,7 +110,10 @@ def dpo_finetune(policy: nn.Module, pairs: dict[str, Tensor], config: DPOConfig,
     for _ in tqdm(range(config.steps), desc="dpo", disable=not progress, mininterval=1.0):
         idx = torch.randint(0, P, (min(config.batch_size, P),), generator=gen)
         cond = {k: pairs[k][idx] for k in condition_keys} or None
-        out = dpo_loss(policy, reference, pairs["win"][idx], pairs["lose"][idx], cond, config.beta)
+        win, lose = pairs["win"][idx], pairs["lose"][idx]
+        noise = torch.randn(win.shape, generator=gen).to(win.device)
+        t = policy.process.sample_time(len(idx), generator=gen).to(win.device)
+        out = dpo_loss(policy, reference, win, lose, cond, config.beta, noise=noise, t=t)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         if config.grad_clip > 0:
