@@ -83,8 +83,9 @@ from benchmarks.stages import cached, fit, to_clips, to_model  # noqa: E402
 from latentforge.atomic import write_json  # noqa: E402
 from latentforge.conditioning.base import Context  # noqa: E402
 from latentforge.conditioning.caption import CaptionConfig, build_vocab, encode_captions  # noqa: E402
+from latentforge.data.moving_shapes import MovingShapesConfig, moving_shapes_rows, shapes_caption  # noqa: E402
 from latentforge.data.shapes import COLORS, SHAPES, SIZE_SIDE, SIZES, box_offsets  # noqa: E402
-from latentforge.data.video import MovingShapesConfig, moving_shapes_rows, reflect, shapes_caption  # noqa: E402
+from latentforge.data.video import reflect  # noqa: E402
 from latentforge.eval.video_judge import colour_blobs, motion_adherence, read_clip, read_motion  # noqa: E402
 from latentforge.generators.autoregressive import ARConfig, ARGenerator  # noqa: E402
 from latentforge.generators.diffusion import DiTConfig, DiTGenerator  # noqa: E402

