@@ -28,12 +28,12 @@ TINY_VIDEO = [
 
 def test_the_recipe_links_video_data_to_a_video_tokenizer():
     cfg = load_recipe("configs/video_moving_shapes.yaml")
-    assert (cfg.tokenizer.frames, cfg.tokenizer.image_size) == (17, 32)
-    assert cfg.generator.grid == (9, 8, 8) and cfg.generator.channels == 8 and cfg.generator.patch_grid == (9, 4, 4)
+    assert (cfg.tokenizer.frames, cfg.tokenizer.image_size) == (9, 32)
+    assert cfg.generator.grid == (5, 8, 8) and cfg.generator.channels == 8 and cfg.generator.patch_grid == (5, 4, 4)
     with pytest.raises(ConfigError, match="reads video data, but data 'shapes' holds image"):
         load_recipe("configs/video_moving_shapes.yaml", ["data.name=shapes"])
-    with pytest.raises(ConfigError, match="1 \\+ 2k frames: 15 or 17"):
-        load_recipe("configs/video_moving_shapes.yaml", ["data.frames=16"])
+    with pytest.raises(ConfigError, match="1 \\+ 2k frames: 7 or 9"):
+        load_recipe("configs/video_moving_shapes.yaml", ["data.frames=8"])
     mnist = load_recipe("configs/video_moving_mnist.yaml")
     assert mnist.generator.grid == (9, 8, 8) and "three" in mnist.generator.conditioner.vocab
 
