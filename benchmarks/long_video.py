@@ -79,11 +79,11 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.stages import cached, fit, to_clips, to_model  # noqa: E402
+from benchmarks.stages import Laps, cached, fit, moving_shapes, to_clips, to_model  # noqa: E402
 from latentforge.atomic import write_json  # noqa: E402
 from latentforge.conditioning.base import Context  # noqa: E402
 from latentforge.conditioning.caption import CaptionConfig, build_vocab, encode_captions  # noqa: E402
-from latentforge.data.moving_shapes import MovingShapesConfig, moving_shapes_rows, shapes_caption  # noqa: E402
+from latentforge.data.moving_shapes import shapes_caption  # noqa: E402
 from latentforge.data.shapes import COLORS, SHAPES, SIZE_SIDE, SIZES, box_offsets  # noqa: E402
 from latentforge.data.video import reflect  # noqa: E402
 from latentforge.eval.video_judge import colour_blobs, motion_adherence, read_clip, read_motion  # noqa: E402
@@ -146,9 +146,7 @@ class Settings:
 # ---------------------------------------------------------------------------------------------- data
 
 def shapes(s: Settings, frames: int, split: str, n: int) -> dict[str, np.ndarray]:
-    cfg = MovingShapesConfig(size=s.size, frames=frames, min_objects=1, max_objects=s.max_objects,
-                             train_size=max(n, 1), val_size=max(n, 1), seed=s.seed)
-    return moving_shapes_rows(cfg, split, range(n))
+    return moving_shapes(s.size, frames, s.max_objects, s.seed, split, n)
 
 
 def first_window(rows: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
@@ -376,15 +374,8 @@ def long_metrics(clips: np.ndarray, rows: dict[str, np.ndarray], frames: int) ->
 def main(s: Settings, out: Path, out_dir: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     cache = out_dir / "cache"
-    timings: dict[str, float] = {}
-    tick = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal tick
-        now = time.perf_counter()
-        timings[name] = round(now - tick, 1)
-        tick = now
-        print(f"[{name}] {timings[name]:.0f} s", flush=True)
+    lap = Laps()
+    timings = lap.timings
 
     # ---- data
     train = shapes(s, s.data_frames, "train", s.train_clips)

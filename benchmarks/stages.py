@@ -1,5 +1,6 @@
 """What the video benchmark scripts share (long_video.py, video_inpainting.py): a short training loop,
-a cache of trained stages keyed by their settings, and the clip <-> model-tensor conversions.
+a cache of trained stages keyed by their settings, a stage timer, Moving Shapes rows and the clip <->
+model-tensor conversions.
 
     info = cached(cache_dir, "tokenizer", settings_dict, model, lambda m: fit(m, loss_fn, steps, lr))
 
@@ -21,8 +22,30 @@ import torch
 from torch import Tensor, nn
 
 from latentforge.atomic import write_json
+from latentforge.data.moving_shapes import MovingShapesConfig, moving_shapes_rows
 from latentforge.modalities.video import VideoModality
 from latentforge.serialization import load_state_dict, save_state_dict
+
+
+def moving_shapes(size: int, frames: int, max_objects: int, seed: int, split: str, n: int) -> dict[str, np.ndarray]:
+    """Rows 0..n-1 of a Moving Shapes split (1..max_objects objects): clips and their answers."""
+    cfg = MovingShapesConfig(size=size, frames=frames, min_objects=1, max_objects=max_objects,
+                             train_size=max(n, 1), val_size=max(n, 1), seed=seed)
+    return moving_shapes_rows(cfg, split, range(n))
+
+
+class Laps:
+    """Wall-clock seconds per stage: `lap(name)` closes the stage that ran since the previous call."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._tick = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._tick, 1)
+        self._tick = now
+        print(f"[{name}] {self.timings[name]:.0f} s", flush=True)
 
 
 def to_model(clips: np.ndarray) -> Tensor:

@@ -80,7 +80,6 @@ from latentforge.atomic import write_json
 from latentforge.conditioning.base import Context
 from latentforge.conditioning.caption import CaptionConfig, build_vocab, encode_captions
 from latentforge.conditioning.sketch import SketchConfig, SketchEncoder, edge_map, with_sketch
-from latentforge.data.moving_shapes import MovingShapesConfig, moving_shapes_rows
 from latentforge.data.shapes import SHAPES, SIZE_SIDE, SIZES, box_offsets
 from latentforge.generators.masked import MaskedConfig, MaskedGenerator
 from latentforge.modalities.video import VideoModality
@@ -90,7 +89,7 @@ from latentforge.tokenizers.causal3d import Causal3dConfig, Causal3dTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.stages import cached, fit, to_clips, to_model  # noqa: E402
+from benchmarks.stages import Laps, cached, fit, moving_shapes, to_clips, to_model  # noqa: E402
 
 LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")   # self-attention and MLP, not cross-attention
 PAD = 1.0   # pixels around an object's path box: its anti-aliased rim stays inside the region
@@ -134,9 +133,7 @@ class Settings:
 # ---------------------------------------------------------------------------------------------- data and regions
 
 def shapes(s: Settings, split: str, n: int) -> dict[str, np.ndarray]:
-    cfg = MovingShapesConfig(size=s.size, frames=s.frames, min_objects=1, max_objects=s.max_objects,
-                             train_size=max(n, 1), val_size=max(n, 1), seed=s.seed)
-    return moving_shapes_rows(cfg, split, range(n))
+    return moving_shapes(s.size, s.frames, s.max_objects, s.seed, split, n)
 
 
 def path_regions(rows: dict[str, np.ndarray], slot: np.ndarray, grid: tuple[int, int, int], frames: int,
@@ -263,15 +260,8 @@ def sketch_picture(sketch: Tensor, region: Tensor) -> np.ndarray:
 def main(s: Settings, out: Path, out_dir: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     cache = out_dir / "cache"
-    timings: dict[str, float] = {}
-    tick = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal tick
-        now = time.perf_counter()
-        timings[name] = round(now - tick, 1)
-        tick = now
-        print(f"[{name}] {timings[name]:.0f} s", flush=True)
+    lap = Laps()
+    timings = lap.timings
 
     # ---- data
     train, val = shapes(s, "train", s.train_clips), shapes(s, "val", s.val_clips)

@@ -384,11 +384,8 @@ def test_area_matrix_averages_areas():
 # ------------------------------------------------------------------------------------- recipes
 
 def test_recipes_take_the_video_sets():
-    from latentforge import registry
     from latentforge.recipes import load_recipe
 
-    if "causal3d" not in registry.names("tokenizer"):
-        pytest.skip("no video tokenizer yet")
     for name, conditioner in (("moving_mnist", "class"), ("moving_shapes", "caption")):
         cfg = load_recipe(None, ["name=t", f"data.name={name}", "data.size=32", "data.frames=9", "data.train_size=20",
                                  "tokenizer.name=causal3d", "generator.name=autoregressive",
