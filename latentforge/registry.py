@@ -29,7 +29,8 @@ MODULES: dict[str, tuple[str, ...]] = {
                   "latentforge.generators.masked", "latentforge.generators.diffusion",
                   "latentforge.generators.mar", "latentforge.generators.hierarchical"),
     "dataset": ("latentforge.data.sets", "latentforge.data.folder", "latentforge.data.motion",
-                "latentforge.data.moving_mnist", "latentforge.data.moving_shapes", "latentforge.data.atari"),
+                "latentforge.data.moving_mnist", "latentforge.data.moving_shapes", "latentforge.data.atari",
+                "latentforge.data.notes"),
     "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe", "latentforge.eval.video_probe"),
 }
 KINDS = tuple(MODULES)

@@ -65,10 +65,12 @@ class ImageFolderConfig(DataConfig):
     @classmethod
     def tiny(cls) -> "ImageFolderConfig":
         """scikit-image's own sample photographs (the `data` extra), 16 pixels a side: a real
-        folder of PNG/JPEG files of mixed modes and sizes for the registry's contract tests."""
+        folder of PNG/JPEG files of mixed modes and sizes for the registry's contract tests. The
+        package's own folder: `skimage.data.data_dir` is a download cache that exists only once
+        something has asked for a photo."""
         import skimage.data
 
-        return cls(path=skimage.data.data_dir, size=16, labels="none")
+        return cls(path=str(Path(skimage.data.__file__).parent), size=16, labels="none")
 
 
 def find_images(root: Path) -> list[Path]:

@@ -155,3 +155,22 @@ def moving_mnist_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.nda
         out[f"{prefix}direction_acc"] = float(direction_ok.mean())
         out[f"{prefix}clip_exact"] = float((digit_ok & direction_ok).all(1).mean())
     return out
+
+
+@judge("notes")
+def notes_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
+    """The pitch tracker (`eval/pitch.py`) reads what each clip plays (a note, a major or minor triad,
+    a rising arpeggio, and its root) and compares it with the caption; with class labels alone, the
+    root's pitch class. The floor: the same on real clips."""
+    from latentforge.data.notes import KINDS
+    from latentforge.eval.pitch import notes_adherence
+
+    rate = dataset.config.sample_rate
+    kinds = [KINDS[k] for k in rows["kind"]] if "kind" in rows else None
+    roots = rows.get("root")
+    pcs = rows.get("label")
+    out = notes_adherence(samples, rate, kinds, roots, pcs)
+    real_scores = notes_adherence(real, rate, kinds, roots, pcs)
+    out["real_clips_" + ("notes_exact" if "notes_exact" in real_scores else "pitch_class_acc")] = \
+        real_scores.get("notes_exact", real_scores["pitch_class_acc"])
+    return out

@@ -38,20 +38,25 @@ td, th { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .pass { color: #11772d; } .fail { color: #b3261e; font-weight: bold; }
 img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
+figure.clip { display: inline-block; margin: 4px 8px 4px 0; } figure.clip figcaption { font-size: 0.8em; }
 pre { background: #f6f6f6; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
 """
 
 
 _MIME = {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp", ".jpg": "image/jpeg"}
+_AUDIO = {".wav": "audio/wav"}
 
 
 def _img(path: Path, alt: str) -> str:
     if not path.exists():
         return f"<p><em>{html.escape(alt)}: not produced</em></p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    if path.suffix.lower() in _AUDIO:  # a clip to play, named beside its player
+        return (f'<figure class="clip"><audio controls preload="none" src="data:{_AUDIO[path.suffix.lower()]};'
+                f'base64,{data}"></audio><figcaption>{html.escape(alt)}</figcaption></figure>')
     mime = _MIME.get(path.suffix.lower())
     if mime is None:
         return f"<p><em>{html.escape(alt)}: {html.escape(path.name)} is not a picture</em></p>"
-    data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
 
 
