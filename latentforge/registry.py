@@ -22,7 +22,7 @@ MODULES: dict[str, tuple[str, ...]] = {
                   "latentforge.quantize.fsq", "latentforge.quantize.lfq", "latentforge.quantize.gumbel",
                   "latentforge.quantize.gaussian", "latentforge.quantize.topk"),
     "tokenizer": ("latentforge.tokenizers.conv", "latentforge.tokenizers.conv1d", "latentforge.tokenizers.vit",
-                  "latentforge.tokenizers.causal3d"),
+                  "latentforge.tokenizers.causal3d", "latentforge.tokenizers.codec"),
     "conditioner": ("latentforge.conditioning.class_label", "latentforge.conditioning.caption",
                     "latentforge.conditioning.scene_graph"),
     "generator": ("latentforge.generators.autoregressive", "latentforge.generators.axial",
@@ -30,7 +30,8 @@ MODULES: dict[str, tuple[str, ...]] = {
                   "latentforge.generators.mar", "latentforge.generators.hierarchical"),
     "dataset": ("latentforge.data.sets", "latentforge.data.folder", "latentforge.data.motion",
                 "latentforge.data.moving_mnist", "latentforge.data.moving_shapes", "latentforge.data.atari",
-                "latentforge.data.notes"),
+                "latentforge.data.notes", "latentforge.data.music",
+                "latentforge.data.speech"),
     "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe", "latentforge.eval.video_probe"),
 }
 KINDS = tuple(MODULES)

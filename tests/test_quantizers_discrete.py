@@ -316,6 +316,11 @@ def test_rvq_dropout_varies_depth_in_training_and_uses_all_levels_in_eval():
         train_depths = depths(rvq(z))
         assert set(train_depths) == {1, 2, 3, 4}
         assert depths(rvq.eval()(z)) == [4] * 64
+        # DAC's rate: half the examples keep every level, the rest draw 1..4 as before
+        rvq.config.dropout_rate = 0.5
+        torch.manual_seed(0)
+        half = depths(rvq.train()(torch.randn(64, 2, 4)))
+        assert 0.55 < sum(d == 4 for d in half) / 64 < 0.8 and {1, 2, 3} <= set(half)
 
 
 def test_rvq_shared_codebook_ema_and_rotation_options_reach_the_levels():

@@ -115,6 +115,8 @@ def tokenizer_input(tok) -> torch.Tensor:
         return torch.randn(2, cfg.seq_len, cfg.in_channels)
     if cfg.layout == "video":
         return torch.rand(2, cfg.in_channels, cfg.frames, cfg.image_size, cfg.image_size) * 2 - 1
+    if cfg.layout == "audio":
+        return torch.rand(2, cfg.seq_len, 1) * 2 - 1
     raise AssertionError(f"tokenizer {cfg.name!r}: no test input for layout {cfg.layout!r}; add one here")
 
 

@@ -37,7 +37,7 @@ class AudioModality(Modality):
     name = "audio"
     key = "audio"
     noun = "clips"
-    layout = "sequence"
+    layout = "audio"
 
     def to_model(self, array: np.ndarray | Tensor) -> Tensor:
         x = torch.as_tensor(np.array(array) if isinstance(array, np.ndarray) else array, dtype=torch.float32)

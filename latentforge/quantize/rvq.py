@@ -48,6 +48,9 @@ class RVQConfig(VQConfig):
     depth: int = 2                    # levels (codebooks) per position
     shared_codebook: bool = False     # one codebook for every level
     quantizer_dropout: bool = True    # training: each example uses levels 1..n, n uniform in 1..depth
+    # ... for this share of the examples only; the rest use every level (DAC: 0.5, so the full
+    # bitrate is not starved of training)
+    dropout_rate: float = field(default=1.0, metadata=ADDED_LATER)
     # How the decoder's gradient reaches the encoder: "sum" passes it once, through the sum of the
     # levels' codes; "levels" passes it through each level to that level's input residual, so the
     # encoder gets the sum over the levels used (SoundStream's and vector-quantize-pytorch's way)
@@ -57,6 +60,8 @@ class RVQConfig(VQConfig):
         super().__post_init__()
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if not 0.0 <= self.dropout_rate <= 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1], got {self.dropout_rate}")
         if self.gradient not in ("sum", "levels"):
             raise ValueError(f"gradient must be 'sum' or 'levels', got {self.gradient!r}")
         if self.l2_normalize:
@@ -142,9 +147,13 @@ class ResidualVQ(Quantizer):
     def _levels_kept(self, z: Tensor) -> Tensor:
         """Per example, how many levels z_q sums [B]: random in training with dropout, else all."""
         b, depth = z.shape[0], self.config.depth
+        full = torch.full((b,), depth, device=z.device)
         if self.training and self.config.quantizer_dropout and depth > 1:
-            return torch.randint(1, depth + 1, (b,), device=z.device)
-        return torch.full((b,), depth, device=z.device)
+            drawn = torch.randint(1, depth + 1, (b,), device=z.device)
+            if self.config.dropout_rate >= 1.0:
+                return drawn
+            return torch.where(torch.rand(b, device=z.device) < self.config.dropout_rate, drawn, full)
+        return full
 
     def lookup(self, codes: Tensor) -> Tensor:
         """codes [B, *grid, k] with 1 <= k <= depth (a prefix of the levels) -> [B, *grid, D]."""

@@ -123,7 +123,8 @@ def check_latents(spec: LatentSpec, z: Tensor) -> None:
 class TokenizerConfig(ModelConfig):
     kind = "tokenizer"
     # what the network reads, and its batch key: "image" float [B, C, H, W] in [-1, 1], or
-    # "sequence" float [B, T, C]; a data set's modality must give the same layout
+    # "sequence" float [B, T, C], "video" float [B, C, T, H, W], or "audio" float [B, L, 1]; a data
+    # set's modality must give the same layout
     layout: ClassVar[str] = "image"
 
 

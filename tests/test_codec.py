@@ -1,0 +1,77 @@
+"""The neural audio codec: exact lengths through odd strides, codes and bitrates, bad input named,
+prefix decoding of its RVQ levels, and a codec that must learn (mel distance falls)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentforge.modalities.audio_metrics import mel_distance
+from latentforge.quantize.rvq import RVQConfig
+from latentforge.tokenizers.codec import CodecConfig, CodecTokenizer
+
+
+def small(**kw) -> CodecTokenizer:
+    cfg = dict(seq_len=800, strides=(2, 4), channels=(8, 16, 16), dilations=(1,),
+               quantizer=RVQConfig(codebook_size=32, dim=8, depth=2, codebook_update="ema", kmeans_iters=2))
+    cfg.update(kw)
+    return CodecTokenizer(CodecConfig(**cfg))
+
+
+def test_lengths_codes_and_bitrate_through_odd_strides():
+    tok = small(seq_len=1200, strides=(2, 5, 3), channels=(4, 8, 8, 8),
+                quantizer=RVQConfig(codebook_size=16, dim=4, depth=3, kmeans_iters=1)).eval()
+    x = torch.rand(3, 1200, 1) * 2 - 1
+    with torch.no_grad():
+        codes = tok.encode(x)
+        assert codes.shape == (3, 40, 3) and codes.dtype == torch.long      # 1200 / (2 * 5 * 3) frames, 3 levels
+        y = tok.decode(codes)
+        assert y.shape == x.shape and y.abs().max() <= 1
+        assert tok.decode(codes[..., :1]).shape == x.shape                   # the first level alone decodes
+    cfg = CodecConfig()                                                     # 16 kHz, hop 320, 4 x 256 codes
+    assert cfg.hop == 320 and cfg.frame_rate == 50.0
+    assert cfg.bitrate() == 4 * 8 * 50 and cfg.bitrate(levels=1) == 400
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="multiple of the hop 8"):
+        CodecConfig(seq_len=801, strides=(2, 4), channels=(8, 16, 16))
+    with pytest.raises(ValueError, match="one entry for the stem and one per stride"):
+        CodecConfig(seq_len=800, strides=(2, 4), channels=(8, 16))
+    with pytest.raises(ValueError, match="mono"):
+        CodecConfig(in_channels=2)
+    tok = small()
+    with pytest.raises(ValueError, match="channels-first"):
+        tok.encode(torch.zeros(2, 1, 800))
+
+
+def test_codec_learns_notes_and_every_level_prefix_decodes():
+    """150 steps on 50 ms notes: the mel distance falls from ~1.4 to below 0.6 (measured 0.41), and
+    with quantizer dropout more levels decode better (or no worse) than fewer."""
+    from latentforge.data.notes import NotesConfig, NotesData
+
+    torch.manual_seed(0)
+    data = NotesData(NotesConfig(seconds=0.05, train_size=128, val_size=16, kinds=("note",), timbres=("sine", "saw")))
+    train = torch.from_numpy(data.split("train")["audio"])[..., None]
+    val = torch.from_numpy(data.split("val")["audio"])[..., None]
+    tok = small()
+    opt = torch.optim.Adam(tok.parameters(), 2e-3)
+
+    def distance(levels=None) -> float:
+        tok.eval()
+        with torch.no_grad():
+            codes = tok.encode(val)
+            y = tok.decode(codes if levels is None else codes[..., :levels])
+        tok.train()
+        return float(mel_distance(y[..., 0], val[..., 0], data.config.sample_rate).mean())
+
+    before = distance()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        out = tok.loss({"audio": train[torch.randint(0, len(train), (8,), generator=g)]})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    after = distance()
+    assert before > 1.0 and after < 0.6
+    assert after <= distance(levels=1) + 0.02
