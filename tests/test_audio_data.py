@@ -59,7 +59,8 @@ def test_music_holds_out_whole_pieces():
 
     splits = {s: set(split_pieces(("bach",), s)) for s in ("train", "val", "test")}
     assert sum(map(len, splits.values())) == len(corpus_pieces(("bach",))) > 300
-    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
+    assert not splits["train"] & splits["val"] and not splits["train"] & splits["test"]
+    assert not splits["val"] & splits["test"]
 
 
 def test_music_config_names_bad_fields():

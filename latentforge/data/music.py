@@ -168,7 +168,7 @@ def render(notes: np.ndarray, programs: list[int], start: float, seconds: float,
         if b < stop:
             events.append((b, 0, int(part), int(pitch)))
     events.sort(key=lambda e: (e[0], e[1]))   # note-offs before note-ons at the same time
-    chunks, now = [], begin
+    chunks = []
     total = int(round((stop - begin) * sample_rate))
     done = 0
     for t, on, part, pitch in events + [(stop, -1, 0, 0)]:
