@@ -113,3 +113,60 @@ def test_speech_without_espeak_names_the_package(monkeypatch):
     with pytest.raises(FileNotFoundError, match="apt-get install espeak-ng"):
         speech.voice_variants()
     speech.voice_variants.cache_clear()
+
+
+# ------------------------------------------------------------------------------- your own folder
+
+@pytest.fixture()
+def audio_folder(tmp_path):
+    """Two class folders of tones: WAV at 22,050 Hz (mono) and 16 kHz, a stereo FLAC at 44.1 kHz,
+    a caption sidecar, a text file named .wav and a truncated WAV."""
+    soundfile = pytest.importorskip("soundfile")
+    from latentforge.modalities.audio import write_wav
+    from latentforge.modalities.spectral import midi_to_hz
+
+    root = tmp_path / "sounds"
+    for i in range(6):
+        label = "low" if i % 2 else "high"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        midi = 57 if label == "low" else 69
+        rate = 22050 if i < 3 else RATE
+        t = np.arange(int(rate * 0.4)) / rate
+        write_wav(root / label / f"tone{i}.wav", 0.5 * np.sin(2 * np.pi * midi_to_hz(midi) * t), rate)
+    t = np.arange(int(44100 * 0.4)) / 44100
+    stereo = np.stack([0.4 * np.sin(2 * np.pi * 440.0 * t)] * 2, axis=1)
+    soundfile.write(str(root / "high" / "stereo.flac"), stereo, 44100)
+    (root / "high" / "tone0.txt").write_text("a high  tone")
+    (root / "low" / "notes.wav").write_text("not audio")
+    whole = (root / "low" / "tone1.wav").read_bytes()
+    (root / "low" / "cut.wav").write_bytes(whole[:30])
+    return root
+
+
+def test_audio_folder_decodes_resamples_skips_and_labels(audio_folder, tmp_path, capsys):
+    from latentforge.config import ConfigError
+    from latentforge.data.audio_folder import AudioFolderConfig, AudioFolderData
+    from latentforge.eval.pitch import detect_pitches
+
+    data = AudioFolderData(AudioFolderConfig(path=str(audio_folder), seconds=0.5))
+    data.run_dir = tmp_path / "run"
+    train, val = data.split("train"), data.split("val")
+    clips = np.concatenate([train["audio"], val["audio"]])
+    files = np.concatenate([train["files"], val["files"]])
+    labels = np.concatenate([train["label"], val["label"]])
+    assert clips.shape == (7, 8000) and clips.dtype == np.float32 and data.classes == ["high", "low"]
+    skipped = sorted(line.split("\t")[0] for line in (tmp_path / "run" / "skipped.txt").read_text().splitlines())
+    assert skipped == ["low/cut.wav", "low/notes.wav"]
+    # resampled files keep their pitch; the 0.4 s files are padded with silence to 0.5 s
+    for clip, label in zip(clips, labels):
+        assert detect_pitches(clip, RATE, max_notes=1) == [69 if data.classes[label] == "high" else 57]
+        assert np.abs(clip[int(0.41 * RATE):]).max() == 0
+    assert "resampled 4 file(s) to 16000 Hz from 22050 Hz (3), 44100 Hz (1)" in capsys.readouterr().err
+    captions = dict(zip(files, np.concatenate([train["captions"], val["captions"]])))
+    assert captions["high/tone0.wav"] == "a high tone"
+    strict = AudioFolderData(AudioFolderConfig(path=str(audio_folder), strict=True))
+    with pytest.raises(ConfigError, match=r"data.strict: .*low/cut.wav is not a readable audio file"):
+        strict.split("train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no wav/flac/ogg/mp3 audio files under"):
+        AudioFolderData(AudioFolderConfig(path=str(tmp_path / "empty")))

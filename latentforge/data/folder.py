@@ -33,7 +33,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -73,13 +73,19 @@ class ImageFolderConfig(DataConfig):
         return cls(path=str(Path(skimage.data.__file__).parent), size=16, labels="none")
 
 
-def find_images(root: Path) -> list[Path]:
-    """Image files under root, recursively, sorted by relative path (hidden files left out)."""
+def find_files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Files under root with one of the extensions (any case), recursively, sorted by relative path
+    (hidden files and folders left out)."""
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / f for f in files if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
+        found += [Path(folder) / f for f in files if not f.startswith(".") and f.lower().endswith(extensions)]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def find_images(root: Path) -> list[Path]:
+    """Image files under root (`find_files` with the image extensions)."""
+    return find_files(root, EXTENSIONS)
 
 
 def to_rgb(image):
@@ -125,22 +131,40 @@ def decode(path: Path, size: int, fit: str) -> np.ndarray:
         return fit_square(to_rgb(image), size, fit)
 
 
-@register("dataset", "imagefolder", ImageFolderConfig)
-class ImageFolderData(DataSet):
-    """A folder of images; `run_dir` (set by the recipe) holds the decode cache and skipped.txt."""
+class FolderData(DataSet):
+    """A folder of a user's files (images here, audio in data/audio_folder.py): finding them, classes
+    from subfolders, sidecar captions, decoding once into a keyed memory-mapped cache, skipping and
+    listing bad files, the seeded train/val split. `run_dir` (set by the recipe) holds the decode
+    cache and skipped.txt. Subclasses name their extensions and nouns and decode one file."""
 
+    extensions: ClassVar[tuple[str, ...]]
+    noun: ClassVar[str]                   # "image": messages say "image(s)", "images"
+    example = "~/my_images"               # a folder in the error that asks for one
     condition_text = "Each sample is drawn for the class in its caption."
 
-    def __init__(self, config: ImageFolderConfig) -> None:
+    def decode_file(self, path: Path) -> np.ndarray:
+        """One file -> one example in the modality's stored layout; raises on a bad file."""
+        raise NotImplementedError
+
+    def decode_fields(self) -> dict:
+        """The config fields that change what a file decodes to (part of the cache key)."""
+        raise NotImplementedError
+
+    def decode_notes(self) -> dict:
+        """Entries for the cache's index that the decoding gathered, asked for once the files are
+        decoded (audio: the files it resampled); none here."""
+        return {}
+
+    def __init__(self, config) -> None:
         super().__init__(config)
         if not config.path:
-            raise ConfigError("data.path: give the folder of images, e.g. data.path=~/my_images")
+            raise ConfigError(f"data.path: give the folder of {self.noun}s, e.g. data.path={self.example}")
         self.root = Path(config.path).expanduser()
         if not self.root.is_dir():
             raise ConfigError(f"data.path: {self.root} is not a folder")
-        self.files = find_images(self.root)
+        self.files = find_files(self.root, self.extensions)
         if not self.files:
-            raise ConfigError(f"data.path: no {'/'.join(e[1:] for e in EXTENSIONS)} images under {self.root}")
+            raise ConfigError(f"data.path: no {'/'.join(e[1:] for e in self.extensions)} {self.noun}s under {self.root}")
         self.run_dir: Path | None = None
         rel = [f.relative_to(self.root) for f in self.files]
         folders = sorted({r.parts[0] for r in rel if len(r.parts) > 1})
@@ -162,7 +186,7 @@ class ImageFolderData(DataSet):
         cfg = self.config
         stats = [(f, f.stat()) for f in self.files]
         listing = [(f.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns) for f, st in stats]
-        blob = json.dumps({"files": listing, "size": cfg.size, "fit": cfg.fit, "version": CACHE_VERSION})
+        blob = json.dumps({"files": listing, **self.decode_fields(), "version": CACHE_VERSION})
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _cache_dir(self) -> Path | None:
@@ -180,23 +204,23 @@ class ImageFolderData(DataSet):
         cfg = self.config
         good, skipped, images = [], [], []
         show = self.progress if progress is None else progress
-        for f in tqdm(self.files, desc="decoding images", disable=not show, file=sys.stderr, mininterval=1.0):
+        for f in tqdm(self.files, desc=f"decoding {self.noun}s", disable=not show, file=sys.stderr, mininterval=1.0):
             rel = f.relative_to(self.root).as_posix()
             try:
-                images.append(decode(f, cfg.size, cfg.fit))
+                images.append(self.decode_file(f))
                 good.append(rel)
-            except Exception as err:  # PIL raises many types for bad files; each is a skip
+            except Exception as err:  # decoders raise many types for bad files; each is a skip
                 if cfg.strict:
-                    raise ConfigError(f"data.strict: {f} is not a readable image ({type(err).__name__}: {err})") from None
+                    raise ConfigError(f"data.strict: {f} is not a readable {self.noun} ({type(err).__name__}: {err})") from None
                 skipped.append(f"{rel}\t{type(err).__name__}: {err}")
         if len(good) < 2:
-            raise ConfigError(f"data.path: {self.root} has {len(good)} readable image(s) "
+            raise ConfigError(f"data.path: {self.root} has {len(good)} readable {self.noun}(s) "
                               f"({len(skipped)} skipped); at least 2 are needed (one train, one val)")
         stacked = np.stack(images)
-        index = {"files": good, "skipped": skipped}
+        index = {"files": good, "skipped": skipped, **self.decode_notes()}
         if cache is not None:
             with atomic_path(cache / f"folder-{key}.npy") as tmp:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=stacked.shape)
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=stacked.dtype, shape=stacked.shape)
                 out[:] = stacked
                 out.flush()
                 del out
@@ -208,7 +232,7 @@ class ImageFolderData(DataSet):
     def split(self, name: str) -> dict[str, np.ndarray]:
         check_split(name)
         if name == "test":
-            raise ValueError("imagefolder data has train and val splits only")
+            raise ValueError(f"{self.config.name} data has train and val splits only")
         images, index = self.decoded()
         files = index["files"]
         if self.run_dir is not None:
@@ -225,7 +249,7 @@ class ImageFolderData(DataSet):
             write_json(self.run_dir / "data" / "split.json",
                        {"seed": self.config.seed, "train": [files[i] for i in np.sort(order[n_val:])],
                         "val": [files[i] for i in np.sort(order[:n_val])]})
-        out = {"images": np.ascontiguousarray(images[rows]), "files": np.array([files[i] for i in rows])}
+        out = {self.modality.key: np.ascontiguousarray(images[rows]), "files": np.array([files[i] for i in rows])}
         if self.classes:
             out["label"] = np.array([self.classes.index(files[i].split("/")[0]) for i in rows], dtype=np.int64)
         if self.has_captions:
@@ -243,7 +267,7 @@ class ImageFolderData(DataSet):
 
     def training_captions(self) -> list[str]:
         if not self.has_captions:
-            raise NotImplementedError(f"no .txt captions beside the images in {self.root}")
+            raise NotImplementedError(f"no .txt captions beside the {self.noun}s in {self.root}")
         return [str(c) for c in self.split("train")["captions"]]
 
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
@@ -252,3 +276,17 @@ class ImageFolderData(DataSet):
         if "captions" in arrays:
             return [str(c) for c in arrays["captions"]]
         return super().captions(arrays)
+
+
+@register("dataset", "imagefolder", ImageFolderConfig)
+class ImageFolderData(FolderData):
+    """A folder of images, each decoded by `decode` (the module docstring's rules)."""
+
+    extensions = EXTENSIONS
+    noun = "image"
+
+    def decode_file(self, path: Path) -> np.ndarray:
+        return decode(path, self.config.size, self.config.fit)
+
+    def decode_fields(self) -> dict:
+        return {"size": self.config.size, "fit": self.config.fit}
