@@ -183,7 +183,6 @@ class FolderData(DataSet):
         return self._key()
 
     def _key(self) -> str:
-        cfg = self.config
         stats = [(f, f.stat()) for f in self.files]
         listing = [(f.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns) for f, st in stats]
         blob = json.dumps({"files": listing, **self.decode_fields(), "version": CACHE_VERSION})
