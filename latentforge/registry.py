@@ -32,7 +32,8 @@ MODULES: dict[str, tuple[str, ...]] = {
                 "latentforge.data.moving_mnist", "latentforge.data.moving_shapes", "latentforge.data.atari",
                 "latentforge.data.notes", "latentforge.data.music",
                 "latentforge.data.speech", "latentforge.data.audio_folder"),
-    "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe", "latentforge.eval.video_probe"),
+    "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe", "latentforge.eval.video_probe",
+              "latentforge.pretraining.mert"),
 }
 KINDS = tuple(MODULES)
 _TABLES: dict[str, dict[str, tuple[type, type]]] = {kind: {} for kind in KINDS}

@@ -255,6 +255,10 @@ def probe_batch(probe) -> tuple[dict, object]:
         batch = {"video": clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1,
                  **{h: torch.randint(0, c, (4, s), generator=g) for h, s, c in zip(cfg.heads, cfg.slots, cfg.classes)}}
         return batch, clips.numpy()
+    if cfg.name == "mert":
+        audio = torch.rand(4, 2 * cfg.hop * 4, generator=g) * 2 - 1
+        codes = torch.randint(0, cfg.code_vocab, (4, 8, cfg.code_levels), generator=g)
+        return {"audio": audio, "codes": codes}, audio.numpy()
     raise AssertionError(f"probe {cfg.name!r}: no test batch; add one here")
 
 

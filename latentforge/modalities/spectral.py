@@ -104,3 +104,32 @@ def chroma(wave: Tensor, sample_rate: int, n_fft: int = 4096, hop: int = 1024, f
     energy = stft_magnitude(wave, n_fft, hop, power=2.0).sum(-1)  # [B, F]
     folded = energy @ torch.from_numpy(_chroma_map(sample_rate, n_fft, fmin, fmax)).T.to(energy.device)  # [B, 12]
     return folded / folded.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+@lru_cache(maxsize=16)
+def _cqt_filters(sample_rate: int, n_fft: int, fmin: float, bins_per_octave: int, n_bins: int) -> np.ndarray:
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    centres = fmin * 2.0 ** (np.arange(n_bins) / bins_per_octave)                          # [n_bins]
+    with np.errstate(divide="ignore"):
+        distance = np.abs(np.log2(np.maximum(freqs, 1e-9)[None] / centres[:, None])) * bins_per_octave  # in bins
+    filters = np.maximum(0.0, 1.0 - distance)                                                # log-frequency triangles
+    empty = filters.sum(1) == 0                    # low bands narrower than an FFT bin: the nearest bin
+    filters[empty, np.abs(freqs[None] - centres[empty, None]).argmin(1)] = 1.0
+    return (filters / filters.sum(1, keepdims=True)).astype(np.float32)
+
+
+def cqt(wave: Tensor, sample_rate: int, hop: int, fmin: float = 32.7, bins_per_octave: int = 12, n_bins: int = 84,
+        n_fft: int = 4096, floor: float = 1e-3) -> Tensor:
+    """A pseudo constant-Q spectrum: STFT magnitudes pooled into bands a 1/bins_per_octave octave
+    apart from fmin (triangles in log frequency; a band narrower than an FFT bin reads its nearest
+    bin), log-compressed above `floor` (60 dB below full scale by default, so silence does not
+    dominate a regression on it): [B, T, n_bins] with frames every `hop` samples (centred,
+    L // hop + 1). MERT's musical target; the true CQT's long low-frequency windows are traded for
+    one n_fft."""
+    top = fmin * 2.0 ** ((n_bins - 1) / bins_per_octave)
+    if top >= sample_rate / 2:
+        raise ValueError(f"cqt: the top band ({top:.0f} Hz) must lie below the Nyquist frequency "
+                         f"({sample_rate / 2:.0f} Hz): fewer bins or a lower fmin")
+    mag = stft_magnitude(wave, n_fft, hop)                                                   # [B, F, T]
+    bands = torch.from_numpy(_cqt_filters(sample_rate, n_fft, fmin, bins_per_octave, n_bins)).to(mag.device)
+    return torch.log(torch.einsum("kf,bft->btk", bands, mag).clamp_min(floor))

@@ -1,0 +1,1 @@
+"""Encoders pretrained without labels (MERT for audio), whose frozen features serve the probes."""
