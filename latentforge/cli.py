@@ -192,7 +192,16 @@ def _sample(args: argparse.Namespace) -> int:
         total = len(next(iter(rows.values())))
     else:
         rows, total = {}, args.n
-    samples, given = pipe.sample(rows, total, args.seed, run.dataset, run.sampling(pipe), run.cfg.sample.batch_size)
+    prompts = frames = None
+    if args.prompt is not None:
+        prompts, frames = _prompts(args, run, pipe, total)
+    try:
+        samples, given = pipe.sample(rows, total, args.seed, run.dataset, run.sampling(pipe),
+                                     run.cfg.sample.batch_size, prompts=prompts, frames=frames)
+    except ValueError as err:
+        if prompts is None:
+            raise
+        raise ConfigError(f"--prompt: {err}") from None
     out = Path(args.out)
     captions = run.dataset.captions(given) if given else None
     files = run.modality.preview(samples, captions, out.with_suffix(""), title=f"{run.dir.name}: samples")
@@ -200,6 +209,27 @@ def _sample(args: argparse.Namespace) -> int:
     print(f"wrote {len(samples)} {run.modality.noun} to {', '.join(str(out.parent / f) for f in files)} "
           f"and {out.with_suffix('.npz')}")
     return 0
+
+
+def _prompts(args: argparse.Namespace, run, pipe, total: int):
+    """--prompt FILE (audio runs): the clip, resampled to the run's rate, once per sample, and the
+    latent frames to continue it to (--seconds; default the trained clip length)."""
+    import numpy as np
+
+    if run.modality.name != "audio":
+        raise ConfigError(f"--prompt continues audio clips; {args.run} holds {run.modality.name}")
+    from latentforge.data.audio_folder import load_clip
+
+    path = Path(args.prompt)
+    if not path.is_file():
+        raise ConfigError(f"--prompt: {path} is not a file")
+    try:
+        clip, _ = load_clip(path, run.modality.sample_rate)
+    except Exception as err:  # soundfile raises several types for unreadable files
+        raise ConfigError(f"--prompt: {path} is not a readable audio file ({type(err).__name__}: {err})") from None
+    hop = run.modality.length // pipe.tokenizer.spec.grid[0]
+    frames = None if args.seconds is None else max(1, int(round(args.seconds * run.modality.sample_rate / hop)))
+    return np.repeat(np.clip(clip, -1, 1)[None], total, axis=0), frames
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -248,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=8, help="samples per condition (unconditional runs: in all)")
     s.add_argument("--out", default="samples.png", help="preview file; the samples also go to the same name .npz")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prompt", help="audio runs: a WAV/FLAC/OGG/MP3 clip to continue (its codes stay unchanged)")
+    s.add_argument("--seconds", type=float, help="with --prompt: the length to continue to (default: the trained clip)")
     s.set_defaults(func=_sample)
 
     e = sub.add_parser("eval", help="recompute metrics.json and the report of a run; "

@@ -102,11 +102,39 @@ class Pipeline:
             out.extend(self.modality.from_model(self.tokenizer.decode(z[i:i + step])) for i in range(0, len(z), step))
         return np.concatenate(out)
 
+    @torch.no_grad()
+    def continuation(self, prompts: np.ndarray, cond: dict[str, Tensor] | None, frames: int | None = None, *,
+                     generator: torch.Generator | None = None, **sampling) -> np.ndarray:
+        """Continue prompts (stored layout, time first: audio [n, L], shorter than the trained clip)
+        to `frames` latent frames (default: the trained length), streaming past it when the
+        generator can: the prompt's codes are the samples' unchanged prefix. 1D latent grids only
+        (audio, motion), with a generator that takes a `prefix` (the hierarchical one)."""
+        grid = tuple(self.tokenizer.spec.grid)
+        if len(grid) != 1 or "prefix" not in self.generator.sampling_options():
+            raise ValueError(f"continuing a prompt needs a 1D latent grid and a generator that takes a prefix; "
+                             f"this run has grid {grid} and generator {self.generator.config.name!r}")
+        x = self.modality.to_model(prompts).to(self.device)               # [n, Lp, C]
+        length = self.tokenizer.config.seq_len
+        per_frame = length // grid[0]
+        P = x.shape[1] // per_frame
+        if not 1 <= P < grid[0]:
+            raise ValueError(f"a prompt must hold 1 to {grid[0] - 1} latent frames ({per_frame} to "
+                             f"{(grid[0] - 1) * per_frame} steps), got {x.shape[1]} steps")
+        padded = torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1]))
+        codes = self.tokenizer.encode(padded)[:, :P]
+        context = self.generator.encode_condition(cond, generator=generator) if cond is not None else None
+        total = grid[0] if frames is None else frames
+        z = self.generator.sample(len(x), context, generator=generator, prefix=codes,
+                                  length=None if total == grid[0] else total, **sampling)
+        return self.modality.from_model(self.tokenizer.decode(z))
+
     def sample(self, rows: dict[str, np.ndarray], n: int, seed: int, dataset: Any,
-               options: dict[str, Any] | None = None, batch_size: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+               options: dict[str, Any] | None = None, batch_size: int = 256, prompts: np.ndarray | None = None,
+               frames: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """n samples: one per row of `rows` (a split's entries without the examples) for a
-        conditional generator, else n unconditional ones. Returns the samples and the rows as the
-        sampler was given them (`dataset.for_sampling`; empty when unconditional)."""
+        conditional generator, else n unconditional ones; with `prompts` (n of them), their
+        continuations to `frames` latent frames (`continuation`). Returns the samples and the rows
+        as the sampler was given them (`dataset.for_sampling`; empty when unconditional)."""
         conditional = self.generator.conditioner is not None
         given = dataset.for_sampling({k: v[:n] for k, v in rows.items()}) if conditional else {}
         if conditional and len(next(iter(given.values()), ())) < n:
@@ -116,5 +144,10 @@ class Pipeline:
         cond = condition_tensors(dataset, given, self.generator) if conditional else None
         if conditional and hasattr(self.generator.conditioner, "layout_critic"):
             self.generator.conditioner.layout_critic = dataset.layout_critic()  # the data's placement rules
-        samples = self.generate(cond, n=n, generator=gen, batch_size=batch_size, **(options or {}))
+        if prompts is not None:
+            if len(prompts) != n:
+                raise ValueError(f"{len(prompts)} prompts for {n} samples")
+            samples = self.continuation(prompts, cond, frames, generator=gen, **(options or {}))
+        else:
+            samples = self.generate(cond, n=n, generator=gen, batch_size=batch_size, **(options or {}))
         return samples, given

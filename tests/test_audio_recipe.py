@@ -57,6 +57,18 @@ def test_a_tiny_audio_run_goes_through_every_stage(audio_run, tmp_path):
     assert main(["sample", str(audio_run), "--condition", '{"caption": "a sine plays a C4 major chord"}', "--n", "2",
                  "--out", str(out)]) == 0
     assert (tmp_path / "chord.png").is_file() and read_wav(tmp_path / "chord_01.wav")[0].shape == (5120,)
+    # continuing a prompt (0.1 s of a real clip, at 22,050 Hz: resampled) past the trained 0.32 s
+    from latentforge.data.notes import NotesConfig, NotesData
+    from latentforge.data.speech import resample
+    from latentforge.modalities.audio import write_wav
+
+    clip = NotesData(NotesConfig(seconds=0.32, train_size=1, val_size=1)).split("val")["audio"][0]
+    write_wav(tmp_path / "prompt.wav", resample(clip[:1600], 16000, 22050), 22050)
+    assert main(["sample", str(audio_run), "--condition", '{"caption": "a sine plays C4"}', "--n", "2",
+                 "--prompt", str(tmp_path / "prompt.wav"), "--seconds", "0.64", "--out", str(tmp_path / "cont.wav")]) == 0
+    assert read_wav(tmp_path / "cont_00.wav")[0].shape == (10240,)
+    assert main(["sample", str(audio_run), "--condition", '{"caption": "a sine plays C4"}',
+                 "--prompt", str(tmp_path / "nothing.wav")]) == 2
 
 
 @pytest.mark.slow

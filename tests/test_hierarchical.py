@@ -228,3 +228,23 @@ def test_checkpoints_from_before_the_base_code_scale_load_with_unit_scale():
     fresh = HierarchicalGenerator(HierarchicalConfig.tiny())
     fresh.load_state_dict(old)
     assert fresh.base_code_scale.item() == 1.0
+
+
+@pytest.mark.parametrize("P, length", [(2, None), (5, None), (3, 13), (8, 13)])
+def test_a_prefix_comes_out_unchanged_and_is_continued_as_the_model_would(P, length):
+    """Greedy decoding is a function of the frames before: continuing the first P frames of a
+    greedy sample gives that sample back, the prompt untouched, within and past the trained length
+    (P = 8 > T = 6: the prompt alone fills the first window)."""
+    model = motion_model()
+    ctx = model.encode_condition({"label": torch.tensor([0, 1, 2])})
+    whole = model.sample(3, ctx, temperature=0, length=length, window_stride=2)
+    prompt = whole[:, :P]
+    cont = model.sample(3, ctx, temperature=0, length=length, window_stride=2, prefix=prompt)
+    assert torch.equal(cont[:, :P], prompt) and torch.equal(cont, whole)
+    uncached = model.sample(3, ctx, temperature=0, length=length, window_stride=2, prefix=prompt, use_cache=False)
+    assert torch.equal(uncached, whole)
+    sampled = model.sample(3, ctx, generator=torch.Generator().manual_seed(0), length=length, window_stride=2,
+                           prefix=prompt)
+    assert torch.equal(sampled[:, :P], prompt)
+    with pytest.raises(ValueError, match="prefix must be codes"):
+        model.sample(3, ctx, prefix=whole[:, :6] if length is None else whole)

@@ -68,8 +68,8 @@ class AudioFolderConfig(DataConfig):
         return cls(path=str(Path(scipy.io.__file__).parent / "tests" / "data"), seconds=0.25, labels="none")
 
 
-def read_audio(path: Path, sample_rate: int, length: int, excerpt: str) -> tuple[np.ndarray, int]:
-    """One file -> (float32 [length] mono at sample_rate, the file's own rate)."""
+def load_clip(path: Path, sample_rate: int) -> tuple[np.ndarray, int]:
+    """A whole file -> (float32 [n] mono at sample_rate, the file's own rate)."""
     try:
         import soundfile
     except ImportError as e:
@@ -78,14 +78,18 @@ def read_audio(path: Path, sample_rate: int, length: int, excerpt: str) -> tuple
     if wave.size == 0:
         raise ValueError("the file holds no samples")
     mono = wave.mean(axis=1)
-    if rate != sample_rate:
-        mono = resample(mono, rate, sample_rate)
+    return (resample(mono, rate, sample_rate) if rate != sample_rate else mono), int(rate)
+
+
+def read_audio(path: Path, sample_rate: int, length: int, excerpt: str) -> tuple[np.ndarray, int]:
+    """One file -> (float32 [length] mono at sample_rate, the file's own rate)."""
+    mono, rate = load_clip(path, sample_rate)
     if len(mono) > length:
         start = 0 if excerpt == "start" else (len(mono) - length) // 2
         mono = mono[start: start + length]
     out = np.zeros(length, np.float32)
     out[: len(mono)] = np.clip(mono, -1.0, 1.0)
-    return out, int(rate)
+    return out, rate
 
 
 @register("dataset", "audiofolder", AudioFolderConfig)

@@ -226,7 +226,8 @@ class HierarchicalGenerator(Generator):
     def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None,
              temperature: float | Sequence[float] = 1.0, top_k: int | None | Sequence[int | None] = None,
              top_p: float | None | Sequence[float | None] = None, levels_to_sample: int | None = None,
-             use_cache: bool = True, length: int | None = None, window_stride: int = 1) -> Tensor:
+             use_cache: bool = True, length: int | None = None, window_stride: int = 1,
+             prefix: Tensor | None = None) -> Tensor:
         """Code grids [n, *grid, L] (L = levels_to_sample or all levels; [n, *grid] for a one-level
         model, as LatentSpec writes depth 1).
 
@@ -237,6 +238,9 @@ class HierarchicalGenerator(Generator):
             length: 1D grids only: draw this many positions, past the trained T by sliding windows
                 (see the module doc); [n, length, L].
             window_stride: positions drawn per window past the trained length, 1 .. T-1.
+            prefix: 1D grids only: codes [n, P, L] (or [n, P] for one level) the samples start with,
+                P < the drawn length; they are fed, not drawn, so they come out unchanged and the
+                rest continues them (a prompt's continuation).
         """
         cfg, g, n = self.config, guidance, guidance.n
         Q, N = cfg.levels, cfg.num_tokens
@@ -261,9 +265,11 @@ class HierarchicalGenerator(Generator):
                 raise ValueError(f"window_stride must be in 1..{max(1, N - 1)} (the trained length {N} minus one, "
                                  f"so that every window keeps some history), got {window_stride}")
         codes = torch.zeros(n, T, L, dtype=torch.long, device=pos.device)
+        P = self._put_prefix(codes, prefix, N, window_stride)
         cross = {} if g.context is None else dict(context_kv=self.base.context_kv(g.context.tokens),
                                                   context_mask=g.context.mask)
-        start = drawn = 0  # first frame of the window, frames drawn so far
+        # first frame of the window, frames drawn (or given) so far: a prefix is the window's history
+        drawn, start = P, max(0, P - (N - window_stride)) if P >= N else 0
         while drawn < T:
             known = drawn - start  # frames of this window already drawn: fed, not drawn again
             new = min(N - known, T - drawn)
@@ -282,6 +288,22 @@ class HierarchicalGenerator(Generator):
             start = drawn - (N - window_stride)
         out = codes.view(n, *cfg.grid, L) if T == N else codes
         return out.squeeze(-1) if Q == 1 else out
+
+    def _put_prefix(self, codes: Tensor, prefix: Tensor | None, N: int, window_stride: int) -> int:
+        """Write a prompt's codes into codes [n, T, L]; return their length P (0 without a prefix)."""
+        if prefix is None:
+            return 0
+        n, T, L = codes.shape
+        given = torch.as_tensor(prefix, device=codes.device).long()
+        given = given[..., None] if given.dim() == 2 else given
+        if len(self.config.grid) != 1 or given.dim() != 3 or given.shape[0] != n or given.shape[2] != L \
+                or not 1 <= given.shape[1] < T:
+            raise ValueError(f"prefix must be codes [{n}, P, {L}] with 1 <= P < {T} on a 1D grid, got "
+                             f"{list(torch.as_tensor(prefix).shape)} (grid {tuple(self.config.grid)})")
+        if int(given.min()) < 0 or int(given.max()) >= self.config.vocab_size:
+            raise ValueError(f"prefix codes must be in [0, {self.config.vocab_size})")
+        codes[:, : given.shape[1]] = given
+        return given.shape[1]
 
     def _draw_levels(self, h: Tensor, g: Guidance, out: Tensor, per_level: list[list], generator: torch.Generator | None,
                      use_cache: bool) -> None:

@@ -20,6 +20,7 @@ plus the bottleneck's terms (commitment, codebook); an adversarial term is not p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ from latentforge.modalities.audio_metrics import mel_distance, stft_distance
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.rvq import RVQConfig
 from latentforge.registry import lookup, register
-from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
+from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, check_latents, latent_spec
 
 
 @dataclass
@@ -181,8 +182,14 @@ class CodecTokenizer(Tokenizer):
         return self.quantizer(z)
 
     def decode_latents(self, z_q: Tensor) -> Tensor:
-        """[B, t, d] -> [B, L, 1]."""
+        """[B, t, d] -> [B, t * hop, 1]."""
         return self.decoder(z_q.transpose(1, 2)).transpose(1, 2)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Codes [B, t, q] (q <= Q levels) or latents [B, t, c] of any length t >= 1 -> [B, t * hop, 1]:
+        the decoder is convolutional, so a continuation past the trained clip length decodes whole."""
+        check_latents(dataclasses.replace(self.spec, grid=(z.shape[1] if z.dim() > 1 else 0,)), z)
+        return self.decode_latents(self.quantizer.lookup(z))
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """batch["audio"] [B, L, 1] -> 'loss', its terms (mel, stft, waveform, bottleneck), and stats."""
