@@ -34,8 +34,10 @@ def _check(estimate: Tensor, reference: Tensor) -> None:
 
 
 def mel_distance(estimate: Tensor, reference: Tensor, sample_rate: int,
-                 windows: tuple[int, ...] = MEL_WINDOWS, bands: tuple[int, ...] = MEL_BANDS) -> Tensor:
-    """Multi-scale log-mel L1 per clip: [B]."""
+                 windows: tuple[int, ...] = MEL_WINDOWS, bands: tuple[int, ...] = MEL_BANDS,
+                 floor: float = LOG_FLOOR) -> Tensor:
+    """Multi-scale log-mel L1 per clip: [B]. `floor` clamps mel amplitudes before the log (1e-5,
+    -100 dB, as DAC; a training loss may raise it so near-silent bins weigh less)."""
     _check(estimate, reference)
     total = estimate.new_zeros(estimate.shape[0], dtype=torch.float32)
     for n_fft, n_mels in zip(windows, bands):
@@ -43,7 +45,7 @@ def mel_distance(estimate: Tensor, reference: Tensor, sample_rate: int,
         n_mels = min(n_mels, n_fft // 4)
         fb = mel_filters(sample_rate, n_fft, n_mels).to(estimate.device)
         spec = [torch.einsum("mf,bft->bmt", fb, stft_magnitude(w, n_fft, n_fft // 4)) for w in (estimate, reference)]
-        total += (torch.log10(spec[0].clamp_min(LOG_FLOOR)) - torch.log10(spec[1].clamp_min(LOG_FLOOR))).abs().mean((1, 2))
+        total += (torch.log10(spec[0].clamp_min(floor)) - torch.log10(spec[1].clamp_min(floor))).abs().mean((1, 2))
     return total / len(windows)
 
 
