@@ -75,3 +75,14 @@ def test_codec_learns_notes_and_every_level_prefix_decodes():
     after = distance()
     assert before > 1.0 and after < 0.6
     assert after <= distance(levels=1) + 0.02
+
+
+def test_stft_encoder_and_istft_decoder_keep_lengths_and_name_bad_hops():
+    tok = small(seq_len=1600, strides=(4, 5), channels=(4, 8, 16), encoder="stft", decoder="istft", istft_hop=5)
+    x = torch.rand(2, 1600, 1) * 2 - 1
+    out = tok.loss({"audio": x})
+    out["loss"].backward()
+    assert tok.encode(x).shape == (2, 80, 2) and tok(x).shape == x.shape
+    assert all(p.grad is not None for p in tok.encoder.parameters())
+    with pytest.raises(ValueError, match="istft_hop 3 must divide the hop 20"):
+        CodecConfig(seq_len=1600, strides=(4, 5), channels=(4, 8, 16), decoder="istft", istft_hop=3)

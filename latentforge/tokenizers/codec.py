@@ -80,7 +80,8 @@ class CodecConfig(TokenizerConfig):
             raise ValueError(f"decoder must be 'conv' or 'istft', got {self.decoder!r}")
         if self.encoder not in ("conv", "stft"):
             raise ValueError(f"encoder must be 'conv' or 'stft', got {self.encoder!r}")
-        if "istft" in (self.decoder, self.encoder.replace("stft", "istft")) and (self.istft_hop < 1 or self.hop % self.istft_hop):
+        spectral = self.decoder == "istft" or self.encoder == "stft"
+        if spectral and (self.istft_hop < 1 or self.hop % self.istft_hop):
             raise ValueError(f"istft_hop {self.istft_hop} must divide the hop {self.hop}")
         if not 0 < self.mel_floor < 1:
             raise ValueError(f"mel_floor must be in (0, 1), got {self.mel_floor}")
