@@ -36,7 +36,7 @@ from audio_codec import train as train_codec
 
 from latentforge.atomic import write_json
 from latentforge.eval.linear_probe import linear_probe_accuracy
-from latentforge.modalities.spectral import log_mel
+from latentforge.nn.spectral import log_mel
 from latentforge.pretraining.mert import Mert, MertConfig
 from latentforge.quantize.vq import VectorQuantizer, VQConfig
 

@@ -12,7 +12,7 @@ from latentforge.data.notes import KINDS, TIMBRES, NotesConfig, NotesData, notes
 from latentforge.eval.pitch import detect_pitches, notes_adherence, read_notes
 from latentforge.modalities.audio import AudioModality, read_wav, write_wav
 from latentforge.modalities.audio_metrics import mel_distance, si_sdr, stft_distance
-from latentforge.modalities.spectral import chroma, hz_to_mel, mel_filters, mel_to_hz, midi_to_hz, stft_magnitude
+from latentforge.nn.spectral import chroma, hz_to_mel, mel_filters, mel_to_hz, midi_to_hz, stft_magnitude
 
 RATE = 16000
 

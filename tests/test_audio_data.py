@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentforge.modalities.spectral import chroma
+from latentforge.nn.spectral import chroma
 
 RATE = 16000
 
@@ -123,7 +123,7 @@ def audio_folder(tmp_path):
     a caption sidecar, a text file named .wav and a truncated WAV."""
     soundfile = pytest.importorskip("soundfile")
     from latentforge.modalities.audio import write_wav
-    from latentforge.modalities.spectral import midi_to_hz
+    from latentforge.nn.spectral import midi_to_hz
 
     root = tmp_path / "sounds"
     for i in range(6):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latentforge.eval.linear_probe import linear_probe_accuracy
-from latentforge.modalities.spectral import cqt, midi_to_hz
+from latentforge.nn.spectral import cqt, midi_to_hz
 from latentforge.pretraining.mert import Mert, MertConfig, mix_in_batch, span_mask
 
 

@@ -68,8 +68,9 @@ def test_link_names_a_conditioner_the_data_cannot_feed():
         load_recipe("configs/shapes_sg2im.yaml", ["data.name=digits"])
     with pytest.raises(ConfigError, match="'class' reads label.*data 'photos'.*unlabelled"):
         load_recipe("configs/digits_class_ar.yaml", ["data.name=photos"])
-    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; available: atari, deepmimic, digits, imagefolder, "
-                                          "moving_mnist, moving_shapes, photos, shapes, stickfigure"):
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; available: atari, audiofolder, deepmimic, digits, "
+                                          "imagefolder, moving_mnist, moving_shapes, music, notes, photos, shapes, "
+                                          "speech, stickfigure"):
         load_recipe("configs/digits_class_ar.yaml", ["data.name=mnist"])
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from latentforge.data.audio import PITCH_CLASSES, AudioDataConfig, AudioDataSet, normalise_peak, note_name, parse_note_name
 from latentforge.data.video import row_rng
-from latentforge.modalities.spectral import midi_to_hz
+from latentforge.nn.spectral import midi_to_hz
 from latentforge.registry import register
 
 KINDS: tuple[str, ...] = ("note", "major", "minor", "arpeggio")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latentforge.modalities.spectral import midi_to_hz
+from latentforge.nn.spectral import midi_to_hz
 
 FFT_SIZE = 1 << 15          # zero-padded grid: 0.49 Hz bins at 16 kHz
 QUARTER_TONE = 2 ** (1 / 24)

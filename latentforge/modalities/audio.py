@@ -105,7 +105,7 @@ class AudioModality(Modality):
     def flat(self, array: np.ndarray) -> np.ndarray:
         """Log-mel spectrograms, flattened: distances between clips that sound alike are small even
         when their waveforms' phases differ."""
-        from latentforge.modalities.spectral import log_mel
+        from latentforge.nn.spectral import log_mel
 
         x = torch.as_tensor(np.asarray(array, np.float32))
         return log_mel(x, self.sample_rate, n_fft=512, hop=256, n_mels=40).reshape(len(x), -1).numpy()
@@ -136,7 +136,7 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 def save_spectrograms(clips: np.ndarray, captions: list[str], path: Path, sample_rate: int, title: str) -> None:
     """One log-mel spectrogram per row (low frequencies at the bottom, 80 dB of range, the magma-like
     ramp below), its caption to the left; the whole sheet written atomically."""
-    from latentforge.modalities.spectral import log_mel
+    from latentforge.nn.spectral import log_mel
 
     x = torch.as_tensor(np.asarray(clips, np.float32))
     hop = max(64, x.shape[1] // 256)

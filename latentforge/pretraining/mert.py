@@ -11,7 +11,7 @@ K codes a level, P = proj_dim, C = cqt_bins.
     heads, on masked frames only:
       codes: one Linear(D, Q·P) split into Q projections; logits_q = cos(proj_q(h), emb_q) / 0.1
              against the K code embeddings of level q; cross-entropy with the teacher's codes
-      cqt:   Linear(D, C), MSE against the pseudo-CQT (modalities/spectral.py) of the clean clip
+      cqt:   Linear(D, C), MSE against the pseudo-CQT (nn/spectral.py) of the clean clip
 
 In-batch noise mixing: with probability `mix_prob` a clip gets 1..3 segments (a `mix_fraction`
 range of its length) cut from other clips of the batch added to it, at a random gain. The targets
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.config import ModelConfig
-from latentforge.modalities.spectral import cqt
+from latentforge.nn.spectral import cqt
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
 

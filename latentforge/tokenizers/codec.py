@@ -14,7 +14,7 @@ Q residual levels.
 
 Snake (x + sin²(αx)/α with a learned α per channel, DAC) is the activation: a periodic bias suits
 waveforms. The loss is DAC's multi-scale mel L1 (optionally with the multi-resolution STFT distance
-and a time-domain L1: the metrics of modalities/audio_metrics.py, which evaluation reports too)
+and a time-domain L1: nn/spectral.py, which the audio metrics report too)
 plus the bottleneck's terms (commitment, codebook); an adversarial term is not part of this module.
 """
 
@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from latentforge.modalities.audio_metrics import mel_distance, stft_distance
+from latentforge.nn.spectral import mel_distance, stft_distance
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.rvq import RVQConfig
 from latentforge.registry import lookup, register
@@ -192,7 +192,7 @@ class STFTEncoder(nn.Module):
         self.out = nn.Sequential(Snake(ch), nn.Conv1d(ch, cfg.quantizer.dim, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        from latentforge.modalities.spectral import stft_magnitude
+        from latentforge.nn.spectral import stft_magnitude
 
         frames = x.shape[-1] // self.hop
         spec = torch.log(stft_magnitude(x[:, 0], self.n_fft, self.hop)[..., :frames].clamp_min(1e-5))  # [B, F, T]

@@ -1,6 +1,8 @@
-"""Spectral views of audio, shared by the codec's losses, the audio metrics, the pitch judge and the
-previews: STFT magnitudes, mel filter banks (Slaney's scale and area normalisation, as librosa's
-defaults, so our mel numbers read like everyone else's), log-mel spectrograms and chroma.
+"""Spectral views of audio, shared by the codec's losses, the audio metrics, the pitch judge, MERT's
+targets and the previews (here, in the bottom room, because tokenizers and modalities both read
+them): STFT magnitudes, mel filter banks (Slaney's scale and area normalisation, as librosa's
+defaults, so our mel numbers read like everyone else's), log-mel spectrograms, chroma, a
+pseudo-CQT, and the multi-scale mel and multi-resolution STFT distances.
 
 Legend: B clips, L samples, F frequency bins (n_fft // 2 + 1), T frames (L // hop + 1, centred),
 M mel bands. Waveforms are float [B, L] in [-1, 1].
@@ -133,3 +135,45 @@ def cqt(wave: Tensor, sample_rate: int, hop: int, fmin: float = 32.7, bins_per_o
     mag = stft_magnitude(wave, n_fft, hop)                                                   # [B, F, T]
     bands = torch.from_numpy(_cqt_filters(sample_rate, n_fft, fmin, bins_per_octave, n_bins)).to(mag.device)
     return torch.log(torch.einsum("kf,bft->btk", bands, mag).clamp_min(floor))
+
+
+# -- distances (the codec's losses and the audio metrics; modalities/audio_metrics.py says more) --
+
+MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)
+MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)
+STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))   # (window, hop)
+
+
+def check_pair(estimate: Tensor, reference: Tensor) -> None:
+    if estimate.shape != reference.shape or estimate.ndim != 2:
+        raise ValueError(f"expected waveforms [B, L] of equal shape, got {list(estimate.shape)} and "
+                         f"{list(reference.shape)}")
+
+
+def mel_distance(estimate: Tensor, reference: Tensor, sample_rate: int,
+                 windows: tuple[int, ...] = MEL_WINDOWS, bands: tuple[int, ...] = MEL_BANDS,
+                 floor: float = LOG_FLOOR) -> Tensor:
+    """Multi-scale log-mel L1 per clip: [B]. `floor` clamps mel amplitudes before the log (1e-5,
+    -100 dB, as DAC; a training loss may raise it so near-silent bins weigh less)."""
+    check_pair(estimate, reference)
+    total = estimate.new_zeros(estimate.shape[0], dtype=torch.float32)
+    for n_fft, n_mels in zip(windows, bands):
+        # a short window's few FFT bins can't fill many mel bands: keep each band at least one bin wide
+        n_mels = min(n_mels, n_fft // 4)
+        fb = mel_filters(sample_rate, n_fft, n_mels).to(estimate.device)
+        spec = [torch.einsum("mf,bft->bmt", fb, stft_magnitude(w, n_fft, n_fft // 4)) for w in (estimate, reference)]
+        total += (torch.log10(spec[0].clamp_min(floor)) - torch.log10(spec[1].clamp_min(floor))).abs().mean((1, 2))
+    return total / len(windows)
+
+
+def stft_distance(estimate: Tensor, reference: Tensor,
+                  resolutions: tuple[tuple[int, int], ...] = STFT_RESOLUTIONS) -> Tensor:
+    """Multi-resolution STFT distance per clip (spectral convergence + log-magnitude L1): [B]."""
+    check_pair(estimate, reference)
+    total = estimate.new_zeros(estimate.shape[0], dtype=torch.float32)
+    for n_fft, hop in resolutions:
+        est, ref = stft_magnitude(estimate, n_fft, hop), stft_magnitude(reference, n_fft, hop)
+        convergence = (ref - est).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp_min(LOG_FLOOR)
+        log_l1 = (torch.log(ref.clamp_min(LOG_FLOOR)) - torch.log(est.clamp_min(LOG_FLOOR))).abs().mean((1, 2))
+        total += convergence + log_l1
+    return total / len(resolutions)
