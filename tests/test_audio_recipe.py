@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_report_browser import _chromium
+from test_report_browser import report_page
 
 from latentforge.cli import main
 from latentforge.config import ConfigError
@@ -58,8 +58,8 @@ def test_a_tiny_audio_run_goes_through_every_stage(audio_run, tmp_path):
                  "--out", str(out)]) == 0
     assert (tmp_path / "chord.png").is_file() and read_wav(tmp_path / "chord_01.wav")[0].shape == (5120,)
     # continuing a prompt (0.1 s of a real clip, at 22,050 Hz: resampled) past the trained 0.32 s
+    from latentforge.data.audio import resample
     from latentforge.data.notes import NotesConfig, NotesData
-    from latentforge.data.speech import resample
     from latentforge.modalities.audio import write_wav
 
     clip = NotesData(NotesConfig(seconds=0.32, train_size=1, val_size=1)).split("val")["audio"][0]
@@ -73,23 +73,12 @@ def test_a_tiny_audio_run_goes_through_every_stage(audio_run, tmp_path):
 
 @pytest.mark.slow
 def test_the_audio_report_plays_its_clips_in_headless_chromium(audio_run):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        page = browser.new_page()
-        problems = []
-        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.route("http*://**", lambda route: route.abort())
-        page.goto((audio_run / "report.html").as_uri())
-        page.wait_for_load_state("load")
+    with report_page(audio_run / "report.html") as (page, problems, _):
         # load every clip's metadata: a WAV the browser can decode reports its duration
         durations = page.evaluate("""async () => Promise.all([...document.querySelectorAll('audio')].map(a =>
             new Promise(done => { a.onloadedmetadata = () => done(a.duration); a.onerror = () => done(-1);
                                   a.preload = 'metadata'; a.load(); })))""")
         images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
-        browser.close()
     assert len(durations) >= 8 and all(abs(d - 0.32) < 0.01 for d in durations), durations
     assert [alt for alt, *_ in images][:2] == ["samples", "real"]
     assert all(complete and width > 0 for _, complete, width in images), images

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_report_browser import _chromium
+from test_report_browser import report_page
 
 from latentforge.cli import main
 from latentforge.config import ConfigError
@@ -60,21 +60,10 @@ def test_a_tiny_video_run_goes_through_every_stage(video_run):
 
 @pytest.mark.slow
 def test_the_video_report_plays_its_clips_in_headless_chromium(video_run):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        page = browser.new_page()
-        problems = []
-        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.route("http*://**", lambda route: route.abort())
-        page.goto((video_run / "report.html").as_uri())
-        page.wait_for_load_state("load")
+    with report_page(video_run / "report.html") as (page, problems, _):
         images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth, "
                                                   "e.src.slice(0, 15)])")
         rows = page.eval_on_selector_all("tr[id^=metric-]", "els => els.map(e => e.id)")
-        browser.close()
     alts = [alt for alt, *_ in images]
     assert alts[:5] == ["samples", "samples strip", "real", "real strip", "reconstructions"]
     assert all(complete and width > 0 for _, complete, width, _ in images), images

@@ -15,10 +15,11 @@ the others (data/video.py's `row_rng` seeds them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
-from latentforge.data.base import DataConfig, RowwiseDataSet, check_split
+from latentforge.data.base import DataConfig, RowwiseDataSet
 from latentforge.modalities.audio import AudioModality
 
 PITCH_CLASSES: tuple[str, ...] = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -51,6 +52,16 @@ def normalise_peak(wave: np.ndarray, peak: float) -> np.ndarray:
     """Scale a clip [L] (or clips [N, L]) so its largest |sample| is `peak`; silence stays silent."""
     top = np.abs(wave).max(axis=-1, keepdims=True)
     return (wave * np.where(top > 0, peak / np.maximum(top, 1e-12), 0.0)).astype(np.float32)
+
+
+def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Polyphase resampling (scipy), exact ratio."""
+    if rate_in == rate_out:
+        return wave.astype(np.float32)
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(rate_out, rate_in)
+    return resample_poly(wave, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
 @dataclass
@@ -88,11 +99,3 @@ class AudioDataSet(RowwiseDataSet):
     def modality(self) -> AudioModality:
         return AudioModality(self.config.sample_rate, self.config.length)
 
-    def split_size(self, name: str) -> int:
-        check_split(name)
-        return self.config.train_size if name == "train" else self.config.val_size
-
-    def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
-        if "captions" in arrays:
-            return [str(c) for c in arrays["captions"]]
-        return super().captions(arrays)

@@ -23,10 +23,9 @@ from typing import Literal
 
 import numpy as np
 
-from latentforge.data.audio import INSTALL_HINT
+from latentforge.data.audio import INSTALL_HINT, resample
 from latentforge.data.base import DataConfig
 from latentforge.data.folder import FolderData
-from latentforge.data.speech import resample
 from latentforge.modalities.audio import AudioModality
 from latentforge.registry import register
 

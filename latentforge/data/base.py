@@ -160,7 +160,9 @@ class DataSet:
         raise NotImplementedError(f"data {self.config.name!r} has no captions")
 
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
-        """One line per row to print under a sample."""
+        """One line per row to print under a sample: the split's captions when it stores them."""
+        if self.caption_key is not None and self.caption_key in arrays:
+            return [str(c) for c in arrays[self.caption_key]]
         rows = len(next(iter(arrays.values()))) if arrays else 0
         return [""] * rows
 
@@ -174,13 +176,15 @@ class DataSet:
 class RowwiseDataSet(DataSet):
     """A generated data set whose row i of a split is made from (seed, split, i) alone: any range
     of rows is made without the others, so a split is written piece by piece in bounded memory
-    and rows come out the same whatever the piece size. Subclasses implement `split_size` and
-    `rows`."""
+    and rows come out the same whatever the piece size. Subclasses implement `rows`; the split
+    sizes come from the config's train_size and val_size."""
 
     chunk_rows: ClassVar[int] = 1024
 
     def split_size(self, name: str) -> int:
-        raise NotImplementedError
+        """Rows of a split: `train_size` for train, `val_size` for val and for test."""
+        check_split(name)
+        return self.config.train_size if name == "train" else self.config.val_size
 
     def rows(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows start..stop-1 of split `name`."""

@@ -155,9 +155,6 @@ class _MotionData(RowwiseDataSet):
     def modality(self) -> MotionModality:
         return MotionModality(self.skeleton, self.config.window)
 
-    def split_size(self, name: str) -> int:
-        return self.config.train_size if name == "train" else self.config.val_size
-
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
         if "captions" in arrays:
             return [str(c) for c in arrays["captions"]]

@@ -74,9 +74,6 @@ class ShapesData(RowwiseDataSet):
     condition_text = "Each sample is drawn for the scene graph in its caption (validation graphs, never trained on)."
     caption_key = "captions"
 
-    def split_size(self, name: str) -> int:
-        return self.config.train_size if name == "train" else self.config.val_size
-
     def rows(self, name: str, start: int, stop: int) -> dict[str, np.ndarray]:
         cfg = self.config
         graphs, images = sample_and_render(cfg.shapes(), name, range(start, stop))

@@ -18,13 +18,12 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from latentforge.data.audio import AudioDataConfig, AudioDataSet, normalise_peak
+from latentforge.data.audio import AudioDataConfig, AudioDataSet, normalise_peak, resample
 from latentforge.data.video import row_rng
 from latentforge.registry import register
 
@@ -101,16 +100,6 @@ def speak(text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int
         if result.returncode != 0 or not path.exists():
             raise RuntimeError(f"espeak-ng -v {voice} failed: {result.stderr.strip() or 'no output'}")
         return read_wav(path)
-
-
-def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Polyphase resampling (scipy), exact ratio."""
-    if rate_in == rate_out:
-        return wave.astype(np.float32)
-    from scipy.signal import resample_poly
-
-    ratio = Fraction(rate_out, rate_in)
-    return resample_poly(wave, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
 def place(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:

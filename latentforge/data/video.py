@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latentforge.data.base import DataConfig, RowwiseDataSet, check_split
+from latentforge.data.base import DataConfig, RowwiseDataSet
 from latentforge.modalities.video import VideoModality
 
 DIRECTIONS: tuple[str, ...] = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
@@ -95,14 +95,6 @@ class VideoDataSet(RowwiseDataSet):
     def modality(self) -> VideoModality:
         return VideoModality(self.config.frames, self.config.size, self.fps)
 
-    def split_size(self, name: str) -> int:
-        check_split(name)
-        return self.config.train_size if name == "train" else self.config.val_size
-
-    def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
-        if "captions" in arrays:
-            return [str(c) for c in arrays["captions"]]
-        return super().captions(arrays)
 
 
 
