@@ -108,7 +108,8 @@ class Pipeline:
         """Continue prompts (stored layout, time first: audio [n, L], shorter than the trained clip)
         to `frames` latent frames (default: the trained length), streaming past it when the
         generator can: the prompt's codes are the samples' unchanged prefix. 1D latent grids only
-        (audio, motion), with a generator that takes a `prefix` (the hierarchical one)."""
+        (audio, motion), with a generator that takes a `prefix` (autoregressive, hierarchical; only
+        the hierarchical one streams past the trained length)."""
         grid = tuple(self.tokenizer.spec.grid)
         if len(grid) != 1 or "prefix" not in self.generator.sampling_options():
             raise ValueError(f"continuing a prompt needs a 1D latent grid and a generator that takes a prefix; "
@@ -124,8 +125,8 @@ class Pipeline:
         codes = self.tokenizer.encode(padded)[:, :P]
         context = self.generator.encode_condition(cond, generator=generator) if cond is not None else None
         total = grid[0] if frames is None else frames
-        z = self.generator.sample(len(x), context, generator=generator, prefix=codes,
-                                  length=None if total == grid[0] else total, **sampling)
+        longer = {} if total == grid[0] else {"length": total}  # only a streaming generator takes it
+        z = self.generator.sample(len(x), context, generator=generator, prefix=codes, **longer, **sampling)
         return self.modality.from_model(self.tokenizer.decode(z))
 
     def sample(self, rows: dict[str, np.ndarray], n: int, seed: int, dataset: Any,

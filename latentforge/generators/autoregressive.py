@@ -17,6 +17,11 @@ double position encoding; RandAR's position instruction tokens carry the same in
 any (one per sample from the torch.Generator, or one passed in); `coarse_to_fine` is one fixed
 hierarchical σ (`coarse_to_fine_order`). A condition's spatial map (P1's layout) is read at the query
 position, like pos. `logits` returns raster layout whatever the order.
+Residual codes (an RVQ tokenizer's [B, *grid, Q], `levels` Q > 1) are flattened position-major, as
+in MusicGen's flattening pattern and VALL-E's NAR-free variant: the sequence holds the Q codes of
+position 0, then those of position 1, ..., N·Q steps in all; each step's input adds a level
+embedding to the position's, one shared vocabulary embeds every level's codes, and the head predicts
+the next step's code. Exact (each level sees every earlier level) at Q times the steps: raster only.
 Composition: a causal `nn.Transformer` backbone (self-attention + cross-attention to the condition +
 MLP), a `CodeHead` (cross-entropy over codes), and the `causal_decode` sampler: one token per step
 with a KV cache, cross-attention keys/values of the context computed once, every step's logits
@@ -55,11 +60,24 @@ class ARConfig(GeneratorConfig):
     heads: int = 4
     mlp_ratio: float = 4.0
     order: Order = "raster"   # generation order; non-raster adds a source-position embedding
+    levels: int = 1           # residual codes per position (RVQ depth Q), from the tokenizer
+
+    residual = True           # takes RVQ codes, flattened position-major
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.order not in typing.get_args(Order):
             raise ValueError(f"order must be one of {typing.get_args(Order)}, got {self.order!r}")
+        if self.levels < 1:
+            raise ValueError(f"levels must be >= 1, got {self.levels}")
+        if self.levels > 1 and self.order != "raster":
+            raise ValueError(f"residual codes ({self.levels} levels) are generated in raster order only, "
+                             f"got order {self.order!r}")
+
+    @property
+    def seq_len(self) -> int:
+        """Steps of one sample: positions x levels."""
+        return self.num_tokens * self.levels
 
     @classmethod
     def tiny(cls) -> ARConfig:
@@ -101,6 +119,7 @@ class ARGenerator(Generator):
         self.token_emb = nn.Embedding(config.vocab_size, D)
         self.bos = nn.Parameter(torch.zeros(1, 1, D))
         self.pos = GridPositionEmbedding(config.grid, D)
+        self.level_emb = nn.Embedding(config.levels, D) if config.levels > 1 else None
         self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
         self.head = CodeHead(D, config.vocab_size)
         init_transformer_weights(self.transformer, config.depth)
@@ -112,6 +131,19 @@ class ARGenerator(Generator):
 
     def no_weight_decay(self) -> set[str]:
         return {"bos"}
+
+    def step_inputs(self) -> Tensor:
+        """Each step's position input: [N·Q, D] (grid position, plus the level for residual codes)."""
+        pos = self.pos()
+        if self.level_emb is None:
+            return pos
+        return (pos[:, None] + self.level_emb.weight[None]).flatten(0, 1)
+
+    def per_step(self, spatial: Tensor | None) -> Tensor | None:
+        """A condition's per-position map [rows, N, D] -> per step [rows, N·Q, D]."""
+        if spatial is None or self.level_emb is None:
+            return spatial
+        return spatial.repeat_interleave(self.config.levels, dim=1)
 
     def draw_order(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor | None:
         """The config's generation order for a batch: [B, N] raster positions, or None for raster."""
@@ -140,7 +172,8 @@ class ARGenerator(Generator):
         return F.pad(in_order(self.source_pos(), order)[:, :-1], (0, 0, 1, 0))  # step 0 feeds BOS: zeros
 
     def logits(self, codes: Tensor, context: Context | None, order: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits for codes [B, N] (flattened, raster) -> [B, N, V], raster layout.
+        """Teacher-forced logits for codes [B, N·Q] (flattened, raster, position-major) -> [B, N·Q, V],
+        raster layout.
 
         order: [N] or [B, N] generation order σ (step t predicts position σ(t)); None takes the
         config's (for `random`, a fresh permutation per row from the global RNG).
@@ -149,10 +182,10 @@ class ARGenerator(Generator):
         order = self.draw_order(B, codes.device) if order is None else self._check_order(order, B, codes.device)
         prev = codes[:, :-1] if order is None else codes.gather(1, order[:, :-1])  # fed codes, step order
         x = torch.cat([self.bos.expand(B, 1, -1), self.token_emb(prev)], dim=1)
-        x = x + in_order(self.pos()[:N], order)
+        x = x + in_order(self.step_inputs()[:N], order)
         if order is not None:
             x = x + self._source(order)
-        spatial = self.spatial_inputs(context)
+        spatial = self.per_step(self.spatial_inputs(context))
         if spatial is not None:
             x = x + in_order(spatial[:, :N], order)  # the condition's map of the token being predicted
         h = self.transformer(x, causal=True, context=None if context is None else context.tokens,
@@ -170,7 +203,7 @@ class ARGenerator(Generator):
     def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
              order: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:
-        """Code grids [n, *grid], one token per step.
+        """Code grids [n, *grid] ([n, *grid, Q] for residual codes), one token per step.
 
         Args:
             temperature, top_k, top_p: how each token is drawn (see sampling.sample_tokens).
@@ -178,23 +211,25 @@ class ARGenerator(Generator):
             order: generation order, a permutation of the N raster positions, [N] or [n, N] (non-raster
                 models only). None takes the config's: for `random`, one order per sample from `generator`.
             prefix: codes the samples start with, in raster order: [n, P] or leading slices of the
-                grid [n, k, *grid[1:]] (a long video's next chunk continues the last one's frames);
-                they are fed, not drawn.
+                grid [n, k, *grid[1:]] (a long video's next chunk continues the last one's frames;
+                residual codes: [n, k, Q], a prompt clip's frames); they are fed, not drawn.
         """
-        g, n, N = guidance, guidance.n, self.config.num_tokens
-        pos = self.pos()
-        spatial = self.spatial_inputs(g.context)
+        g, n, N, Q = guidance, guidance.n, self.config.seq_len, self.config.levels
+        pos = self.step_inputs()
+        spatial = self.per_step(self.spatial_inputs(g.context))
         if spatial is not None:
-            pos = pos + spatial  # per-row inputs [rows, N, D] from here on
+            pos = pos + spatial  # per-row inputs [rows, N·Q, D] from here on
         order = self.draw_order(n, pos.device, generator) if order is None else self._check_order(order, n, pos.device)
         forced = None
         if prefix is not None:
-            forced = torch.as_tensor(prefix, device=pos.device).long().reshape(n, -1)  # [n, P]
-            if order is not None or not 0 < forced.shape[1] < N or forced.min() < 0 \
+            forced = torch.as_tensor(prefix, device=pos.device).long().reshape(n, -1)  # [n, P·Q]
+            if order is not None or not 0 < forced.shape[1] < N or forced.shape[1] % Q or forced.min() < 0 \
                     or forced.max() >= self.config.vocab_size:
-                raise ValueError(f"prefix must be codes in [0, {self.config.vocab_size}) for fewer than {N} leading "
-                                 f"raster positions of a raster-order model, [n, P] or [n, k, *grid[1:]]; got "
-                                 f"{list(prefix.shape)} (order {self.config.order})")
+                what = f"{Q} levels of each of " if Q > 1 else ""
+                raise ValueError(f"prefix must be codes in [0, {self.config.vocab_size}) for {what}fewer than "
+                                 f"{self.config.num_tokens} leading raster positions of a raster-order model, [n, P] "
+                                 f"or [n, k, *grid[1:]]{' + [Q]' if Q > 1 else ''}; got {list(prefix.shape)} "
+                                 f"(order {self.config.order})")
         # step t's input beyond the fed code: [rows, N, D] (or [N, D] shared, in raster order)
         inputs = pos
         if order is not None:
@@ -218,4 +253,4 @@ class ARGenerator(Generator):
         first = self.bos.expand(g.rows, 1, -1) + inputs[..., :1, :]  # input of step 0, [rows, 1, D]
         causal_decode(self.transformer, first, N, emit, use_cache=use_cache, **cross)
         codes = steps if order is None else torch.empty_like(steps).scatter_(1, order, steps)
-        return codes.view(n, *self.config.grid)
+        return codes.view(n, *self.config.grid, *((Q,) if Q > 1 else ()))

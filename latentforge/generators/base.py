@@ -150,10 +150,12 @@ class Generator(nn.Module):
     # ------------------------------------------------------------------ latents
 
     def flat_codes(self, z: Tensor) -> Tensor:
-        """Discrete latents: int64 codes [B, *grid] -> raster order [B, N], or an error naming the shape."""
-        grid = tuple(self.config.grid)
-        if z.dtype != torch.long or tuple(z.shape[1:]) != grid:
-            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, grid))}], got {z.dtype} {list(z.shape)}")
+        """Discrete latents: int64 codes [B, *grid] (or [B, *grid, Q] for Q > 1 residual levels) ->
+        raster order, position-major [B, N·Q], or an error naming the shape."""
+        levels = getattr(self.config, "levels", 1)
+        shape = (*self.config.grid, levels) if levels > 1 else tuple(self.config.grid)
+        if z.dtype != torch.long or tuple(z.shape[1:]) != shape:
+            raise ValueError(f"expected int64 codes [B, {', '.join(map(str, shape))}], got {z.dtype} {list(z.shape)}")
         return z.reshape(z.shape[0], -1)
 
     def code_loss(self, nll: Tensor, context: Context | None) -> dict[str, Tensor]:

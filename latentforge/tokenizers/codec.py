@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from latentforge.nn.spectral import mel_distance, stft_distance
+from latentforge.nn.spectral import griffin_lim, mel_distance, mel_filters, stft_distance, stft_magnitude
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.rvq import RVQConfig
 from latentforge.registry import lookup, register
@@ -53,12 +53,16 @@ class CodecConfig(TokenizerConfig):
     waveform_weight: float = 0.0                 # plain L1 on samples (EnCodec's time-domain term)
     # "conv": the encoder's mirror image, upsampling to the sample rate with transposed convs;
     # "istft": Vocos' decoder, convs at the frame rate, one transposed conv up to STFT frames every
-    # `istft_hop` samples, then per-bin magnitude and phase and an inverse STFT (n_fft 4 x hop)
-    decoder: Literal["conv", "istft"] = "conv"
+    # `istft_hop` samples, then per-bin magnitude and phase and an inverse STFT;
+    # "magnitude": the same trunk predicting log-magnitudes only, trained on them directly (no
+    # waveform in the loss) and given phases by Griffin-Lim when decoded
+    decoder: Literal["conv", "istft", "magnitude"] = "conv"
     # "conv": strided convs on the waveform (SoundStream / DAC); "stft": convs over log-magnitude
-    # STFT frames (every istft_hop samples, n_fft 4 x hop), one strided conv down to the frame rate
+    # STFT frames (every istft_hop samples), one strided conv down to the frame rate
     encoder: Literal["conv", "stft"] = "conv"
     istft_hop: int = 80
+    n_fft: int = 0                               # the STFT window of the spectral parts (0: 4 x istft_hop)
+    griffin_lim_iters: int = 32                  # "magnitude" decoder: phase-recovery iterations
     quantizer: QuantizerConfig = field(default_factory=lambda: RVQConfig(
         codebook_size=256, dim=32, depth=4, codebook_update="ema", commitment=0.25))
 
@@ -76,19 +80,28 @@ class CodecConfig(TokenizerConfig):
                              f"(the product of strides {list(self.strides)}): pick a clip length of k x {self.hop}")
         if min(self.mel_weight, self.stft_weight, self.waveform_weight) < 0:
             raise ValueError("loss weights must be >= 0")
-        if self.decoder not in ("conv", "istft"):
-            raise ValueError(f"decoder must be 'conv' or 'istft', got {self.decoder!r}")
+        if self.decoder not in ("conv", "istft", "magnitude"):
+            raise ValueError(f"decoder must be 'conv', 'istft' or 'magnitude', got {self.decoder!r}")
         if self.encoder not in ("conv", "stft"):
             raise ValueError(f"encoder must be 'conv' or 'stft', got {self.encoder!r}")
-        spectral = self.decoder == "istft" or self.encoder == "stft"
+        spectral = self.decoder != "conv" or self.encoder == "stft"
         if spectral and (self.istft_hop < 1 or self.hop % self.istft_hop):
             raise ValueError(f"istft_hop {self.istft_hop} must divide the hop {self.hop}")
+        if spectral and self.n_fft and (self.n_fft < self.istft_hop or self.n_fft % 2):
+            raise ValueError(f"n_fft {self.n_fft} must be even and at least istft_hop {self.istft_hop}")
+        if self.griffin_lim_iters < 0:
+            raise ValueError(f"griffin_lim_iters must be >= 0, got {self.griffin_lim_iters}")
         if not 0 < self.mel_floor < 1:
             raise ValueError(f"mel_floor must be in (0, 1), got {self.mel_floor}")
 
     @property
     def hop(self) -> int:
         return math.prod(self.strides)
+
+    @property
+    def stft_window(self) -> int:
+        """n_fft of the STFT encoder and the spectral decoders."""
+        return self.n_fft or 4 * self.istft_hop
 
     @property
     def frame_rate(self) -> float:
@@ -174,6 +187,16 @@ class CodecDecoder(nn.Module):
         return self.out(self.blocks(self.stem(z)))
 
 
+def log_magnitude_scale(n_fft: int, floor: float) -> tuple[float, float]:
+    """(centre, half-width) of the log-magnitudes a Hann STFT of n_fft can hold for [-1, 1] audio:
+    from log(floor) to log(n_fft / 4) (a full-scale sine's peak). The spectral parts read and write
+    log-magnitudes through this affine map, so the networks see and emit values of order 1: left raw
+    (-11.5 to 5.5 at floor 1e-5), the output layer needed thousands of steps just to reach the
+    targets' scale."""
+    low, high = math.log(floor), math.log(n_fft / 4)
+    return (low + high) / 2, (high - low) / 2
+
+
 class STFTEncoder(nn.Module):
     """[B, 1, L] -> [B, d, t]: log-magnitude STFT frames (every istft_hop samples), residual units over
     frames, a strided conv down to the frame rate, residual units, Snake, conv to d. The harmonics
@@ -183,7 +206,8 @@ class STFTEncoder(nn.Module):
         super().__init__()
         ch = cfg.channels[-1]
         down = cfg.hop // cfg.istft_hop
-        self.n_fft, self.hop = 4 * cfg.istft_hop, cfg.istft_hop
+        self.n_fft, self.hop, self.floor = cfg.stft_window, cfg.istft_hop, cfg.mel_floor
+        self.centre, self.scale = log_magnitude_scale(self.n_fft, self.floor)
         self.stem = nn.Conv1d(self.n_fft // 2 + 1, ch, 7, padding=3)
         self.stft_frames = nn.Sequential(*[ResidualUnit(ch, d) for d in cfg.dilations])
         self.down = nn.Sequential(Snake(ch), nn.Conv1d(ch, ch, 2 * down, stride=down, padding=math.ceil(down / 2))) \
@@ -192,43 +216,73 @@ class STFTEncoder(nn.Module):
         self.out = nn.Sequential(Snake(ch), nn.Conv1d(ch, cfg.quantizer.dim, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        from latentforge.nn.spectral import stft_magnitude
-
         frames = x.shape[-1] // self.hop
-        spec = torch.log(stft_magnitude(x[:, 0], self.n_fft, self.hop)[..., :frames].clamp_min(1e-5))  # [B, F, T]
+        spec = torch.log(stft_magnitude(x[:, 0], self.n_fft, self.hop)[..., :frames].clamp_min(self.floor))  # [B, F, T]
+        spec = (spec - self.centre) / self.scale
         return self.out(self.frames(self.down(self.stft_frames(self.stem(spec.to(x.dtype))))))
 
 
-class ISTFTDecoder(nn.Module):
-    """[B, d, t] -> [B, 1, L] (Vocos): residual units at the frame rate, a transposed conv up to STFT
-    frames (every istft_hop samples), residual units, a conv to log-magnitude and phase per bin,
-    and an inverse STFT (Hann window of 4 x istft_hop, centred). Every layer runs at 50-200 Hz,
-    not at the sample rate, and each bin's oscillation comes from the transform, not from learned
-    upsampling filters."""
+class SpectralTrunk(nn.Module):
+    """[B, d, t] -> [B, out, t * up + 1] per STFT frame (every istft_hop samples, centred, so one more
+    than samples / hop; the last is repeated): residual units at the frame rate, a transposed conv
+    up to STFT frames, residual units, a conv to `out` per frame. Every layer runs at 50-200 Hz, not
+    at the sample rate; the spectral decoders differ only in what `out` holds."""
 
-    def __init__(self, cfg: CodecConfig) -> None:
+    def __init__(self, cfg: CodecConfig, out: int) -> None:
         super().__init__()
         ch = cfg.channels[-1]
         up = cfg.hop // cfg.istft_hop
-        self.n_fft, self.hop, self.length = 4 * cfg.istft_hop, cfg.istft_hop, cfg.seq_len
-        bins = self.n_fft // 2 + 1
         self.stem = nn.Conv1d(cfg.quantizer.dim, ch, 7, padding=3)
         self.frames = nn.Sequential(*[ResidualUnit(ch, d) for d in cfg.dilations])
         self.up = nn.Sequential(Snake(ch), nn.ConvTranspose1d(ch, ch, 2 * up, stride=up, padding=math.ceil(up / 2),
                                                               output_padding=up % 2)) if up > 1 else nn.Identity()
         self.stft_frames = nn.Sequential(*[ResidualUnit(ch, d) for d in cfg.dilations])
-        self.out = nn.Sequential(Snake(ch), nn.Conv1d(ch, 2 * bins, 7, padding=3))
+        self.out = nn.Sequential(Snake(ch), nn.Conv1d(ch, out, 7, padding=3))
 
     def forward(self, z: Tensor) -> Tensor:
-        x = self.stft_frames(self.up(self.frames(self.stem(z))))           # [B, C, t * up]
-        log_mag, phase = self.out(x).float().chunk(2, dim=1)                # [B, F, frames] each
+        y = self.out(self.stft_frames(self.up(self.frames(self.stem(z))))).float()
+        return torch.cat([y, y[..., -1:]], dim=-1)
+
+
+class ISTFTDecoder(nn.Module):
+    """[B, d, t] -> [B, 1, L] (Vocos): the spectral trunk gives log-magnitude and phase per bin, an
+    inverse STFT (Hann window of n_fft, centred) the waveform; each bin's oscillation comes from the
+    transform, not from learned upsampling filters."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.n_fft, self.hop = cfg.stft_window, cfg.istft_hop
+        self.centre, self.scale = log_magnitude_scale(self.n_fft, cfg.mel_floor)
+        self.trunk = SpectralTrunk(cfg, 2 * (self.n_fft // 2 + 1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        log_mag, phase = self.trunk(z).chunk(2, dim=1)                     # [B, F, frames] each
+        log_mag = self.centre + self.scale * log_mag
         spec = torch.exp(log_mag.clamp(max=6.0)) * torch.exp(1j * phase)
-        # centred STFT frames: one more than the samples / hop; the last is repeated
-        spec = torch.cat([spec, spec[..., -1:]], dim=-1)
         window = torch.hann_window(self.n_fft, device=z.device)
         wave = torch.istft(spec, self.n_fft, self.hop, window=window, center=True,
                            length=spec.shape[-1] * self.hop - self.hop)
         return wave[:, None]
+
+
+class MagnitudeDecoder(nn.Module):
+    """[B, d, t] -> log-magnitudes [B, F, L / istft_hop + 1] (`forward`, what the loss reads) or
+    waveforms [B, 1, L] (`waveform`: Griffin-Lim phases, nn/spectral.py). The phases are left out of
+    the model on purpose: a magnitude-only loss cannot teach them, and free phases smear pitch."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.n_fft, self.hop, self.iters = cfg.stft_window, cfg.istft_hop, cfg.griffin_lim_iters
+        self.centre, self.scale = log_magnitude_scale(self.n_fft, cfg.mel_floor)
+        self.trunk = SpectralTrunk(cfg, self.n_fft // 2 + 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return (self.centre + self.scale * self.trunk(z)).clamp(max=6.0)
+
+    def waveform(self, z: Tensor) -> Tensor:
+        log_mag = self.forward(z)
+        length = (log_mag.shape[-1] - 1) * self.hop
+        return griffin_lim(torch.exp(log_mag), self.n_fft, self.hop, length, self.iters)[:, None]
 
 
 @register("tokenizer", "codec", CodecConfig)
@@ -241,7 +295,7 @@ class CodecTokenizer(Tokenizer):
         self.config = config
         self.encoder = CodecEncoder(config) if config.encoder == "conv" else STFTEncoder(config)
         self.quantizer = lookup("quantizer", config.quantizer.name)[1](config.quantizer)
-        self.decoder = CodecDecoder(config) if config.decoder == "conv" else ISTFTDecoder(config)
+        self.decoder = {"conv": CodecDecoder, "istft": ISTFTDecoder, "magnitude": MagnitudeDecoder}[config.decoder](config)
         self.spec = latent_spec(self.quantizer, (config.seq_len // config.hop,))
 
     def _check(self, x: Tensor) -> None:
@@ -259,6 +313,8 @@ class CodecTokenizer(Tokenizer):
 
     def decode_latents(self, z_q: Tensor) -> Tensor:
         """[B, t, d] -> [B, t * hop, 1]."""
+        if isinstance(self.decoder, MagnitudeDecoder):
+            return self.decoder.waveform(z_q.transpose(1, 2)).transpose(1, 2)
         return self.decoder(z_q.transpose(1, 2)).transpose(1, 2)
 
     def decode(self, z: Tensor) -> Tensor:
@@ -271,8 +327,10 @@ class CodecTokenizer(Tokenizer):
         """batch["audio"] [B, L, 1] -> 'loss', its terms (mel, stft, waveform, bottleneck), and stats."""
         x = batch["audio"]
         q = self.quantize(x)
-        x_hat = self.decode_latents(q.z_q)
-        est, ref = x_hat[..., 0].float(), x[..., 0].float()
+        ref = x[..., 0].float()
+        if isinstance(self.decoder, MagnitudeDecoder):
+            return self._magnitude_loss(self.decoder(q.z_q.transpose(1, 2)), ref, q)
+        est = self.decode_latents(q.z_q)[..., 0].float()
         cfg = self.config
         terms: dict[str, Tensor] = {}
         if cfg.mel_weight:
@@ -283,3 +341,22 @@ class CodecTokenizer(Tokenizer):
             terms["waveform"] = cfg.waveform_weight * (est - ref).abs().mean()
         terms.update(q.losses)
         return {"loss": sum(terms.values()), **terms, "mae": (est.detach() - ref).abs().mean(), **q.stats}
+
+    def _magnitude_loss(self, log_mag: Tensor, ref: Tensor, q: Quantized) -> dict[str, Tensor]:
+        """The "magnitude" decoder's loss, on its STFT frames directly: a log-mel L1 (`mel_weight`)
+        and a log-magnitude L1 over every bin (`stft_weight`), both floored at `mel_floor`."""
+        cfg = self.config
+        n_fft, hop = cfg.stft_window, cfg.istft_hop
+        target = stft_magnitude(ref, n_fft, hop)                              # [B, F, T]
+        log_floor = math.log(cfg.mel_floor)
+        terms: dict[str, Tensor] = {}
+        if cfg.mel_weight:
+            fb = mel_filters(cfg.sample_rate, n_fft, min(160, n_fft // 4)).to(ref.device)
+            mels = [torch.einsum("mf,bft->bmt", fb, m).clamp_min(cfg.mel_floor).log10()
+                    for m in (log_mag.exp(), target)]
+            terms["mel"] = cfg.mel_weight * (mels[0] - mels[1]).abs().mean()
+        if cfg.stft_weight:
+            terms["stft"] = cfg.stft_weight * (log_mag.clamp_min(log_floor)
+                                               - target.clamp_min(cfg.mel_floor).log()).abs().mean()
+        terms.update(q.losses)
+        return {"loss": sum(terms.values()), **terms, **q.stats}
