@@ -205,6 +205,7 @@ def music_caption(key: int, instruments: list[str]) -> str:
 
 @register("dataset", "music", MusicConfig)
 class MusicData(AudioDataSet):
+    judge = "audio_class"
     natural_conditioner = "class"
     condition_keys = ("label",)
     class_names = KEYS                     # label: the piece's key

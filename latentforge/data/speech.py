@@ -115,6 +115,7 @@ def place(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray
 
 @register("dataset", "speech", SpeechConfig)
 class SpeechData(AudioDataSet):
+    judge = "audio_class"
     natural_conditioner = "class"
     condition_keys = ("label",)
     class_names = DIGITS

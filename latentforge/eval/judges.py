@@ -174,3 +174,17 @@ def notes_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray], 
     out["real_clips_" + ("notes_exact" if "notes_exact" in real_scores else "pitch_class_acc")] = \
         real_scores.get("notes_exact", real_scores["pitch_class_acc"])
     return out
+
+
+@judge("audio_class")
+def audio_class_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray],
+                      real: np.ndarray) -> dict[str, float]:
+    """A linear probe on log-mel and chroma statistics (`eval/audio_probe.py`, fitted on the data's
+    training clips on first use) reads each clip's class (speech: the digit; music: the key); the
+    floor is its reading of the real held-out clips drawn for the same rows."""
+    from latentforge.eval.audio_probe import class_probe
+
+    probe = class_probe(dataset)
+    labels = rows["label"]
+    return {"class_acc": float((probe.predict(samples) == labels).mean()),
+            "real_clips_class_acc": float((probe.predict(real) == labels).mean())}
