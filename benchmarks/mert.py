@@ -1,7 +1,7 @@
 """MERT benchmark (P5): does masked prediction of a codec's RVQ codes plus the CQT, with in-batch
 noise mixing, give frozen features that hold musical labels?
 
-    python benchmarks/mert.py [--steps 800] [--codec-steps 400] [--threads 1] [--data notes|music]
+    python benchmarks/mert.py [--steps 800] [--codec-steps 3000] [--threads 1] [--data notes|music]
         [--out benchmarks/results/mert.json]
 
 1. A teacher codec (benchmarks/audio_codec.py's model, 4 RVQ levels x 256 codes, dropout 0.5) is
@@ -36,9 +36,7 @@ from audio_codec import train as train_codec
 
 from latentforge.atomic import write_json
 from latentforge.eval.linear_probe import linear_probe_accuracy
-from latentforge.nn.spectral import log_mel
-from latentforge.pretraining.mert import Mert, MertConfig
-from latentforge.quantize.vq import VectorQuantizer, VQConfig
+from latentforge.pretraining.mert import Mert, MertConfig, mel_kmeans_codes, train_mert
 
 STUDENTS = {"mert": dict(mix_prob=0.5), "mert, no mix": dict(mix_prob=0.0),
             "mel k-means": dict(mix_prob=0.5, code_levels=1, cqt_bins=0)}
@@ -64,41 +62,6 @@ def load(name: str, seconds: float, train_size: int, val_size: int):
 def codec_codes(codec, clips: torch.Tensor) -> torch.Tensor:
     codec.eval()
     return torch.cat([codec.encode(clips[i: i + 64, :, None]) for i in range(0, len(clips), 64)])
-
-
-@torch.no_grad()
-def mel_kmeans_codes(train: torch.Tensor, clips_list: list[torch.Tensor], sample_rate: int, hop: int) -> list[torch.Tensor]:
-    """One level of k-means ids (K = 256, k-means++ and 20 Lloyd iterations, vq.py's) of log-mel frames
-    on the student's frames, fitted on the training clips."""
-    def frames(x):
-        m = log_mel(x, sample_rate, n_fft=1024, hop=hop, n_mels=40)[..., : x.shape[-1] // hop]  # [B, M, T]
-        return m.transpose(1, 2)                                                              # [B, T, M]
-
-    feats = frames(train)
-    vq = VectorQuantizer(VQConfig(codebook_size=256, dim=feats.shape[-1], kmeans_iters=20, codebook_update="ema"))
-    vq.train()(feats.reshape(1, -1, feats.shape[-1]))            # the first call seeds the codebook by k-means
-    return [vq.nearest(frames(x).reshape(-1, feats.shape[-1])).view(len(x), -1) for x in clips_list]
-
-
-def train_student(cfg: MertConfig, clips: torch.Tensor, codes: torch.Tensor | None, steps: int, batch: int,
-                  lr: float, seed: int) -> tuple[Mert, dict]:
-    torch.manual_seed(seed)
-    model = Mert(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
-    order, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    start, last = time.perf_counter(), {}
-    for _ in range(steps):
-        idx = torch.randint(0, len(clips), (batch,), generator=order)
-        out = model.loss({"audio": clips[idx], **({"codes": codes[idx]} if codes is not None else {})}, generator=noise)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        schedule.step()
-        last = {k: float(v.detach()) for k, v in out.items()}
-    return model.eval(), {"train_seconds": time.perf_counter() - start, **{f"final_{k}": v for k, v in last.items()}}
 
 
 def noisy(clips: torch.Tensor, seed: int) -> torch.Tensor:
@@ -131,7 +94,7 @@ def masked_code_accuracy(model: Mert, clips: torch.Tensor, codes: torch.Tensor, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--codec-steps", type=int, default=400)
+    ap.add_argument("--codec-steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--data", choices=("notes", "music"), default="notes")
@@ -151,7 +114,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     codec = build_codec(4, 0.5, train_x.shape[1], rate)
-    codec_info = train_codec(codec, train_x[..., None], args.codec_steps, 16, 2e-3, args.seed)
+    codec_info = train_codec(codec, train_x[..., None], args.codec_steps, 16, 1e-3, args.seed)
     codes = {"train": codec_codes(codec, train_x), "val": codec_codes(codec, val_x)}
     print(f"teacher codec: {codec_info['train_seconds']:.0f} s, codes {list(codes['train'].shape)}", flush=True)
     kmeans = dict(zip(("train", "val"), mel_kmeans_codes(train_x, [train_x, val_x], rate, codec.config.hop)))
@@ -163,7 +126,7 @@ def main() -> None:
     for name, changes in STUDENTS.items():
         cfg = MertConfig(**{**base.__dict__, **changes})
         targets = kmeans if name == "mel k-means" else codes
-        model, info = train_student(cfg, train_x, targets["train"], args.steps, args.batch, args.lr, args.seed)
+        model, info = train_mert(cfg, train_x, targets["train"], args.steps, args.batch, args.lr, args.seed)
         row = {**info, "probes": probes(model, train_x, val_x, noisy_x, train_labels, val_labels),
                "masked_code_acc": masked_code_accuracy(model, val_x, targets["val"], args.seed), "chance": 1 / 256}
         results[name] = row

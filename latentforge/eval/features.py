@@ -86,9 +86,17 @@ def video_features(dataset: Any, inception_weights: str | None, device: str | to
     return dataset_features(dataset, inception_weights, device, progress)
 
 
+def audio_features(dataset: Any, inception_weights: str | None, device: str | torch.device,
+                   progress: bool) -> FeatureExtractor:
+    """The data set's MERT student (probe-FAD: not comparable with published VGGish / CLAP FAD)."""
+    from latentforge.eval.audio_fad import dataset_features
+
+    return dataset_features(dataset, inception_weights, device, progress)
+
+
 # modality name -> the feature network of its distribution metrics
 FEATURES: dict[str, Callable[..., FeatureExtractor | None]] = {"image": image_features, "motion": motion_features,
-                                                              "video": video_features}
+                                                              "video": video_features, "audio": audio_features}
 
 
 def pick_features(dataset: Any, inception_weights: str | None = None, device: str | torch.device = "cpu",

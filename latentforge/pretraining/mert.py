@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.config import ModelConfig
-from latentforge.nn.spectral import cqt
+from latentforge.nn.spectral import cqt, log_mel
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
 
@@ -214,3 +214,51 @@ class Mert(nn.Module):
         x = x[..., 0] if x.dim() == 3 else x
         device = next(self.parameters()).device
         return torch.cat([self.hidden(x[i: i + batch].to(device)).mean(1).double().cpu() for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def mel_kmeans_codes(train: Tensor, clips: list[Tensor], sample_rate: int, hop: int,
+                     codebook_size: int = 256) -> list[Tensor]:
+    """HuBERT's first-iteration targets: one level of k-means ids (k-means++ and 20 Lloyd iterations,
+    quantize/vq.py's) of 40-band log-mel frames on the student's frames (every `hop` samples),
+    fitted on the `train` clips [N, L]; the ids of each tensor of `clips`: [N_i, L / hop] int64."""
+    from latentforge.quantize.vq import VectorQuantizer, VQConfig
+
+    def frames(x: Tensor) -> Tensor:
+        m = log_mel(x, sample_rate, n_fft=1024, hop=hop, n_mels=40)[..., : x.shape[-1] // hop]  # [B, M, T]
+        return m.transpose(1, 2)                                                              # [B, T, M]
+
+    feats = frames(train)
+    vq = VectorQuantizer(VQConfig(codebook_size=codebook_size, dim=feats.shape[-1], kmeans_iters=20,
+                                  codebook_update="ema"))
+    vq.train()(feats.reshape(1, -1, feats.shape[-1]))            # the first call seeds the codebook by k-means
+    return [vq.nearest(frames(x).reshape(-1, feats.shape[-1])).view(len(x), -1) for x in clips]
+
+
+def train_mert(cfg: MertConfig, clips: Tensor, codes: Tensor | None, steps: int, batch: int = 16, lr: float = 1e-3,
+               seed: int = 0, progress=None) -> tuple[Mert, dict]:
+    """A student trained on clips [N, L] (and the teacher's codes [N, T(, Q)] when code_levels > 0):
+    AdamW (betas 0.9, 0.98, weight decay 0.01), linear warm-up over a tenth of the steps then linear
+    decay to 5 %, gradients clipped at 10, seeded batches and masks. `progress(step, out)` is called
+    after every step when given. Returns the model in eval mode and the final terms."""
+    import time
+
+    torch.manual_seed(seed)
+    model = Mert(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
+    order, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    start, last = time.perf_counter(), {}
+    for step in range(steps):
+        idx = torch.randint(0, len(clips), (batch,), generator=order)
+        out = model.loss({"audio": clips[idx], **({"codes": codes[idx]} if codes is not None else {})}, generator=noise)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        schedule.step()
+        last = {k: float(v.detach()) for k, v in out.items()}
+        if progress is not None:
+            progress(step, last)
+    return model.eval(), {"train_seconds": time.perf_counter() - start, **{f"final_{k}": v for k, v in last.items()}}
