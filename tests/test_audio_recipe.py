@@ -107,6 +107,7 @@ def test_a_tiny_speech_run_samples_digits_and_continues_a_prompt(tmp_path):
     gen = json.loads((run / "metrics.json").read_text())["generator"]
     assert 0.0 <= gen["class_acc"] <= 1.0 and 0.0 <= gen["real_clips_class_acc"] <= 1.0
     assert gen["steps_per_batch"] == 16 * 4                          # 16 frames x 4 levels, one token a step
+    assert gen["real_time_factor"] == pytest.approx(1 / (gen["samples_per_s"] * 0.32))
     assert np.load(run / "samples.npz")["samples"].shape == (4, 5120)
     from latentforge.data.speech import SpeechConfig, SpeechData
     from latentforge.modalities.audio import write_wav

@@ -276,9 +276,15 @@ def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str
 
 
 def _speed(inputs: EvalInputs, batch: int) -> dict[str, float]:
-    """Sampling speed at `eval.speed_batch` examples a call, median of 3 after a warm-up call."""
+    """Sampling speed at `eval.speed_batch` examples a call, median of 3 after a warm-up call; for
+    clips also the real-time factor (seconds of compute per second of output, decoding included:
+    below 1 is faster than real time)."""
     from latentforge.eval.speed import sampling_speed
 
     n = min(batch, len(inputs.dataset.examples(inputs.val)))
     rows = {k: v[:n] for k, v in inputs.dataset.conditions(inputs.val).items()}
-    return sampling_speed(lambda: inputs.draw(rows, n, 0), inputs.pipeline.generator, n)
+    out = sampling_speed(lambda: inputs.draw(rows, n, 0), inputs.pipeline.generator, n)
+    seconds = inputs.modality.seconds
+    if seconds:
+        out["real_time_factor"] = 1.0 / (out["samples_per_s"] * seconds)
+    return out

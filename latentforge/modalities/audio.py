@@ -55,6 +55,10 @@ class AudioModality(Modality):
     def tokenizer_fields(self) -> dict[str, Any]:
         return {"seq_len": self.length, "in_channels": 1, "sample_rate": self.sample_rate}
 
+    @property
+    def seconds(self) -> float:
+        return self.length / self.sample_rate
+
     def check(self, array: np.ndarray, where: str) -> None:
         if not np.issubdtype(array.dtype, np.floating) or array.ndim != 2:
             raise ValueError(f"{where}: expected mono waveforms float [N, L], got {array.dtype} {list(array.shape)}")

@@ -45,6 +45,12 @@ class Modality:
         """The tokenizer config fields that follow from the data (image side, sequence length...)."""
         return {}
 
+    @property
+    def seconds(self) -> float | None:
+        """How long one example lasts when played (clips), None for timeless examples (images): the
+        sampling speed then reads as a real-time factor too."""
+        return None
+
     def check(self, array: np.ndarray, where: str) -> None:
         """Raise a ValueError naming `where` when `array` is not this modality's stored layout."""
         raise NotImplementedError

@@ -36,6 +36,10 @@ class VideoModality(Modality):
     noun = "clips"
     layout = "video"
 
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.fps
+
     def to_model(self, array: np.ndarray | Tensor) -> Tensor:
         x = torch.as_tensor(np.array(array) if isinstance(array, np.ndarray) else array)  # uint8 [N, T, H, W, 3]
         return x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # [N, 3, T, H, W] in [-1, 1]
