@@ -18,13 +18,16 @@ decoded from every prefix of its levels on the same held-out clips:
                       1.0, a random bandwidth per batch (dropout 1.0); 4 levels = 2.0 kbit/s
     dac-style / 4     DAC's: K 1024, learned codebooks (codebook + commitment 0.25 losses), dropout 0.5;
                       4 levels = 2.0 kbit/s (DAC's factorised 8-d codes are not reproduced)
+    dac-arch / 4      DAC's architecture (`encoder: conv, decoder: conv`: strided Snake convs on the
+                      waveform, mirrored), our quantizer settings (K 256, dropout 0.5), 4 levels = 1.6
+                      kbit/s: the reference architecture trained here on the same data (~0.8 s a step)
 
 Per model and prefix: bitrate, multi-scale mel distance, SI-SDR, and on notes the pitch tracker's
 exact reading (eval/pitch.py) of the decoded clips. The real-time factor is the seconds one thread
 takes to encode and decode 10 s of audio, over 10 (fp32, batch 1; < 1 is faster than real time).
 
-Time: about 0.15 s a step on one core: 7 models x 1,500 steps ~ 30 min (two processes with --only
-halve it).
+Time: about 0.15 s a step on one core (0.8 for dac-arch): the 7 magnitude-decoder models x 1,500
+steps ~ 30 min (two processes with --only halve it), dac-arch 20 min more.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ MODELS = {  # name -> (levels, quantizer dropout rate (0 = off), RVQ settings)
     "fixed 2": (2, 0.0, OURS),
     "encodec-style / 4": (4, 1.0, dict(codebook_size=1024, codebook_update="ema", commitment=1.0)),
     "dac-style / 4": (4, 0.5, dict(codebook_size=1024, codebook_update="learned", commitment=0.25)),
+    "dac-arch / 4": (4, 0.5, OURS),
 }
+ARCHITECTURE = {"dac-arch / 4": dict(encoder="conv", decoder="conv")}  # models that differ from CODEC
 
 
 def load_data(name: str, train_size: int, val_size: int) -> tuple[dict, dict, int]:
@@ -68,10 +73,12 @@ def load_data(name: str, train_size: int, val_size: int) -> tuple[dict, dict, in
     return data.split("train"), data.split("val"), data.config.sample_rate
 
 
-def build(levels: int, rate: float, length: int, sample_rate: int, rvq: dict = OURS) -> CodecTokenizer:
+def build(levels: int, rate: float, length: int, sample_rate: int, rvq: dict = OURS,
+          architecture: dict | None = None) -> CodecTokenizer:
     quantizer = RVQConfig(dim=32, depth=levels, quantizer_dropout=rate > 0, dropout_rate=rate if rate > 0 else 1.0,
                           **rvq)
-    return CodecTokenizer(CodecConfig(seq_len=length, sample_rate=sample_rate, quantizer=quantizer, **CODEC))
+    return CodecTokenizer(CodecConfig(seq_len=length, sample_rate=sample_rate, quantizer=quantizer,
+                                      **{**CODEC, **(architecture or {})}))
 
 
 def train(model: CodecTokenizer, clips: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> dict:
@@ -161,7 +168,7 @@ def main() -> None:
     for name in names:
         levels, dropout, rvq = MODELS[name]
         torch.manual_seed(args.seed)
-        model = build(levels, dropout, clips.shape[1], rate, rvq)
+        model = build(levels, dropout, clips.shape[1], rate, rvq, ARCHITECTURE.get(name))
         info = train(model, clips, args.steps, args.batch, args.lr, args.seed)
         rows = score(model, val, rate, judge=args.data == "notes")
         results[name] = {**info, "params": sum(p.numel() for p in model.parameters()),

@@ -85,8 +85,8 @@ def test_the_audio_report_plays_its_clips_in_headless_chromium(audio_run):
     assert problems == []
 
 
-def test_the_speech_recipe_links_residual_codes_to_the_ar_generator():
-    cfg = load_recipe("configs/audio_speech.yaml")
+def test_the_codec_recipe_links_residual_codes_to_the_ar_generator():
+    cfg = load_recipe("configs/audio_codec.yaml")
     assert (cfg.tokenizer.seq_len, cfg.tokenizer.decoder) == (12800, "magnitude")
     assert cfg.generator.name == "autoregressive" and cfg.generator.grid == (40,) and cfg.generator.levels == 4
 
@@ -102,7 +102,7 @@ def test_a_tiny_speech_run_samples_digits_and_continues_a_prompt(tmp_path):
             "generator.dim=32", "generator.depth=1", "generator.heads=2", "generator.conditioner.dim=32",
             "generator_train.steps=4", "generator_train.batch_size=8", "sample.conditions=4",
             "eval.recon_images=4", "eval.n=4", "eval.show=2", "eval.speed_batch=2"]
-    assert main(["run", "configs/audio_speech.yaml", "--no-progress", f"out_dir={tmp_path}", "name=speech", *tiny]) == 0
+    assert main(["run", "configs/audio_codec.yaml", "--no-progress", f"out_dir={tmp_path}", "name=speech", *tiny]) == 0
     run = tmp_path / "speech"
     gen = json.loads((run / "metrics.json").read_text())["generator"]
     assert 0.0 <= gen["class_acc"] <= 1.0 and 0.0 <= gen["real_clips_class_acc"] <= 1.0

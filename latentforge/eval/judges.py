@@ -188,3 +188,18 @@ def audio_class_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndar
     labels = rows["label"]
     return {"class_acc": float((probe.predict(samples) == labels).mean()),
             "real_clips_class_acc": float((probe.predict(real) == labels).mean())}
+
+
+@judge("primitives")
+def primitives_judge(dataset: Any, samples: np.ndarray, rows: dict[str, np.ndarray],
+                     real: np.ndarray) -> dict[str, float]:
+    """Every primitive's SDF is fitted to each point set (`eval/primitive_fit.py`); the best fit names
+    the class, the points' extent the size. The floor: the same reading of the real shapes."""
+    from latentforge.eval.primitive_fit import primitive_adherence
+
+    sizes = rows.get("size")
+    out = primitive_adherence(samples, rows["label"], sizes)
+    real_scores = primitive_adherence(real, rows["label"], sizes)
+    out["real_shapes_" + ("exact" if "exact" in real_scores else "shape_acc")] = \
+        real_scores.get("exact", real_scores["shape_acc"])
+    return out
