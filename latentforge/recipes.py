@@ -295,13 +295,21 @@ class Run:
 
     def stage_tokenizer(self) -> None:
         cfg = self.cfg
-        examples = self.dataset.examples(self.load_split("train"))  # memory-mapped, in the stored layout
+        split = self.load_split("train")
+        examples = self.dataset.examples(split)  # memory-mapped, in the stored layout
         tcls = lookup("tokenizer", cfg.tokenizer.name)[1]
         torch.manual_seed(cfg.tokenizer_train.seed)  # the initial weights follow the seed, not what ran before
         model = tcls(cfg.tokenizer)
         key, to_model = cfg.tokenizer.layout, self.modality.to_model
-        batches = StepBatches({key: examples}, cfg.tokenizer_train.batch_size, cfg.tokenizer_train.seed,
-                              convert=lambda rows: {key: to_model(rows[key])})  # reads each step's rows only
+        extra = type(cfg.tokenizer).batch_keys
+        missing = [k for k in extra if k not in split]
+        if missing:
+            raise ValueError(f"tokenizer {cfg.tokenizer.name!r} trains on {', '.join(extra)} beside the examples, but "
+                             f"data {cfg.data.name!r} has no {', '.join(missing)}")
+        batches = StepBatches({key: examples, **{k: split[k] for k in extra}}, cfg.tokenizer_train.batch_size,
+                              cfg.tokenizer_train.seed,  # reads each step's rows only
+                              convert=lambda rows: {key: to_model(rows[key]),
+                                                    **{k: torch.as_tensor(np.asarray(rows[k])) for k in extra}})
         self._train("tokenizer", model, cfg.tokenizer_train, batches)
 
     def stage_encode(self) -> None:

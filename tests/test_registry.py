@@ -117,14 +117,22 @@ def tokenizer_input(tok) -> torch.Tensor:
         return torch.rand(2, cfg.in_channels, cfg.frames, cfg.image_size, cfg.image_size) * 2 - 1
     if cfg.layout == "audio":
         return torch.rand(2, cfg.seq_len, 1) * 2 - 1
+    if cfg.layout == "points":
+        return torch.rand(2, cfg.points, 3) * 2 - 1
     raise AssertionError(f"tokenizer {cfg.name!r}: no test input for layout {cfg.layout!r}; add one here")
+
+
+# the split entries a tokenizer may read beside its examples (TokenizerConfig.batch_keys)
+BATCH_EXTRAS = {"queries": lambda: torch.rand(2, 32, 3) * 2 - 1, "occupancy": lambda: torch.rand(2, 32) > 0.5}
 
 
 @pytest.mark.parametrize("name", entries("tokenizer"))
 def test_tokenizer_contract(name, tmp_path):
     tok = build("tokenizer", name).train()
     x = tokenizer_input(tok)
-    out = tok.loss({tok.config.layout: x})
+    missing = [k for k in type(tok.config).batch_keys if k not in BATCH_EXTRAS]
+    assert not missing, f"tokenizer {name!r} reads {missing}: add test inputs to BATCH_EXTRAS"
+    out = tok.loss({tok.config.layout: x, **{k: BATCH_EXTRAS[k]() for k in type(tok.config).batch_keys}})
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert not missing_grads(tok, skip=("discriminator",)), f"parameters without a gradient: {missing_grads(tok)}"

@@ -27,6 +27,7 @@ import numpy as np
 
 from latentforge.data.base import DataConfig, RowwiseDataSet
 from latentforge.data.video import row_rng
+from latentforge.nn.geometry import level_set_points
 from latentforge.registry import register
 
 SHAPES = ("sphere", "box", "cylinder", "cone", "torus", "capsule")
@@ -122,20 +123,9 @@ def surface_points(shape: str, params: np.ndarray, n: int, rng: np.random.Genera
     """n points [n, 3] on the surface, uniform by area: marching cubes of the SDF on a GRID^3
     lattice, triangles drawn by area, a uniform point in each, then three Newton steps along the
     SDF's numerical gradient onto the exact surface."""
-    from skimage.measure import marching_cubes
-
     axis = np.linspace(-1, 1, GRID)
     lattice = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
-    verts, faces, _, _ = marching_cubes(sdf(shape, params, lattice), level=0.0, spacing=(axis[1] - axis[0],) * 3)
-    verts = verts - 1.0
-    tri = verts[faces]                                                      # [F, 3, 3]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
-    pick = rng.choice(len(tri), n, p=area / area.sum())
-    u, v = rng.random((2, n))
-    flip = u + v > 1
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-    t = tri[pick]
-    pts = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+    pts = level_set_points(sdf(shape, params, lattice), 0.0, n, rng).astype(np.float64)
     eps = 1e-4
     for _ in range(3):
         d = sdf(shape, params, pts)

@@ -47,6 +47,24 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class CrossAttentionBlock(nn.Module):
+    """x += CrossAttn(LN x, LN context); x += MLP(LN x): queries read a context without attending to
+    each other (3DShape2VecSet's encoder and occupancy decoder: a query point's answer must not
+    depend on which other points are asked)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.cross = Attention(dim, heads, context_dim=context_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        x = x + self.cross(self.norm(x), context=self.context_norm(context))
+        return x + self.mlp(self.norm2(x))
+
+
 class Transformer(nn.Module):
     """A stack of `TransformerBlock`s with a final LayerNorm. x [B, T, D] -> [B, T, D]."""
 

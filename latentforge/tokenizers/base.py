@@ -25,17 +25,19 @@ class LatentSpec:
     vocab_size: int | None = None   # discrete: codes per level
     depth: int = 1                  # residual VQ levels
     channels: int | None = None     # continuous: vector size
+    ordered: bool = True            # False for sets (a point-set tokenizer's latents): no raster order
 
     @property
     def num_tokens(self) -> int:
         return math.prod(self.grid)
 
 
-def latent_spec(quantizer: Quantizer, grid: tuple[int, ...]) -> LatentSpec:
-    """What a bottleneck on `grid` hands to generators."""
+def latent_spec(quantizer: Quantizer, grid: tuple[int, ...], ordered: bool = True) -> LatentSpec:
+    """What a bottleneck on `grid` hands to generators (`ordered` False for sets)."""
     if quantizer.discrete:
-        return LatentSpec(grid=tuple(grid), kind="discrete", vocab_size=quantizer.vocab_size, depth=quantizer.depth)
-    return LatentSpec(grid=tuple(grid), kind="continuous", channels=quantizer.latent_channels)
+        return LatentSpec(grid=tuple(grid), kind="discrete", vocab_size=quantizer.vocab_size, depth=quantizer.depth,
+                          ordered=ordered)
+    return LatentSpec(grid=tuple(grid), kind="continuous", channels=quantizer.latent_channels, ordered=ordered)
 
 
 def latent_stats(z: Tensor, channels: int) -> tuple[Tensor, Tensor]:
@@ -126,6 +128,9 @@ class TokenizerConfig(ModelConfig):
     # "sequence" float [B, T, C], "video" float [B, C, T, H, W], or "audio" float [B, L, 1]; a data
     # set's modality must give the same layout
     layout: ClassVar[str] = "image"
+    # split entries the loss reads beside the examples (a point-set tokenizer's occupancy queries
+    # and labels), fed with each batch under their own names
+    batch_keys: ClassVar[tuple[str, ...]] = ()
 
 
 class Tokenizer(nn.Module):
