@@ -20,7 +20,8 @@ from typing import TypeVar
 MODULES: dict[str, tuple[str, ...]] = {
     "quantizer": ("latentforge.quantize.vq", "latentforge.quantize.rvq", "latentforge.quantize.grouped_vq",
                   "latentforge.quantize.fsq", "latentforge.quantize.lfq", "latentforge.quantize.gumbel",
-                  "latentforge.quantize.gaussian", "latentforge.quantize.topk"),
+                  "latentforge.quantize.gaussian", "latentforge.quantize.topk",
+                  "latentforge.quantize.multiscale"),
     "tokenizer": ("latentforge.tokenizers.conv", "latentforge.tokenizers.conv1d", "latentforge.tokenizers.vit",
                   "latentforge.tokenizers.causal3d", "latentforge.tokenizers.codec",
                   "latentforge.tokenizers.pointset"),

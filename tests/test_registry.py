@@ -83,9 +83,11 @@ def test_lookup_loads_only_the_kind_it_is_asked_for():
 @pytest.mark.parametrize("name", entries("quantizer"))
 def test_quantizer_contract(name, tmp_path):
     q = build("quantizer", name).train()
-    z = torch.randn(3, 4, 5, q.config.dim, requires_grad=True)   # [B, H, W, dim] channels-last
+    # [B, *grid, dim] channels-last: a 4 x 5 grid, or the grid a multi-scale quantizer's scales end on
+    grid = (4, 5) if not hasattr(q.config, "scales") else (q.config.scales[-1],) * q.config.rank
+    z = torch.randn(3, *grid, q.config.dim, requires_grad=True)
     out = q(z)
-    assert out.z_q.shape[:3] == (3, 4, 5)
+    assert out.z_q.shape[:-1] == (3, *grid)
     loss = out.z_q.square().mean() + sum(out.losses.values(), torch.zeros(()))
     loss.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all(), "no gradient reaches the encoder output"
@@ -94,9 +96,11 @@ def test_quantizer_contract(name, tmp_path):
     with torch.no_grad():
         first = q(z.detach())
     if q.discrete:
-        want = (3, 4, 5) if q.depth == 1 else (3, 4, 5, q.depth)
+        code_grid = q.code_grid(grid)
+        want = (3, *code_grid) if q.depth == 1 else (3, *code_grid, q.depth)
         assert first.codes.dtype == torch.long and tuple(first.codes.shape) == want
         assert int(first.codes.min()) >= 0 and int(first.codes.max()) < q.vocab_size
+        assert q.lookup(first.codes).shape == first.z_q.shape        # codes decode back to the latents' grid
     again = from_pretrained(save_pretrained(q, tmp_path / name))
     with torch.no_grad():
         second = again(z.detach())

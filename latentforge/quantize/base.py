@@ -50,6 +50,11 @@ class Quantizer(nn.Module):
         """Code levels per position (residual quantizers: more than one)."""
         return 1
 
+    def code_grid(self, grid: tuple[int, ...]) -> tuple[int, ...]:
+        """The grid of the codes a generator models for latents on `grid`: the same grid, except
+        for multi-scale quantizers (every scale's tokens in one row)."""
+        return tuple(grid)
+
     @property
     def latent_channels(self) -> int:
         """Channels of the latents a continuous bottleneck hands to a generator."""

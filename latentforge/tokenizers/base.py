@@ -35,8 +35,8 @@ class LatentSpec:
 def latent_spec(quantizer: Quantizer, grid: tuple[int, ...], ordered: bool = True) -> LatentSpec:
     """What a bottleneck on `grid` hands to generators (`ordered` False for sets)."""
     if quantizer.discrete:
-        return LatentSpec(grid=tuple(grid), kind="discrete", vocab_size=quantizer.vocab_size, depth=quantizer.depth,
-                          ordered=ordered)
+        return LatentSpec(grid=quantizer.code_grid(tuple(grid)), kind="discrete", vocab_size=quantizer.vocab_size,
+                          depth=quantizer.depth, ordered=ordered)
     return LatentSpec(grid=tuple(grid), kind="continuous", channels=quantizer.latent_channels, ordered=ordered)
 
 
