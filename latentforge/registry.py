@@ -33,7 +33,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "dataset": ("latentforge.data.sets", "latentforge.data.folder", "latentforge.data.motion",
                 "latentforge.data.moving_mnist", "latentforge.data.moving_shapes", "latentforge.data.atari",
                 "latentforge.data.notes", "latentforge.data.music",
-                "latentforge.data.speech", "latentforge.data.audio_folder", "latentforge.data.primitives"),
+                "latentforge.data.speech", "latentforge.data.audio_folder", "latentforge.data.primitives",
+                "latentforge.data.meshes"),
     "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe", "latentforge.eval.video_probe",
               "latentforge.pretraining.mert"),
 }

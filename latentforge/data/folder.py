@@ -139,6 +139,11 @@ class FolderData(DataSet):
 
     extensions: ClassVar[tuple[str, ...]]
     noun: ClassVar[str]                   # "image": messages say "image(s)", "images"
+    nouns: ClassVar[str | None] = None    # the plural, when it is not noun + "s"
+
+    @property
+    def plural(self) -> str:
+        return self.nouns or f"{self.noun}s"
     example = "~/my_images"               # a folder in the error that asks for one
     condition_text = "Each sample is drawn for the class in its caption."
 
@@ -158,13 +163,13 @@ class FolderData(DataSet):
     def __init__(self, config) -> None:
         super().__init__(config)
         if not config.path:
-            raise ConfigError(f"data.path: give the folder of {self.noun}s, e.g. data.path={self.example}")
+            raise ConfigError(f"data.path: give the folder of {self.plural}, e.g. data.path={self.example}")
         self.root = Path(config.path).expanduser()
         if not self.root.is_dir():
             raise ConfigError(f"data.path: {self.root} is not a folder")
         self.files = find_files(self.root, self.extensions)
         if not self.files:
-            raise ConfigError(f"data.path: no {'/'.join(e[1:] for e in self.extensions)} {self.noun}s under {self.root}")
+            raise ConfigError(f"data.path: no {'/'.join(e[1:] for e in self.extensions)} {self.plural} under {self.root}")
         self.run_dir: Path | None = None
         rel = [f.relative_to(self.root) for f in self.files]
         folders = sorted({r.parts[0] for r in rel if len(r.parts) > 1})
@@ -203,7 +208,7 @@ class FolderData(DataSet):
         cfg = self.config
         good, skipped, images = [], [], []
         show = self.progress if progress is None else progress
-        for f in tqdm(self.files, desc=f"decoding {self.noun}s", disable=not show, file=sys.stderr, mininterval=1.0):
+        for f in tqdm(self.files, desc=f"decoding {self.plural}", disable=not show, file=sys.stderr, mininterval=1.0):
             rel = f.relative_to(self.root).as_posix()
             try:
                 images.append(self.decode_file(f))
@@ -266,7 +271,7 @@ class FolderData(DataSet):
 
     def training_captions(self) -> list[str]:
         if not self.has_captions:
-            raise NotImplementedError(f"no .txt captions beside the {self.noun}s in {self.root}")
+            raise NotImplementedError(f"no .txt captions beside the {self.plural} in {self.root}")
         return [str(c) for c in self.split("train")["captions"]]
 
     def captions(self, arrays: dict[str, np.ndarray]) -> list[str]:
