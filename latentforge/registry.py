@@ -36,7 +36,7 @@ MODULES: dict[str, tuple[str, ...]] = {
                 "latentforge.data.speech", "latentforge.data.audio_folder", "latentforge.data.primitives",
                 "latentforge.data.meshes"),
     "probe": ("latentforge.eval.probe", "latentforge.eval.motion_probe", "latentforge.eval.video_probe",
-              "latentforge.pretraining.mert"),
+              "latentforge.pretraining.mert", "latentforge.pretraining.point_mae"),
 }
 KINDS = tuple(MODULES)
 _TABLES: dict[str, dict[str, tuple[type, type]]] = {kind: {} for kind in KINDS}

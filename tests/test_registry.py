@@ -271,6 +271,9 @@ def probe_batch(probe) -> tuple[dict, object]:
         audio = torch.rand(4, 2 * cfg.hop * 4, generator=g) * 2 - 1
         codes = torch.randint(0, cfg.code_vocab, (4, 8, cfg.code_levels), generator=g)
         return {"audio": audio, "codes": codes}, audio.numpy()
+    if cfg.name == "point_mae":
+        points = torch.rand(4, 4 * cfg.groups, 3, generator=g) * 2 - 1
+        return {"points": points}, points.numpy()
     raise AssertionError(f"probe {cfg.name!r}: no test batch; add one here")
 
 
