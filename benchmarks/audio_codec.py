@@ -178,7 +178,8 @@ def main() -> None:
     meta = {"args": vars(args), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "isa_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
             "date": time.strftime("%Y-%m-%d %H:%M"), "real_time_factor_1_thread": rtf}
-    write_json(args.out, {"meta": meta, "codec": {k: list(v) for k, v in CODEC.items()}, "results": results})
+    write_json(args.out, {"meta": meta, "codec": {k: list(v) if isinstance(v, tuple) else v for k, v in CODEC.items()},
+                          "results": results})
     print(f"real-time factor (1 thread, encode + decode): {rtf:.4f}; wrote {args.out}")
 
 
