@@ -61,7 +61,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
                 context: Tensor | None = None, context_kv: tuple[Tensor, Tensor] | None = None,
-                cache: KVCache | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                cache: KVCache | None = None, rope: tuple[Tensor, Tensor] | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
         """x [B, T, D] -> [B, T, D].
 
         Args:
@@ -71,6 +72,8 @@ class Attention(nn.Module):
             cache: self-attention KV cache; new keys are appended, queries see all cached keys.
             rope: self-attention's rotary tables (cos, sin) of x's positions, [T, Dh/2] or
                 [B, T, Dh/2] (nn/rope.py): queries and keys are rotated before the product.
+            attn_mask: [T, S] bool, True where query t may attend key s (a block-causal pattern),
+                combined with key_mask.
         """
         B, T, D = x.shape
         if self.is_cross:
@@ -85,6 +88,8 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.append(k, v)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, S]
+        if attn_mask is not None:
+            mask = attn_mask if mask is None else mask & attn_mask
         is_causal = False
         if causal and T > 1:
             if offset == 0 and mask is None:

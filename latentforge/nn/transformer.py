@@ -38,8 +38,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
-                context_kv: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), causal=causal, key_mask=key_mask, cache=cache)
+                context_kv: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), causal=causal, key_mask=key_mask, cache=cache, attn_mask=attn_mask)
         if self.cross is not None:
             if context is None and context_kv is None:
                 raise ValueError("this block cross-attends: pass a context")
@@ -84,11 +85,11 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
                 context_kv: list[tuple[Tensor, Tensor]] | None = None,
-                caches: list[KVCache] | None = None) -> Tensor:
+                caches: list[KVCache] | None = None, attn_mask: Tensor | None = None) -> Tensor:
         for i, block in enumerate(self.blocks):
             x = block(x, causal=causal, key_mask=key_mask, context=context, context_mask=context_mask,
                       context_kv=None if context_kv is None else context_kv[i],
-                      cache=None if caches is None else caches[i])
+                      cache=None if caches is None else caches[i], attn_mask=attn_mask)
         return self.norm(x)
 
 

@@ -55,6 +55,10 @@ class Quantizer(nn.Module):
         for multi-scale quantizers (every scale's tokens in one row)."""
         return tuple(grid)
 
+    def code_scales(self) -> tuple[int, ...]:
+        """Tokens per scale of multi-scale codes, coarse first; () for single-scale bottlenecks."""
+        return ()
+
     @property
     def latent_channels(self) -> int:
         """Channels of the latents a continuous bottleneck hands to a generator."""

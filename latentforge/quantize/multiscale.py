@@ -80,6 +80,9 @@ class MultiScaleQuantizer(Quantizer):
         self._check_grid(grid)
         return (sum(s ** len(grid) for s in self.config.scales),)
 
+    def code_scales(self) -> tuple[int, ...]:
+        return tuple(s ** self.config.rank for s in self.config.scales)
+
     def _check_grid(self, grid: tuple[int, ...]) -> None:
         side, rank = self.config.scales[-1], self.config.rank
         if len(grid) != rank or any(g != side for g in grid):

@@ -26,6 +26,7 @@ class LatentSpec:
     depth: int = 1                  # residual VQ levels
     channels: int | None = None     # continuous: vector size
     ordered: bool = True            # False for sets (a point-set tokenizer's latents): no raster order
+    scales: tuple[int, ...] = ()    # multi-scale codes: tokens per scale, coarse first (sum = the grid)
 
     @property
     def num_tokens(self) -> int:
@@ -36,7 +37,7 @@ def latent_spec(quantizer: Quantizer, grid: tuple[int, ...], ordered: bool = Tru
     """What a bottleneck on `grid` hands to generators (`ordered` False for sets)."""
     if quantizer.discrete:
         return LatentSpec(grid=quantizer.code_grid(tuple(grid)), kind="discrete", vocab_size=quantizer.vocab_size,
-                          depth=quantizer.depth, ordered=ordered)
+                          depth=quantizer.depth, ordered=ordered, scales=quantizer.code_scales())
     return LatentSpec(grid=tuple(grid), kind="continuous", channels=quantizer.latent_channels, ordered=ordered)
 
 

@@ -1,0 +1,149 @@
+"""Next-scale autoregression (VAR; P7 VAT's generator) over multi-scale codes.
+
+Legend: B batch, K scales, t_k tokens of scale k (the tokenizer's `LatentSpec.scales`), S = Σ t_k,
+D width, V codes.
+
+One step generates a whole scale: the tokens of scale k are drawn in parallel given the condition
+and every token of scales < k. The sequence holds all S tokens, coarse first:
+
+    scale 0's inputs : the start embedding (t_0 copies)
+    scale k's inputs : the embeddings of scale k-1's codes, linearly resampled to t_k tokens
+    every input      + a scale embedding + a position-within-scale embedding
+    attention        : block-causal, token i attends token j iff scale(j) <= scale(i) (VAR's mask)
+    output i         : logits of token i's code; cross-entropy over all S tokens
+
+Sampling makes K model calls instead of S (raster AR's), each recomputing the prefix (S is small);
+classifier-free guidance mixes each scale's logits. Scales are 1D token counts (set latents, or a
+sequence); 2D image scales need 2D positions and are not provided here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentforge.conditioning.base import Context
+from latentforge.generators.base import Generator, GeneratorConfig
+from latentforge.generators.guidance import Guidance
+from latentforge.generators.heads import CodeHead, code_nll
+from latentforge.generators.sampling import sample_tokens
+from latentforge.nn.transformer import Transformer, init_transformer_weights
+from latentforge.registry import register
+from latentforge.tokenizers.base import LatentSpec
+
+
+@dataclass
+class NextScaleConfig(GeneratorConfig):
+    name: str = "next_scale"
+    vocab_size: int = 256
+    # tokens per scale, from the tokenizer's LatentSpec; () splits the grid's N tokens into doubling
+    # scales 1, 2, 4, ... whose last takes the rest (N = 16: 1, 2, 4, 9)
+    scales: tuple[int, ...] = ()
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.scales = tuple(int(s) for s in self.scales)
+        if any(s < 1 for s in self.scale_sizes):
+            raise ValueError(f"scales must be positive token counts, got {list(self.scales)}")
+        if sum(self.scale_sizes) != self.num_tokens:
+            raise ValueError(f"the scales' tokens ({sum(self.scale_sizes)}) must fill the grid {list(self.grid)}")
+
+    @property
+    def scale_sizes(self) -> tuple[int, ...]:
+        """Tokens per scale: `scales`, or doubling ones when it is empty."""
+        return self.scales or doubling_scales(self.num_tokens)
+
+    def fields_for(self, spec: LatentSpec, made_by: str) -> dict[str, Any]:
+        fields = super().fields_for(spec, made_by)
+        if not spec.scales:
+            raise ValueError(f"generator 'next_scale' needs multi-scale codes, but {made_by} gives single-scale "
+                             "ones: use the multiscale quantizer (tokenizer.quantizer.name: multiscale)")
+        return {**fields, "scales": tuple(spec.scales)}
+
+    @classmethod
+    def tiny(cls) -> "NextScaleConfig":
+        return cls(grid=(7,), vocab_size=8, dim=32, depth=2, heads=2)
+
+
+def doubling_scales(tokens: int) -> tuple[int, ...]:
+    """1, 2, 4, ... while they fit in `tokens`, the last scale taking what is left."""
+    out, total = [1], 1
+    while total + 2 * out[-1] <= tokens:
+        out.append(2 * out[-1])
+        total += out[-1]
+    out[-1] += tokens - total
+    return tuple(out)
+
+
+@register("generator", "next_scale", NextScaleConfig)
+class NextScaleGenerator(Generator):
+    def __init__(self, config: NextScaleConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.build_conditioner(config.dim)
+        D, K = config.dim, len(config.scale_sizes)
+        self.token_emb = nn.Embedding(config.vocab_size, D)
+        self.start = nn.Parameter(torch.zeros(1, 1, D))
+        self.scale_emb = nn.Embedding(K, D)
+        self.position = nn.Parameter(torch.zeros(max(config.scale_sizes), D))
+        self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
+        self.head = CodeHead(D, config.vocab_size)
+        init_transformer_weights(self.transformer, config.depth)
+        for p in (self.token_emb.weight, self.scale_emb.weight, self.position, self.start):
+            nn.init.normal_(p, std=0.02)
+        bounds = torch.tensor([0, *config.scale_sizes]).cumsum(0)
+        level = torch.repeat_interleave(torch.arange(K), torch.tensor(config.scale_sizes))     # [S] scale of each token
+        self.register_buffer("bounds", bounds, persistent=False)
+        self.register_buffer("level", level, persistent=False)
+        self.register_buffer("mask", level[None, :] <= level[:, None], persistent=False)  # [S, S] block-causal
+
+    def no_weight_decay(self) -> set[str]:
+        return {"start", "position"}
+
+    def _inputs(self, codes: Tensor, upto: int) -> Tensor:
+        """Inputs [B, S_upto, D] of scales 0 .. upto-1 from codes [B, >= S_{upto-1}] (the codes of
+        scales < upto - 1 are read)."""
+        cfg, B = self.config, codes.shape[0]
+        parts = [self.start.expand(B, cfg.scale_sizes[0], -1)]
+        for k in range(1, upto):
+            prev = self.token_emb(codes[:, self.bounds[k - 1]: self.bounds[k]])           # [B, t_{k-1}, D]
+            parts.append(F.interpolate(prev.transpose(1, 2), size=cfg.scale_sizes[k], mode="linear",
+                                       align_corners=False).transpose(1, 2))
+        x = torch.cat(parts, 1)
+        S = x.shape[1]
+        within = torch.cat([torch.arange(cfg.scale_sizes[k], device=x.device) for k in range(upto)])
+        return x + self.scale_emb(self.level[:S]) + self.position[within]
+
+    def logits(self, codes: Tensor, context: Context | None, upto: int | None = None) -> Tensor:
+        """Teacher-forced logits [B, S_upto, V] for codes [B, S] (scales coarse first)."""
+        upto = len(self.config.scale_sizes) if upto is None else upto
+        x = self._inputs(codes, upto)
+        S = x.shape[1]
+        h = self.transformer(x, attn_mask=self.mask[:S, :S], context=None if context is None else context.tokens,
+                             context_mask=None if context is None else context.mask)
+        return self.head(h)
+
+    def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
+        codes = self.flat_codes(z)
+        return self.code_loss(code_nll(self.logits(codes, self.drop_condition(context)), codes), context)
+
+    def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None) -> Tensor:
+        """Codes [n, S], one scale per step: K model calls (see the module docstring)."""
+        g, n, cfg = guidance, guidance.n, self.config
+        codes = torch.zeros(n, self.config.num_tokens, dtype=torch.long, device=self.start.device)
+        for k in range(len(cfg.scale_sizes)):
+            logits = self.logits(g.rows_of(codes), g.context, upto=k + 1)[:, self.bounds[k]: self.bounds[k + 1]]
+            mixed = g.mix(logits)                                                          # [n, t_k, V]
+            drawn = sample_tokens(mixed.reshape(-1, mixed.shape[-1]), temperature=temperature, top_k=top_k,
+                                  top_p=top_p, generator=generator)
+            codes[:, self.bounds[k]: self.bounds[k + 1]] = drawn.view(n, -1)
+        return codes.view(n, *cfg.grid)
