@@ -50,3 +50,20 @@ def test_variational_form_and_errors():
     with pytest.raises(ValueError, match="strictly ascending"):
         MultiScaleConfig(scales=(1, 4, 2))
     assert q.code_grid((3,)) == (4,) and scales_for(16) == (1, 2, 4, 8, 16) and scales_for(10) == (1, 2, 4, 8, 10)
+
+
+def test_a_conv_image_tokenizer_takes_multiscale_codes():
+    """VAR's image tokenizer is the conv tokenizer with a rank-2 multi-scale quantizer: codes of every
+    scale in one row (1 + 4 tokens on a 2 x 2 grid), scales in the LatentSpec, decoding to images."""
+    import dataclasses
+
+    from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer
+
+    tiny = ConvConfig.tiny()
+    tok = ConvTokenizer(dataclasses.replace(tiny, quantizer=MultiScaleConfig(
+        codebook_size=16, dim=tiny.quantizer.dim, scales=(1, 2), rank=2, kmeans_iters=2)))
+    x = torch.rand(2, 3, tiny.image_size, tiny.image_size) * 2 - 1
+    assert torch.isfinite(tok.loss({"image": x})["loss"])
+    assert tok.spec.grid == (5,) and tok.spec.scales == (1, 4)
+    z = tok.eval().encode(x)
+    assert z.shape == (2, 5) and tok.decode(z).shape == x.shape
