@@ -23,7 +23,7 @@ from latentforge.data.shapes import ShapesConfig, encode_graphs, sample_scene
 NAMES = registry.names("generator")
 # Other configurations of a registered generator that the contract runs too: its tiny() with these changes.
 VARIANTS = {"masked": [{"enat": True}], "autoregressive": [{"order": "random"}],
-            "dit": [{"objective": "ddpm"}, {"position": "rope"}], "mar": [{"head_objective": "flow"}]}
+            "dit": [{"objective": "ddpm"}, {"position": "rope"}], "mar": [{"head_objective": "flow"}, {"head_objective": "mse"}]}
 CASES = [(name, {}) for name in NAMES] + [(name, v) for name in NAMES for v in VARIANTS.get(name, [])]
 IDS = [name + "".join(f"-{k}={v}" for k, v in changes.items()) for name, changes in CASES]
 GRIDS = [(6,), (4, 4), (2, 2, 3)]

@@ -250,3 +250,27 @@ def test_diffusion_head_keeps_bimodal_tokens_that_mse_would_average():
     assert out.abs().mean() > 0.7
     assert ((out.abs() - 1).abs() < 0.35).float().mean() > 0.8  # near a mode, not in between
     assert (out > 0).float().mean().item() == pytest.approx(0.5, abs=0.1)  # both modes, evenly
+
+
+def test_a_regression_head_collapses_two_modes_that_the_diffusion_head_keeps():
+    """P9's check at its smallest: one token, +1 or -1 with equal odds. The MSE head learns the mean
+    (its samples sit near 0), the diffusion head samples both modes."""
+    from latentforge.generators.mar import MARConfig, MARGenerator
+
+    z = torch.cat([torch.ones(32, 1, 1), -torch.ones(32, 1, 1)])                  # [64, N = 1, C = 1]
+    out = {}
+    for objective in ("mse", "flow"):
+        torch.manual_seed(0)
+        m = MARGenerator(MARConfig(grid=(1,), channels=1, dim=32, depth=1, heads=2, head_width=32, head_depth=2,
+                                   head_objective=objective, mask_ratio_min=1.0))
+        m.latent_norm.fit(z)
+        opt = torch.optim.AdamW(m.parameters(), 3e-3)
+        for _ in range(300):
+            loss = m.loss(z)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[objective] = m.eval().sample(200, steps=1, head_steps=20, generator=torch.Generator().manual_seed(0))
+    assert out["mse"].abs().max() < 0.3                                             # the mean of the modes
+    flow = out["flow"].flatten()
+    assert (flow > 0.5).float().mean() > 0.3 and (flow < -0.5).float().mean() > 0.3  # both modes

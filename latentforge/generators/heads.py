@@ -148,3 +148,29 @@ class DiffusionHead(nn.Module):
             return guidance(lambda xs, ts: self.predict(xs, ts, z), x, t, scale=scale)
 
         return denoise(self.process, model, noise, steps, method=method, eta=eta, generator=generator)
+
+
+class RegressionHead(nn.Module):
+    """MAR-3D's ablation of the diffusion head: the same adaLN MLP regressing each token from its
+    feature with an MSE loss (no noise, time fixed at 0). A regression predicts the conditional mean,
+    so where a token has several likely values its samples collapse between them, which is what the
+    diffusion head exists to avoid (P9's check). Same interface as DiffusionHead."""
+
+    def __init__(self, channels: int, cond_dim: int, width: int, depth: int) -> None:
+        super().__init__()
+        self.net = DiffusionHead(channels, cond_dim, width, depth, FlowMatching())
+        self.process = self.net.process          # for the caller's time draws, which this head ignores
+        self.channels = channels
+
+    def regress(self, z: Tensor) -> Tensor:
+        zeros = torch.zeros(z.shape[0], self.channels, device=z.device, dtype=z.dtype)
+        return self.net(zeros, torch.zeros(z.shape[0], device=z.device), z)
+
+    def loss(self, z: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        return (self.regress(z).float() - x0.float()).pow(2).mean()
+
+    def sample(self, z: Tensor, guidance: Guidance, *, scale: float | None = None,
+               generator: torch.Generator | None = None, temperature: float = 1.0, steps: int = 50,
+               eta: float = 0.0, method: str | None = None) -> Tensor:
+        """The regression of every token (deterministic: temperature, steps and eta do not apply)."""
+        return guidance.mix(self.regress(z), scale)

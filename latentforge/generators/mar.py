@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from latentforge.conditioning.base import Context
 from latentforge.generators.base import Generator, GeneratorConfig
 from latentforge.generators.guidance import Guidance
-from latentforge.generators.heads import DiffusionHead
+from latentforge.generators.heads import DiffusionHead, RegressionHead
 from latentforge.generators.masking import random_rank_mask, reveal_in_order, truncated_normal
 from latentforge.generators.noise import DDPM, FlowMatching
 from latentforge.nn.embeddings import GridPositionEmbedding
@@ -73,7 +73,7 @@ class MARConfig(GeneratorConfig):
     mlp_ratio: float = 4.0
     head_width: int = 256
     head_depth: int = 3                # residual adaLN blocks in the diffusion head
-    head_objective: Literal["ddpm", "flow"] = "ddpm"
+    head_objective: Literal["ddpm", "flow", "mse"] = "ddpm"   # mse: MAR-3D's regression ablation
     diffusion_steps: int = 1000        # DDPM's T (training times)
     noise_schedule: Literal["linear", "cosine"] = "cosine"
     diffusion_batch_mul: int = 4       # R: noise draws per masked token per step
@@ -82,8 +82,8 @@ class MARConfig(GeneratorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.head_objective not in ("ddpm", "flow"):
-            raise ValueError(f"head_objective must be 'ddpm' or 'flow', got {self.head_objective!r}")
+        if self.head_objective not in ("ddpm", "flow", "mse"):
+            raise ValueError(f"head_objective must be 'ddpm', 'flow' or 'mse', got {self.head_objective!r}")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             raise ValueError(f"mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
         if self.mask_ratio_std <= 0 or self.diffusion_batch_mul < 1 or self.channels < 1:
@@ -108,9 +108,12 @@ class MARGenerator(Generator):
         self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
         init_transformer_weights(self.transformer, config.depth)
         nn.init.normal_(self.mask_token, std=0.02)
-        process = (DDPM(config.diffusion_steps, config.noise_schedule) if config.head_objective == "ddpm"
-                   else FlowMatching())
-        self.head = DiffusionHead(C, D, config.head_width, config.head_depth, process)
+        if config.head_objective == "mse":
+            self.head = RegressionHead(C, D, config.head_width, config.head_depth)
+        else:
+            process = (DDPM(config.diffusion_steps, config.noise_schedule) if config.head_objective == "ddpm"
+                       else FlowMatching())
+            self.head = DiffusionHead(C, D, config.head_width, config.head_depth, process)
         self.build_latent_norm()
 
     def no_weight_decay(self) -> set[str]:
