@@ -161,10 +161,11 @@ class RegressionHead(nn.Module):
         self.net = DiffusionHead(channels, cond_dim, width, depth, FlowMatching())
         self.process = self.net.process          # for the caller's time draws, which this head ignores
         self.channels = channels
+        # the token input a denoiser reads is a learned constant here: nothing noisy to read
+        self.query = nn.Parameter(torch.randn(1, channels) * 0.02)
 
     def regress(self, z: Tensor) -> Tensor:
-        zeros = torch.zeros(z.shape[0], self.channels, device=z.device, dtype=z.dtype)
-        return self.net(zeros, torch.zeros(z.shape[0], device=z.device), z)
+        return self.net(self.query.expand(z.shape[0], -1).to(z.dtype), torch.zeros(z.shape[0], device=z.device), z)
 
     def loss(self, z: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         return (self.regress(z).float() - x0.float()).pow(2).mean()
