@@ -36,5 +36,5 @@ def test_probe_fad_is_cached_and_ranks_real_clips_first(tmp_path, monkeypatch):
         audio_fad.dataset_features(NotesData(NotesConfig(seconds=0.32, train_size=8, kinds=("note",))), None,
                                    "cpu", progress=False, steps=30)
     with pytest.raises(ValueError, match="at least 1280 samples"):
-        audio_fad.dataset_mert(NotesData(NotesConfig(seconds=0.06, train_size=8)), steps=1)
+        audio_fad.dataset_mert(NotesData(NotesConfig(seconds=0.06, train_size=8)), progress=False, steps=1)
     assert FEATURES["audio"] is audio_features                          # what the eval stage picks

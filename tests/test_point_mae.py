@@ -59,3 +59,22 @@ def test_point_mae_learns_to_fill_masked_groups():
     assert float(final["chamfer"]) < 0.6 * float(final["mean_group_chamfer"])
     assert model.features(pts[:5].numpy()).shape == (5, 128)
     assert np.isfinite(model.features(pts[:5]).numpy()).all()
+
+
+def test_probe_fpd_is_cached_and_ranks_real_shapes_first(tmp_path, monkeypatch):
+    from latentforge.data.primitives import PrimitivesConfig, PrimitivesData
+    from latentforge.eval import point_fpd
+    from latentforge.eval.distribution import fid
+    from latentforge.eval.features import FEATURES, points_features
+
+    monkeypatch.setenv("LATENTFORGE_CACHE", str(tmp_path))
+    data = PrimitivesData(PrimitivesConfig(points=128, queries=2, train_size=48, val_size=40))
+    features = point_fpd.dataset_features(data, None, "cpu", progress=False, steps=20)
+    assert features.name == "point-mae-probe" and features.info["comparable_with_published_fpd"] is False
+    again = point_fpd.dataset_features(data.resized(train_size=8), None, "cpu", progress=False, steps=20)
+    assert again.hash == features.hash and FEATURES["points"] is points_features
+    val, test = data.split("val")["points"], data.split("test")["points"]
+    a = features(val)
+    base = data.modality.baselines(data.split("train")["points"], 40, seed=0)
+    real = fid(a, features(test))
+    assert real < fid(a, features(base["uniform in the cube"])) and real < fid(a, features(base["mean-radius sphere"]))

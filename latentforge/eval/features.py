@@ -94,9 +94,18 @@ def audio_features(dataset: Any, inception_weights: str | None, device: str | to
     return dataset_features(dataset, inception_weights, device, progress)
 
 
+def points_features(dataset: Any, inception_weights: str | None, device: str | torch.device,
+                    progress: bool) -> FeatureExtractor:
+    """The data set's Point-MAE encoder (probe-FPD: not comparable with published PointNet FPD)."""
+    from latentforge.eval.point_fpd import dataset_features
+
+    return dataset_features(dataset, inception_weights, device, progress)
+
+
 # modality name -> the feature network of its distribution metrics
 FEATURES: dict[str, Callable[..., FeatureExtractor | None]] = {"image": image_features, "motion": motion_features,
-                                                              "video": video_features, "audio": audio_features}
+                                                              "video": video_features, "audio": audio_features,
+                                                              "points": points_features}
 
 
 def pick_features(dataset: Any, inception_weights: str | None = None, device: str | torch.device = "cpu",
