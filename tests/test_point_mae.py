@@ -69,9 +69,9 @@ def test_probe_fpd_is_cached_and_ranks_real_shapes_first(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LATENTFORGE_CACHE", str(tmp_path))
     data = PrimitivesData(PrimitivesConfig(points=128, queries=2, train_size=48, val_size=40))
-    features = point_fpd.dataset_features(data, None, "cpu", progress=False, steps=20)
+    features = point_fpd.dataset_features(data, None, "cpu", progress=False, steps=5, train_shapes=48)
     assert features.name == "point-mae-probe" and features.info["comparable_with_published_fpd"] is False
-    again = point_fpd.dataset_features(data.resized(train_size=8), None, "cpu", progress=False, steps=20)
+    again = point_fpd.dataset_features(data.resized(train_size=8), None, "cpu", progress=False, steps=5, train_shapes=48)
     assert again.hash == features.hash and FEATURES["points"] is points_features
     val, test = data.split("val")["points"], data.split("test")["points"]
     a = features(val)

@@ -42,14 +42,15 @@ def dataset_mert(dataset: Any, progress: bool = True, steps: int = PROBE_STEPS, 
         model, info = train_mert(cfg, clips, targets, steps)
         return model, {"train_clips": len(clips), **info}
 
-    return cached_probe(dataset, "audio-mert", steps, train, Mert, progress, "the probe-FAD encoder (MERT)")
+    return cached_probe(dataset, "audio-mert", {"steps": steps, "train_clips": train_clips}, train, Mert, progress,
+                        "the probe-FAD encoder (MERT)")
 
 
 def dataset_features(dataset: Any, inception_weights: str | None, device: str | torch.device,
-                     progress: bool, steps: int = PROBE_STEPS) -> FeatureExtractor:
+                     progress: bool, steps: int = PROBE_STEPS, train_clips: int = PROBE_TRAIN_CLIPS) -> FeatureExtractor:
     """`eval.features.FEATURES["audio"]`: the data set's MERT student as a FeatureExtractor (VGGish
     and CLAP weights do not apply: none can be downloaded)."""
     from latentforge.pretraining.mert import Mert
 
-    return probe_extractor(dataset_mert(dataset, progress, steps), "mert-probe", Mert, device,
+    return probe_extractor(dataset_mert(dataset, progress, steps, train_clips), "mert-probe", Mert, device,
                            {"comparable_with_published_fad": False})

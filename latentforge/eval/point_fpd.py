@@ -51,13 +51,14 @@ def dataset_point_mae(dataset: Any, progress: bool = True, steps: int = PROBE_ST
                               "final_chamfer": float(out["chamfer"]),
                               "final_mean_group_chamfer": float(out["mean_group_chamfer"])}
 
-    return cached_probe(dataset, "points-mae", steps, train, PointMAE, progress, "the probe-FPD encoder (Point-MAE)")
+    return cached_probe(dataset, "points-mae", {"steps": steps, "train_shapes": train_shapes}, train, PointMAE, progress,
+                        "the probe-FPD encoder (Point-MAE)")
 
 
 def dataset_features(dataset: Any, inception_weights: str | None, device: str | torch.device,
-                     progress: bool, steps: int = PROBE_STEPS) -> FeatureExtractor:
+                     progress: bool, steps: int = PROBE_STEPS, train_shapes: int = PROBE_TRAIN_SHAPES) -> FeatureExtractor:
     """`eval.features.FEATURES["points"]`: the data set's Point-MAE encoder as a FeatureExtractor."""
     from latentforge.pretraining.point_mae import PointMAE
 
-    return probe_extractor(dataset_point_mae(dataset, progress, steps), "point-mae-probe", PointMAE, device,
+    return probe_extractor(dataset_point_mae(dataset, progress, steps, train_shapes), "point-mae-probe", PointMAE, device,
                            {"comparable_with_published_fpd": False})

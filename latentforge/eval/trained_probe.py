@@ -6,7 +6,7 @@ or the seed: a --quick run's few examples must not decide every later run's feat
 its training steps; it lives in `<cache>/probes/<kind>-<data>-<hash>/` as config.json +
 model.safetensors (atomic writes), and its weights' hash travels with every number measured on it.
 
-    folder = cached_probe(dataset, "audio-mert", steps, train)   # train() -> (model, info), called once
+    folder = cached_probe(dataset, "audio-mert", {"steps": 600}, train, Mert)   # train() -> (model, info), once
     extractor = probe_extractor(folder, "mert-probe", device)     # a FeatureExtractor
 """
 
@@ -29,28 +29,30 @@ VERSION = 1
 _NOT_CONTENT = ("train_size", "val_size", "seed")
 
 
-def probe_folder(dataset: Any, kind: str, steps: int) -> tuple[str, Path]:
-    """(the probe's cache key, its folder) for this data set's content, kind and steps."""
+def probe_folder(dataset: Any, kind: str, settings: dict) -> tuple[str, Path]:
+    """(the probe's cache key, its folder) for this data set's content, kind and training settings."""
     from latentforge.config import to_dict
 
     content = {k: v for k, v in to_dict(dataset.config).items() if k not in _NOT_CONTENT}
-    key = json.dumps({"data": content, "kind": kind, "steps": steps, "version": VERSION}, sort_keys=True, default=str)
+    key = json.dumps({"data": content, "kind": kind, **settings, "version": VERSION}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return key, cache_root() / "probes" / f"{kind}-{dataset.config.name}-{digest}"
 
 
-def cached_probe(dataset: Any, kind: str, steps: int, train: Callable[[], tuple[nn.Module, dict]],
+def cached_probe(dataset: Any, kind: str, settings: dict, train: Callable[[], tuple[nn.Module, dict]],
                  model_type: type, progress: bool = True, what: str = "") -> Path:
-    """The folder of this data set's probe of `kind`, trained by `train()` and saved the first time."""
-    key, folder = probe_folder(dataset, kind, steps)
+    """The folder of this data set's probe of `kind` trained with `settings` (steps, examples: part of
+    the key), trained by `train()` and saved the first time."""
+    key, folder = probe_folder(dataset, kind, settings)
     if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
         return folder
     if progress:
-        print(f"training {what or kind} ({steps} steps; once, cached in {folder})", file=sys.stderr, flush=True)
+        print(f"training {what or kind} ({', '.join(f'{k} {v}' for k, v in settings.items())}; once, cached in "
+              f"{folder})", file=sys.stderr, flush=True)
     model, info = train()
     if not isinstance(model, model_type):
         raise TypeError(f"{kind}: training gave a {type(model).__name__}, not a {model_type.__name__}")
-    save_pretrained(model, folder, extra={"cache_key": key, "steps": steps, **info})
+    save_pretrained(model, folder, extra={"cache_key": key, **settings, **info})
     return folder
 
 
