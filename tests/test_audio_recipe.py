@@ -96,12 +96,12 @@ def test_a_tiny_speech_run_samples_digits_and_continues_a_prompt(tmp_path):
     """Spoken digits through every stage with the AR generator over RVQ codes: the digit judge's
     numbers (the floor: its reading of real held-out voices), WAVs, and a prompt continued with its
     frames unchanged."""
-    tiny = ["data.seconds=0.32", "data.train_size=40", "data.val_size=10", "tokenizer.channels=[4, 8, 8, 8, 8]",
+    tiny = ["data.seconds=0.32", "data.train_size=40", "data.val_size=12", "tokenizer.channels=[4, 8, 8, 8, 8]",
             "tokenizer.dilations=[1]", "tokenizer.n_fft=256", "tokenizer.quantizer.codebook_size=16",
             "tokenizer.quantizer.dim=8", "tokenizer_train.steps=4", "tokenizer_train.batch_size=8",
             "generator.dim=32", "generator.depth=1", "generator.heads=2", "generator.conditioner.dim=32",
             "generator_train.steps=4", "generator_train.batch_size=8", "sample.conditions=4",
-            "eval.recon_images=4", "eval.n=4", "eval.show=2", "eval.speed_batch=2"]
+            "eval.recon_images=4", "eval.n=12", "eval.show=2", "eval.speed_batch=2"]
     assert main(["run", "configs/audio_codec.yaml", "--no-progress", f"out_dir={tmp_path}", "name=speech", *tiny]) == 0
     run = tmp_path / "speech"
     gen = json.loads((run / "metrics.json").read_text())["generator"]

@@ -27,6 +27,9 @@ STEPS, BATCH = 250, 32
 MARGIN = {  # family: (colour, shape, size)
     "autoregressive": (1.0, 0.06, 0.2), "axial": (1.0, 0.06, 0.2), "masked": (1.0, 0.06, 0.2),
     "hierarchical": (0.6, 0.05, 0.14), "dit": (1.5, 0.1, 0.25), "mar": (0.25, 0.01, 0.03),
+    # next-scale AR has no layout map (its scales are token groups, not image grids): it reads the
+    # graph by cross-attention only, measured colour 0.54, shape 0.024, size 0.11 (2026-12-05)
+    "next_scale": (0.25, 0.01, 0.05),
 }
 
 

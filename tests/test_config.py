@@ -100,10 +100,15 @@ def test_yaml_errors(tmp_path):
 def test_recipe_refuses_latents_the_generator_cannot_model():
     from latentforge.recipes import RecipeConfig, link
 
-    for quantizer in ({"name": "rvq", "depth": 2, "codebook_size": 16, "dim": 4}, {"name": "gaussian", "dim": 4}):
-        cfg = from_dict(RecipeConfig, {"tokenizer": {"name": "conv", "channels": [16, 32], "quantizer": quantizer}})
+    rvq = {"name": "rvq", "depth": 2, "codebook_size": 16, "dim": 4}
+    for quantizer, generator in ((rvq, "masked"), ({"name": "gaussian", "dim": 4}, "autoregressive")):
+        cfg = from_dict(RecipeConfig, {"tokenizer": {"name": "conv", "channels": [16, 32], "quantizer": quantizer},
+                                       "generator": {"name": generator}})
         with pytest.raises(ConfigError, match=f"quantizer '{quantizer['name']}'"):
             link(cfg)
+    # the autoregressive generator takes residual codes, flattened: it learns their depth
+    cfg = link(from_dict(RecipeConfig, {"tokenizer": {"name": "conv", "channels": [16, 32], "quantizer": rvq}}))
+    assert cfg.generator.name == "autoregressive" and cfg.generator.levels == 2
     cfg = link(from_dict(RecipeConfig, {"tokenizer": {"name": "conv", "channels": [16, 32],
                                                       "quantizer": {"name": "fsq", "levels": [4, 4, 4], "dim": 3}}}))
     assert cfg.generator.vocab_size == 64

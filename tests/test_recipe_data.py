@@ -69,8 +69,8 @@ def test_link_names_a_conditioner_the_data_cannot_feed():
     with pytest.raises(ConfigError, match="'class' reads label.*data 'photos'.*unlabelled"):
         load_recipe("configs/digits_class_ar.yaml", ["data.name=photos"])
     with pytest.raises(ConfigError, match="unknown dataset 'mnist'; available: atari, audiofolder, deepmimic, digits, "
-                                          "imagefolder, moving_mnist, moving_shapes, music, notes, photos, shapes, "
-                                          "speech, stickfigure"):
+                                          "imagefolder, meshes, meshfolder, moving_mnist, moving_shapes, music, notes, "
+                                          "photos, primitives, shapes, speech, stickfigure"):
         load_recipe("configs/digits_class_ar.yaml", ["data.name=mnist"])
 
 
@@ -119,9 +119,10 @@ def test_link_derives_the_generator_from_the_latent_spec():
     with pytest.raises(ConfigError, match="generator 'dit' models continuous latents, but tokenizer 'conv' with "
                                           "quantizer 'vq' gives discrete ones"):
         load_recipe("configs/shapes_sg2im.yaml", ["generator.name=dit"])
-    with pytest.raises(ConfigError, match="generator 'autoregressive' models one discrete code per position, but "
+    with pytest.raises(ConfigError, match="generator 'masked' models one discrete code per position, but "
                                           "tokenizer 'conv1d' with quantizer 'rvq' gives 4 levels"):
-        load_recipe("configs/motion_mogo.yaml", ["generator.name=autoregressive"])
+        load_recipe("configs/motion_mogo.yaml", ["generator.name=masked"])
+    assert load_recipe("configs/motion_mogo.yaml", ["generator.name=autoregressive"]).generator.levels == 4
     with pytest.raises(ConfigError, match="tokenizer 'conv' reads image data, but data 'deepmimic' holds motion"):
         load_recipe("configs/shapes_sg2im.yaml", ["data.name=deepmimic"])
 

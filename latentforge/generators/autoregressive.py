@@ -31,7 +31,7 @@ guided through the run's `Guidance`.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
+from latentforge.config import ADDED_LATER
 from latentforge.generators.base import Generator, GeneratorConfig
 from latentforge.generators.guidance import Guidance
 from latentforge.generators.heads import CodeHead, code_nll
@@ -60,7 +61,8 @@ class ARConfig(GeneratorConfig):
     heads: int = 4
     mlp_ratio: float = 4.0
     order: Order = "raster"   # generation order; non-raster adds a source-position embedding
-    levels: int = 1           # residual codes per position (RVQ depth Q), from the tokenizer
+    # residual codes per position (RVQ depth Q), from the tokenizer
+    levels: int = field(default=1, metadata=ADDED_LATER)
 
     residual = True           # takes RVQ codes, flattened position-major
 

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from latentforge.config import ADDED_LATER
 from latentforge.nn.spectral import griffin_lim, mel_distance, mel_filters, stft_distance, stft_magnitude
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.rvq import RVQConfig
@@ -61,8 +62,8 @@ class CodecConfig(TokenizerConfig):
     # STFT frames (every istft_hop samples), one strided conv down to the frame rate
     encoder: Literal["conv", "stft"] = "conv"
     istft_hop: int = 80
-    n_fft: int = 0                               # the STFT window of the spectral parts (0: 4 x istft_hop)
-    griffin_lim_iters: int = 32                  # "magnitude" decoder: phase-recovery iterations
+    n_fft: int = field(default=0, metadata=ADDED_LATER)           # the spectral parts' STFT window (0: 4 x istft_hop)
+    griffin_lim_iters: int = field(default=32, metadata=ADDED_LATER)  # "magnitude" decoder: phase-recovery iterations
     quantizer: QuantizerConfig = field(default_factory=lambda: RVQConfig(
         codebook_size=256, dim=32, depth=4, codebook_update="ema", commitment=0.25))
 
