@@ -26,7 +26,7 @@ import numpy as np
 from latentforge.data.base import DataConfig, RowwiseDataSet
 from latentforge.data.folder import FolderData
 from latentforge.data.video import row_rng
-from latentforge.nn.geometry import sample_mesh_surface
+from latentforge.nn.geometry import occupancy_queries, sample_mesh_surface
 from latentforge.registry import register
 
 HALF_EXTENT = 0.9
@@ -90,8 +90,7 @@ def sample_shape(vertices: np.ndarray, faces: np.ndarray, points: int, queries: 
     import point_cloud_utils as pcu
 
     surface = sample_mesh_surface(vertices, faces, points + queries // 2, rng)
-    near = surface[points:] + rng.normal(0, near_sigma, (queries // 2, 3))
-    q = np.concatenate([rng.uniform(-1, 1, (queries - queries // 2, 3)), near])
+    q = occupancy_queries(surface[points:], queries, near_sigma, rng)
     signed, _, _ = pcu.signed_distance_to_mesh(np.ascontiguousarray(q), vertices, faces)
     return {"points": surface[:points].astype(np.float32), "queries": q.astype(np.float32), "occupancy": signed < 0}
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from latentforge.data.base import DataConfig, RowwiseDataSet
 from latentforge.data.video import row_rng
-from latentforge.nn.geometry import level_set_points
+from latentforge.nn.geometry import level_set_points, occupancy_queries
 from latentforge.registry import register
 
 SHAPES = ("sphere", "box", "cylinder", "cone", "torus", "capsule")
@@ -176,9 +176,7 @@ class PrimitivesData(RowwiseDataSet):
             params = draw_params(shape, rng.uniform(*SIZE_BANDS[size]), rng)
             surface = surface_points(shape, params, cfg.points + cfg.queries // 2, rng)
             out["points"][r] = surface[: cfg.points]
-            half = cfg.queries // 2
-            near = surface[cfg.points:] + rng.normal(0, cfg.near_sigma, (half, 3))
-            queries = np.concatenate([rng.uniform(-1, 1, (cfg.queries - half, 3)), near]).astype(np.float32)
+            queries = occupancy_queries(surface[cfg.points:], cfg.queries, cfg.near_sigma, rng).astype(np.float32)
             out["queries"][r] = queries
             out["occupancy"][r] = sdf(shape, params, queries.astype(np.float64)) < 0
             out["label"][r] = SHAPES.index(shape)

@@ -73,6 +73,13 @@ def sample_mesh_surface(verts: np.ndarray, faces: np.ndarray, n: int, rng: np.ra
     return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
 
 
+def occupancy_queries(near_surface: np.ndarray, total: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """total query points [total, 3]: the surface points `near_surface` [total // 2, 3] jittered by
+    N(0, sigma), after total - total // 2 points uniform in the cube (the 3D data sets' queries)."""
+    near = near_surface + rng.normal(0, sigma, (total // 2, 3))
+    return np.concatenate([rng.uniform(-1, 1, (total - total // 2, 3)), near])
+
+
 def grid_points(resolution: int) -> Tensor:
     """The centres-and-corners lattice of [-1, 1]^3 with `resolution` points a side: [R^3, 3]."""
     axis = torch.linspace(-1, 1, resolution)
