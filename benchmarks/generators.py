@@ -53,6 +53,8 @@ TOKENIZERS = {  # bottleneck of the default recipe's conv tokenizer, per latent 
     "vq": {"name": "vq", "codebook_size": 256, "dim": 8},
     "rvq": {"name": "rvq", "depth": 2, "codebook_size": 256, "dim": 8, "codebook_update": "ema"},
     "kl": {"name": "gaussian", "dim": 8, "latent_channels": 4, "kl_weight": 1e-4},
+    # VAR's image tokenizer: the same conv tokenizer, multi-scale residual codes on 1, 2, 4, 8 sides
+    "multiscale": {"name": "multiscale", "codebook_size": 256, "dim": 8, "scales": [1, 2, 4, 8], "rank": 2},
 }
 
 # name: (tokenizer, generator section, default sampling options, step sweep)
@@ -74,6 +76,12 @@ GENERATORS: dict[str, tuple[str, dict, dict, list[int]]] = {
                               "patch_mixer_depth": 1, "mask_ratio": 0.75}, {"steps": 32}, []),
     "dit_p20_moe": ("kl", {"name": "dit", "dim": WIDTH, "depth": DEPTH, "heads": HEADS, "patch": 1,
                            "moe_experts": 4}, {"steps": 32}, []),
+    # VAR (P7's generator) against raster AR: one model call per scale (4) instead of per token (64).
+    # Neither paints P1's layout map (next-scale has no input for it), so both run without layout.
+    "next_scale": ("multiscale", {"name": "next_scale", "dim": WIDTH, "depth": DEPTH, "heads": HEADS,
+                                  "conditioner": {"layout": False}}, {}, []),
+    "autoregressive_no_layout": ("vq", {"name": "autoregressive", "dim": WIDTH, "depth": DEPTH, "heads": HEADS,
+                                        "conditioner": {"layout": False}}, {}, []),
     "mar": ("kl", {"name": "mar", "dim": WIDTH, "depth": DEPTH, "heads": HEADS, "head_width": WIDTH,
                    "head_depth": 3}, {"steps": 8, "head_steps": 50}, [4, 8, 16, 32]),
 }
@@ -96,7 +104,8 @@ def recipe(out: Path, name: str, quantizer: dict, generator: dict | None, steps:
     data.setdefault("eval", {})["recon_images"] = 200  # the tokenizer is scored once, in train_tokenizer
     data["tokenizer"]["quantizer"] = copy.deepcopy(quantizer)
     if generator is not None:
-        data["generator"] = {**generator, "conditioner": data["generator"]["conditioner"]}
+        changes = generator.get("conditioner", {})
+        data["generator"] = {**generator, "conditioner": {**data["generator"]["conditioner"], **changes}}
         data["generator_train"]["steps"] = steps
         data["generator_train"]["warmup"] = min(50, steps // 10)
     data["sample"]["conditions"] = conditions
@@ -110,7 +119,7 @@ def train_tokenizer(out: Path, kind: str, data_size: int, tokenizer_steps: int) 
     from latentforge.eval.run_metrics import tokenizer_metrics
     from latentforge.serialization import from_pretrained
 
-    gen = {"vq": "autoregressive", "rvq": "hierarchical", "kl": "dit"}[kind]
+    gen = {"vq": "autoregressive", "rvq": "hierarchical", "kl": "dit", "multiscale": "next_scale"}[kind]
     cfg = recipe(out, f"tok_{kind}", TOKENIZERS[kind], {"name": gen}, 1, 1, {}, data_size, tokenizer_steps)
     run = Run(cfg)
     run.run(("data", "tokenizer", "encode"))
@@ -340,7 +349,8 @@ def main() -> None:
     ap.add_argument("--conditions", type=int, default=100, help="val graphs sampled (2 samples each)")
     ap.add_argument("--data-size", type=int, default=20000)
     ap.add_argument("--tokenizer-steps", type=int, default=500)
-    ap.add_argument("--only", default=",".join(n for n in GENERATORS if not n.startswith("dit_p20")),
+    ap.add_argument("--only", default=",".join(n for n in GENERATORS if not n.startswith(("dit_p20", "next_scale",
+                                                                                          "autoregressive_no"))),
                     help=f"comma-separated, of {', '.join(GENERATORS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-only", action="store_true", help="only the diffusers DiT comparison")

@@ -1,6 +1,8 @@
 """Next-scale autoregression (VAR): the block-causal mask, one model call per scale, greedy samples as
 teacher-forced fixed points, a model that learns, and the link to multi-scale tokenizers."""
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import randomize
@@ -60,3 +62,31 @@ def test_it_learns_two_patterns_and_links_to_multiscale_codes():
     with pytest.raises(ValueError, match="multiscale quantizer"):
         NextScaleConfig().fields_for(LatentSpec(grid=(16,), kind="discrete", vocab_size=8), "vq")
     assert NextScaleConfig(grid=(16,)).scale_sizes == (1, 2, 4, 9)
+
+
+def test_image_scales_are_resampled_in_2d():
+    """VAR on images: scale k-1's 2 x 2 embeddings reach scale k's 4 x 4 tokens by bilinear upsampling
+    of the 2D grid (raster order), not by a 1D resampling of the flat sequence; a VAR tokenizer's
+    spec carries the rank to the generator."""
+    import torch.nn.functional as F
+
+    from latentforge.quantize.multiscale import MultiScaleConfig
+    from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer
+
+    m = model(grid=(21,), scales=(1, 4, 16), scale_rank=2).eval()
+    codes = torch.randint(8, (2, 21), generator=torch.Generator().manual_seed(0))
+    x = m._inputs(codes, 3)                                                        # [2, 21, D]
+    D = x.shape[-1]
+    extra = m.scale_emb(m.level[:21]) + m.position[torch.cat([torch.arange(t) for t in (1, 4, 16)])]
+    coarse = m.token_emb(codes[:, 1:5]).transpose(1, 2).reshape(2, D, 2, 2)
+    expected = F.interpolate(coarse, size=(4, 4), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+    assert torch.allclose(x[:, 5:] - extra[5:], expected, atol=1e-6)
+    flat = F.interpolate(coarse.flatten(2), size=16, mode="linear", align_corners=False).transpose(1, 2)
+    assert not torch.allclose(expected, flat, atol=1e-3)
+    with pytest.raises(ValueError, match="side\\^2"):
+        NextScaleConfig(grid=(7,), scales=(1, 2, 4), scale_rank=2)
+    cfg = ConvConfig.tiny()                                                        # a 2 x 2 latent grid
+    tok = ConvTokenizer(dataclasses.replace(cfg, quantizer=MultiScaleConfig(
+        dim=cfg.quantizer.dim, codebook_size=16, scales=(1, 2), rank=2)))
+    fields = NextScaleConfig().fields_for(tok.spec, "conv")
+    assert fields["scale_rank"] == 2 and fields["scales"] == (1, 4)

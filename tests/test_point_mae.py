@@ -1,6 +1,8 @@
 """Point-MAE (P17): grouping known answers, the encoder sees visible groups only, and a model that
 must learn (masked-group Chamfer below the predict-the-mean-group baseline)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -36,15 +38,33 @@ def test_the_encoder_never_sees_masked_groups():
     assert torch.allclose(a, b)
 
 
-def test_point_mae_learns_to_fill_masked_groups():
+@pytest.mark.parametrize("in_encoder", [False, True])
+def test_mask_tokens_enter_the_encoder_only_in_the_ablation(in_encoder):
+    """Point-MAE's design puts the mask tokens in the decoder only (the encoder runs on the V visible
+    groups); the ablation runs the encoder on all G, with the masked groups' tokens replaced by
+    the shared mask token."""
+    torch.manual_seed(0)
+    model = PointMAE(dataclasses.replace(PointMAEConfig.tiny(), mask_tokens_in_encoder=in_encoder))
+    seen = []
+    model.encoder[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    pts = torch.rand(2, 32, 3) * 2 - 1
+    model.loss({"points": pts}, generator=torch.Generator().manual_seed(0))
+    G, M = model.config.groups, model.config.masked
+    assert seen == [G if in_encoder else G - M]
+
+
+@pytest.mark.parametrize("in_encoder", [False, True])
+def test_point_mae_learns_to_fill_masked_groups(in_encoder):
     """Primitives, 256 points, 16 groups of 16, 150 steps: the masked groups' Chamfer falls well
-    below the mean-group baseline; features are [N, 2D]."""
+    below the mean-group baseline, with the mask tokens in the decoder (Point-MAE) or in the
+    encoder (its ablation); features are [N, 2D]."""
     from latentforge.data.primitives import PrimitivesConfig, PrimitivesData
 
     pts = torch.from_numpy(PrimitivesData(PrimitivesConfig(points=256, queries=2, train_size=64, val_size=2))
                            .split("train")["points"])
     torch.manual_seed(0)
-    model = PointMAE(PointMAEConfig(groups=16, group_size=16, dim=64, depth=2, decoder_depth=1, heads=4))
+    model = PointMAE(PointMAEConfig(groups=16, group_size=16, dim=64, depth=2, decoder_depth=1, heads=4,
+                                    mask_tokens_in_encoder=in_encoder))
     opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.05)
     g = torch.Generator().manual_seed(0)
     for _ in range(150):

@@ -1,6 +1,8 @@
 """The point-set tokenizer (3DShape2VecSet-style): farthest point sampling known answers, queries that
 do not see each other, a set latent spec, and a model that must learn occupancy."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,27 @@ def test_the_tokenizer_learns_the_occupancy_of_primitives():
         recon = tok(batch["points"])
     assert first < 0.35 and float(final["occupancy_iou"]) > 0.6
     assert float(chamfer_l2(recon, batch["points"]).mean()) < 0.05
+
+
+def test_multi_resolution_training_draws_the_token_count_per_step():
+    """MAR-3D's pyramid: with train_latents, training steps encode with M drawn from {latents} and the
+    listed counts (all of them show up), evaluation and `quantize` default to `latents`, and any M
+    up to the point count can be asked for."""
+    cfg = PointSetConfig.tiny()
+    tok = PointSetTokenizer(dataclasses.replace(cfg, train_latents=(2, 5)))
+    seen = []
+    tok.to_bottleneck.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    batch = {"points": torch.rand(2, 64, 3) * 2 - 1, "queries": torch.rand(2, 16, 3) * 2 - 1,
+             "occupancy": torch.rand(2, 16) > 0.5}
+    torch.manual_seed(0)
+    for _ in range(30):
+        tok.loss(batch)
+    assert set(seen) == {2, 5, cfg.latents}
+    seen.clear()
+    tok.eval().loss(batch)
+    assert seen == [cfg.latents]
+    assert tok.quantize(batch["points"], 3).z_q.shape[:2] == (2, 3)
+    with pytest.raises(ValueError, match="latents must be in 1..64"):
+        tok.quantize(batch["points"], 65)
+    with pytest.raises(ValueError, match=r"train_latents must be in 1..points \(64\)"):
+        PointSetConfig(points=64, latents=8, train_latents=(0,))

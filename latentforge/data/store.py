@@ -19,6 +19,11 @@ from tqdm.auto import tqdm
 from latentforge.atomic import atomic_path, write_npy
 
 
+def cache_root() -> Path:
+    """Where data, probes and renders built once are kept: $LATENTFORGE_CACHE or ~/.cache/latentforge."""
+    return Path(os.environ.get("LATENTFORGE_CACHE") or Path.home() / ".cache" / "latentforge")
+
+
 def write_split(folder: str | os.PathLike, pieces: Iterable[dict[str, np.ndarray]], total: int,
                 check: Callable[[dict[str, np.ndarray]], None] | None = None, progress: bool = False,
                 desc: str = "data") -> None:

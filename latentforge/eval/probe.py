@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.config import ModelConfig, to_dict
+from latentforge.data.store import cache_root
 from latentforge.registry import register
 from latentforge.serialization import WEIGHTS_NAME, from_pretrained, save_pretrained
 from latentforge.train.trainer import TrainConfig, Trainer
@@ -151,10 +152,6 @@ class ProbeTrainConfig:
     seed: int = 0                 # initial weights and batches
     width: int = 32
     feature_dim: int = 256
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LATENTFORGE_CACHE") or Path.home() / ".cache" / "latentforge")
 
 
 def probe_key(data_config: Any) -> str:

@@ -191,7 +191,8 @@ class MARGenerator(Generator):
 
     def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, steps: int = 8,
              head_steps: int = 50, temperature: float = 1.0, cfg_schedule: Literal["constant", "linear"] = "linear",
-             eta: float = 0.0, flow_method: Literal["euler", "heun"] = "euler") -> Tensor:
+             eta: float = 0.0, flow_method: Literal["euler", "heun"] = "euler",
+             order: Literal["random", "raster", "reverse"] = "random") -> Tensor:
         """Latent grids [n, *grid, C] in `steps` masked-generation steps.
 
         Args:
@@ -201,19 +202,27 @@ class MARGenerator(Generator):
             cfg_schedule: "linear" ramps the guidance scale from 1 to cfg_scale with the fraction of
                 revealed tokens (reaching cfg_scale at the last step), "constant" does not.
             eta: DDIM stochasticity (0 = deterministic; DDPM heads only); flow_method: "euler" or "heun".
+            order: which tokens are revealed when: a random permutation per sample (MAR), or the
+                fixed raster order (or its reverse), e.g. to check that a set's samples do not
+                depend on the order (MAR-3D, P9).
         """
         if cfg_schedule not in ("constant", "linear"):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
+        if order not in ("random", "raster", "reverse"):
+            raise ValueError(f"order must be 'random', 'raster' or 'reverse', got {order!r}")
         g, n, ctx = guidance, guidance.n, guidance.context
         N, C = self.config.num_tokens, self.config.channels
         device = self.latent_norm.mean.device
         method = flow_method if isinstance(self.head.process, FlowMatching) else None
         ctx_kv = None if ctx is None else self.transformer.context_kv(ctx.tokens)
-        order = torch.rand(n, N, generator=generator, device=device).argsort(-1)  # reveal order [n, N]
+        order_ids = torch.rand(n, N, generator=generator, device=device).argsort(-1)  # reveal order [n, N]
+        if order != "random":
+            order_ids = torch.arange(N, device=device).expand(n, N)
+            order_ids = order_ids.flip(-1) if order == "reverse" else order_ids
         tokens = torch.zeros(n, N, C, device=device)
         known = torch.zeros(n, N, dtype=torch.bool, device=device)
         revealed = 0
-        for idx in reveal_in_order(order, steps):                                                  # [n, k]
+        for idx in reveal_in_order(order_ids, steps):                                                  # [n, k]
             feats = self.features(g.rows_of(tokens), g.rows_of(~known), ctx, ctx_kv)                # [rows, N, D]
             z = feats.gather(1, g.rows_of(idx)[..., None].expand(-1, -1, feats.shape[-1]))         # [rows, k, D]
             revealed += idx.shape[1]

@@ -13,13 +13,14 @@ and every token of scales < k. The sequence holds all S tokens, coarse first:
     output i         : logits of token i's code; cross-entropy over all S tokens
 
 Sampling makes K model calls instead of S (raster AR's), each recomputing the prefix (S is small);
-classifier-free guidance mixes each scale's logits. Scales are 1D token counts (set latents, or a
-sequence); 2D image scales need 2D positions and are not provided here.
+classifier-free guidance mixes each scale's logits. A scale is a side^rank grid (`scale_rank`, from
+the tokenizer's LatentSpec): 1 for sets and sequences, 2 for images (VAR), where scale k-1's
+embeddings are resampled to scale k's side bilinearly in 2D, each scale's tokens in raster order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
+from latentforge.config import ADDED_LATER
 from latentforge.generators.base import Generator, GeneratorConfig
 from latentforge.generators.guidance import Guidance
 from latentforge.generators.heads import CodeHead, code_nll
@@ -47,12 +49,19 @@ class NextScaleConfig(GeneratorConfig):
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    scale_rank: int = field(default=1, metadata=ADDED_LATER)   # each scale a side^rank grid (2: images)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.scales = tuple(int(s) for s in self.scales)
         if any(s < 1 for s in self.scale_sizes):
             raise ValueError(f"scales must be positive token counts, got {list(self.scales)}")
+        if self.scale_rank not in (1, 2, 3):
+            raise ValueError(f"scale_rank must be 1, 2 or 3, got {self.scale_rank}")
+        bad = [t for t in self.scale_sizes if round(t ** (1 / self.scale_rank)) ** self.scale_rank != t]
+        if bad:
+            raise ValueError(f"scale_rank {self.scale_rank}: every scale's token count must be a side^"
+                             f"{self.scale_rank}; {bad} are not")
         if sum(self.scale_sizes) != self.num_tokens:
             raise ValueError(f"the scales' tokens ({sum(self.scale_sizes)}) must fill the grid {list(self.grid)}")
 
@@ -66,11 +75,14 @@ class NextScaleConfig(GeneratorConfig):
         if not spec.scales:
             raise ValueError(f"generator 'next_scale' needs multi-scale codes, but {made_by} gives single-scale "
                              "ones: use the multiscale quantizer (tokenizer.quantizer.name: multiscale)")
-        return {**fields, "scales": tuple(spec.scales)}
+        return {**fields, "scales": tuple(spec.scales), "scale_rank": spec.scale_rank}
 
     @classmethod
     def tiny(cls) -> "NextScaleConfig":
         return cls(grid=(7,), vocab_size=8, dim=32, depth=2, heads=2)
+
+
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def doubling_scales(tokens: int) -> tuple[int, ...]:
@@ -113,10 +125,13 @@ class NextScaleGenerator(Generator):
         scales < upto - 1 are read)."""
         cfg, B = self.config, codes.shape[0]
         parts = [self.start.expand(B, cfg.scale_sizes[0], -1)]
+        rank = cfg.scale_rank
         for k in range(1, upto):
             prev = self.token_emb(codes[:, self.bounds[k - 1]: self.bounds[k]])           # [B, t_{k-1}, D]
-            parts.append(F.interpolate(prev.transpose(1, 2), size=cfg.scale_sizes[k], mode="linear",
-                                       align_corners=False).transpose(1, 2))
+            side_in, side_out = (round(cfg.scale_sizes[j] ** (1 / rank)) for j in (k - 1, k))
+            grid = prev.transpose(1, 2).reshape(B, -1, *(side_in,) * rank)               # [B, D, s, (s, s)]
+            up = F.interpolate(grid, size=(side_out,) * rank, mode=_MODES[rank], align_corners=False)
+            parts.append(up.flatten(2).transpose(1, 2))                                   # [B, t_k, D]
         x = torch.cat(parts, 1)
         S = x.shape[1]
         within = torch.cat([torch.arange(cfg.scale_sizes[k], device=x.device) for k in range(upto)])

@@ -20,13 +20,13 @@ Legend: B shapes, P points, G groups (patches), k points a group, D width, V vis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latentforge.config import ModelConfig
+from latentforge.config import ADDED_LATER, ModelConfig
 from latentforge.nn.geometry import farthest_point_sample, gather_points, knn
 from latentforge.nn.transformer import TransformerBlock, init_transformer_weights
 from latentforge.registry import register
@@ -43,6 +43,9 @@ class PointMAEConfig(ModelConfig):
     decoder_depth: int = 2
     heads: int = 4
     mask_ratio: float = 0.6
+    # Point-MAE's ablation: the mask tokens enter the encoder (which then runs on all G groups)
+    # instead of only the decoder; the same reconstruction target, more encoder compute
+    mask_tokens_in_encoder: bool = field(default=False, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
@@ -133,9 +136,14 @@ class PointMAE(nn.Module):
         M, V = cfg.masked, G - cfg.masked
         vis_idx = (~mask).nonzero()[:, 1].view(B, V)
         mask_idx = mask.nonzero()[:, 1].view(B, M)
-        encoded = self.encode(gather_points(tokens, vis_idx), gather_points(centres, vis_idx))
-        x = torch.cat([encoded, self.mask_token.expand(B, M, -1)], 1)                  # [B, G, D]
-        pos = self.decoder_position(torch.cat([gather_points(centres, vis_idx), gather_points(centres, mask_idx)], 1))
+        order = torch.cat([vis_idx, mask_idx], 1)                                      # visible first
+        if cfg.mask_tokens_in_encoder:
+            tokens = torch.where(mask[..., None], self.mask_token.expand(B, G, -1), tokens)
+            x = self.encode(gather_points(tokens, order), gather_points(centres, order))   # [B, G, D]
+        else:
+            encoded = self.encode(gather_points(tokens, vis_idx), gather_points(centres, vis_idx))
+            x = torch.cat([encoded, self.mask_token.expand(B, M, -1)], 1)              # [B, G, D]
+        pos = self.decoder_position(gather_points(centres, order))
         for block in self.decoder:
             x = block(x + pos)
         pred = self.head(self.decoder_norm(x[:, V:])).view(B, M, cfg.group_size, 3)   # masked groups

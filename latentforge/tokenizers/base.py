@@ -27,6 +27,7 @@ class LatentSpec:
     channels: int | None = None     # continuous: vector size
     ordered: bool = True            # False for sets (a point-set tokenizer's latents): no raster order
     scales: tuple[int, ...] = ()    # multi-scale codes: tokens per scale, coarse first (sum = the grid)
+    scale_rank: int = 1             # multi-scale codes: each scale is a side^rank grid (2 for images)
 
     @property
     def num_tokens(self) -> int:
@@ -37,7 +38,8 @@ def latent_spec(quantizer: Quantizer, grid: tuple[int, ...], ordered: bool = Tru
     """What a bottleneck on `grid` hands to generators (`ordered` False for sets)."""
     if quantizer.discrete:
         return LatentSpec(grid=quantizer.code_grid(tuple(grid)), kind="discrete", vocab_size=quantizer.vocab_size,
-                          depth=quantizer.depth, ordered=ordered, scales=quantizer.code_scales())
+                          depth=quantizer.depth, ordered=ordered, scales=quantizer.code_scales(),
+                          scale_rank=len(grid) if quantizer.code_scales() else 1)
     return LatentSpec(grid=tuple(grid), kind="continuous", channels=quantizer.latent_channels, ordered=ordered)
 
 

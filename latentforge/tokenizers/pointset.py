@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentforge.config import ADDED_LATER
 from latentforge.nn.geometry import FourierPointEmbedding, farthest_point_sample, gather_points, grid_points, level_set_points
 from latentforge.nn.transformer import CrossAttentionBlock, Transformer, init_transformer_weights
 from latentforge.quantize.base import Quantized, QuantizerConfig
@@ -50,6 +51,10 @@ class PointSetConfig(TokenizerConfig):
     bands: int = 8                         # Fourier frequencies per coordinate
     decode_grid: int = 48                  # lattice side when decoding to points
     decode_chunk: int = 16384              # query points per decoder call when decoding
+    # MAR-3D's multi-resolution ("pyramid") training: each step encodes with a token count drawn
+    # from `latents` and these, so one model encodes and decodes sets of any of those sizes (the
+    # low- and high-resolution stages of a cascade share it); empty: always `latents`
+    train_latents: tuple[int, ...] = field(default=(), metadata=ADDED_LATER)
     quantizer: QuantizerConfig = field(default_factory=lambda: GaussianConfig(dim=64, latent_channels=32,
                                                                               kl_weight=1e-4))
 
@@ -58,6 +63,10 @@ class PointSetConfig(TokenizerConfig):
             raise ValueError(f"latents must be in 1..points ({self.points}), got {self.latents}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by {self.heads} heads")
+        self.train_latents = tuple(self.train_latents)
+        bad = [m for m in self.train_latents if not 1 <= m <= self.points]
+        if bad:
+            raise ValueError(f"train_latents must be in 1..points ({self.points}), got {bad}")
         if self.decode_grid < 8:
             raise ValueError(f"decode_grid must be >= 8, got {self.decode_grid}")
 
@@ -94,11 +103,15 @@ class PointSetTokenizer(Tokenizer):
         if not torch.isfinite(x).all():
             raise ValueError("point sets with NaN or infinite coordinates")
 
-    def quantize(self, x: Tensor) -> Quantized:
-        """x [B, P, 3] -> the bottleneck's output on M tokens."""
+    def quantize(self, x: Tensor, latents: int | None = None) -> Quantized:
+        """x [B, P, 3] -> the bottleneck's output on M tokens (M = `latents`, by default the config's:
+        the FPS queries let one model encode a set of any size, see `train_latents`)."""
         self._check(x)
+        M = self.config.latents if latents is None else latents
+        if not 1 <= M <= x.shape[1]:
+            raise ValueError(f"latents must be in 1..{x.shape[1]}, got {M}")
         tokens = self.embed(x)                                                        # [B, P, D]
-        centres = farthest_point_sample(x.detach().float(), self.config.latents)      # [B, M]
+        centres = farthest_point_sample(x.detach().float(), M)                        # [B, M]
         queries = gather_points(tokens, centres)                                      # [B, M, D]
         return self.quantizer(self.to_bottleneck(self.gather(queries, tokens)))
 
@@ -137,7 +150,9 @@ class PointSetTokenizer(Tokenizer):
             if key not in batch:
                 raise ValueError(f"the point-set tokenizer trains on occupancy: the batch has no {key!r} "
                                  f"(it has {', '.join(batch)})")
-        q = self.quantize(batch["points"])
+        sizes = (self.config.latents, *self.config.train_latents)
+        M = sizes[int(torch.randint(len(sizes), ()))] if self.training and len(sizes) > 1 else sizes[0]
+        q = self.quantize(batch["points"], M)
         logits = self.occupancy_logits(self.latent_field(q.z_q), batch["queries"].float())
         target = batch["occupancy"].float()
         bce = F.binary_cross_entropy_with_logits(logits.float(), target)
