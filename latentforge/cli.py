@@ -176,6 +176,11 @@ def _sample(args: argparse.Namespace) -> int:
 
     run = _recipe_of(args.run, args.overrides)
     pipe = run.pipeline()
+    if args.size is not None:
+        try:
+            pipe.set_decode_size(args.size)
+        except ValueError as err:
+            raise ConfigError(f"--size: {err}") from None
     conditional = pipe.generator.conditioner is not None
     if conditional and args.condition is None:
         raise ConfigError(f"{args.run} samples {run.dataset.condition_text.lower()[:-1] or 'for conditions'}: "
@@ -280,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--prompt", help="audio runs: a WAV/FLAC/OGG/MP3 clip to continue (its codes stay unchanged)")
     s.add_argument("--seconds", type=float, help="with --prompt: the length to continue to (default: the trained clip)")
+    s.add_argument("--size", type=int, help="decode at this many pixels a side (tokenizers with a continuous "
+                   "decoder: tokenizer.name implicit, DDMI); default: the trained size")
     s.set_defaults(func=_sample)
 
     e = sub.add_parser("eval", help="recompute metrics.json and the report of a run; "

@@ -72,6 +72,20 @@ class Pipeline:
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
         self.modality = modality
+        self.decode_size: int | None = None   # set_decode_size: decode at another resolution
+
+    def set_decode_size(self, size: int | None) -> None:
+        """Decode samples at `size` px (None: the trained size), for tokenizers whose decoder is a
+        continuous field (`decode_at`: the implicit tokenizer, DDMI)."""
+        if size is not None and not hasattr(self.tokenizer, "decode_at"):
+            raise ValueError(f"tokenizer {self.tokenizer.config.name!r} decodes at its trained size only; "
+                             "decoding at another size needs one with decode_at (tokenizer.name: implicit)")
+        if size is not None and size < 1:
+            raise ValueError(f"the decode size must be a positive number of pixels, got {size}")
+        self.decode_size = size
+
+    def _decode(self, z: Tensor) -> Tensor:
+        return self.tokenizer.decode(z) if self.decode_size is None else self.tokenizer.decode_at(z, self.decode_size)
 
     @classmethod
     def from_run(cls, run: str | os.PathLike, modality: Any, device: str | torch.device = "cpu") -> "Pipeline":
@@ -99,7 +113,7 @@ class Pipeline:
             context = self.generator.encode_condition(part, generator=generator)
             z = self.generator.sample(stop - start, context, generator=generator, **sampling)
             step = self.modality.inference_batch  # decoding clips takes far more memory than sampling latents
-            out.extend(self.modality.from_model(self.tokenizer.decode(z[i:i + step])) for i in range(0, len(z), step))
+            out.extend(self.modality.from_model(self._decode(z[i:i + step])) for i in range(0, len(z), step))
         return np.concatenate(out)
 
     @torch.no_grad()
@@ -127,7 +141,7 @@ class Pipeline:
         total = grid[0] if frames is None else frames
         longer = {} if total == grid[0] else {"length": total}  # only a streaming generator takes it
         z = self.generator.sample(len(x), context, generator=generator, prefix=codes, **longer, **sampling)
-        return self.modality.from_model(self.tokenizer.decode(z))
+        return self.modality.from_model(self._decode(z))
 
     def sample(self, rows: dict[str, np.ndarray], n: int, seed: int, dataset: Any,
                options: dict[str, Any] | None = None, batch_size: int = 256, prompts: np.ndarray | None = None,

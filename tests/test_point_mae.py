@@ -98,3 +98,10 @@ def test_probe_fpd_is_cached_and_ranks_real_shapes_first(tmp_path, monkeypatch):
     base = data.modality.baselines(data.split("train")["points"], 40, seed=0)
     real = fid(a, features(test))
     assert real < fid(a, features(base["uniform in the cube"])) and real < fid(a, features(base["mean-radius sphere"]))
+    # MMD / COV / 1-NNA under Chamfer beside the features (the modality's sample_set_metrics): real
+    # test shapes cover the val set better than the trivial baselines, and sit closer to it
+    sets = {name: data.modality.sample_set_metrics(fake, val) for name, fake in
+            (("real", test), ("cube", base["uniform in the cube"]), ("sphere", base["mean-radius sphere"]))}
+    assert sets["real"]["mmd_cd"] < min(sets["cube"]["mmd_cd"], sets["sphere"]["mmd_cd"])
+    assert sets["real"]["cov_cd"] > max(sets["cube"]["cov_cd"], sets["sphere"]["cov_cd"])
+    assert sets["cube"]["1nna_cd"] == 1.0 and sets["real"]["1nna_cd"] < 0.9

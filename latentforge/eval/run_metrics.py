@@ -181,17 +181,20 @@ def distribution_metrics(inputs: EvalInputs, features: FeatureExtractor, groups:
     if inputs.pipeline is not None:
         samples, _ = inputs.draw(dataset.conditions(val), n, seed)
         model = set_metrics(features, a, samples, groups, seed)
+        model.update(modality.sample_set_metrics(samples, real))
         model.update(baselines.nearest_train_ratio(modality.flat(samples), modality.flat(real), modality.flat(train)))
         out["model"] = model
     if with_baselines:
         out["baselines"] = {}
         try:
             test = dataset.examples(real_split(inputs, "test", n))
-            out["baselines"]["real (test split)"] = set_metrics(features, a, test, groups, seed)
+            out["baselines"]["real (test split)"] = {**set_metrics(features, a, test, groups, seed),
+                                                     **modality.sample_set_metrics(test, real)}
         except ValueError as err:  # a data set without a test split (a user's folder)
             out["no_floor"] = str(err)
         for name, fake in modality.baselines(train, n, seed).items():
-            out["baselines"][name] = set_metrics(features, a, fake, groups, seed)
+            out["baselines"][name] = {**set_metrics(features, a, fake, groups, seed),
+                                      **modality.sample_set_metrics(fake, real)}
     return out
 
 

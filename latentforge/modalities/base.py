@@ -73,6 +73,11 @@ class Modality:
         Every modality has "train copies" (a model that memorised its data)."""
         raise NotImplementedError
 
+    def sample_set_metrics(self, fake: np.ndarray, real: np.ndarray) -> dict[str, float]:
+        """Distribution metrics of a generated set against real examples computed in the data's own
+        space (no features), beside the feature-based FID/KID; none by default."""
+        return {}
+
     def flat(self, array: np.ndarray) -> np.ndarray:
         """float32 [N, D] rows in comparable units, for nearest-neighbour and diversity distances."""
         return np.asarray(array, dtype=np.float32).reshape(len(array), -1)

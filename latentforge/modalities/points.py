@@ -20,6 +20,7 @@ from torch import Tensor
 from latentforge.modalities.base import Modality, train_copies
 
 RENDER_PX = 96
+SET_METRIC_POINTS = 256        # `sample_set_metrics`: points a shape in the pairwise Chamfer matrices
 VOXELS = 8                   # `flat`: occupancy of an 8^3 grid, an order-free vector per shape
 ELEVATION, AZIMUTH = np.radians(25.0), np.radians(-35.0)
 
@@ -81,6 +82,16 @@ class PointsModality(Modality):
                 "f_score_2pct": float(f_score(y, x, tau_of_diagonal(0.02)).mean()),
                 "emd": float(emd(y[:, subr], x[:, sub]).mean()),
                 "n_examples": len(real), "convention": "CD = sum of the two mean squared NN distances, cube [-1, 1]"}
+
+    def sample_set_metrics(self, fake: np.ndarray, real: np.ndarray) -> dict[str, float]:
+        """MMD, COV and 1-NNA under Chamfer-L2 (the point-cloud generation papers' trio), on a seeded
+        subsample of SET_METRIC_POINTS points a shape: the pairwise matrices cost N^2 P^2."""
+        from latentforge.modalities.point_metrics import generation_metrics
+
+        self.check(fake, "sample_set_metrics fake")
+        g = torch.Generator().manual_seed(0)
+        pick = lambda a: torch.as_tensor(a)[:, torch.randperm(a.shape[1], generator=g)[:SET_METRIC_POINTS]]  # noqa: E731
+        return generation_metrics(pick(fake), pick(real))
 
     def baselines(self, train: np.ndarray, n: int, seed: int) -> dict[str, np.ndarray]:
         """Points uniform in the cube (no surface), the sphere of the training shapes' mean radius
