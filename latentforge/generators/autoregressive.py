@@ -30,6 +30,8 @@ guided through the run's `Guidance`.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -44,12 +46,18 @@ from latentforge.generators.base import Generator, GeneratorConfig
 from latentforge.generators.guidance import Guidance
 from latentforge.generators.heads import CodeHead, code_nll
 from latentforge.generators.samplers import causal_decode
-from latentforge.generators.sampling import sample_tokens
+from latentforge.generators.sampling import sample_tokens, token_probs
+from latentforge.generators.speculative import Decoder, SpeculationStats, speculative_decode
 from latentforge.nn.embeddings import GridPositionEmbedding
+from latentforge.nn.kv_quant import Staircase
+from latentforge.nn.matformer import each_width, extract, get_widths, nested_mlps, nested_units, use_widths
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
 
 Order = Literal["raster", "random", "coarse_to_fine"]
+# learned: a table per grid axis added to the tokens; the others are relative positions over the step
+# index, applied in self-attention by the shared stack (nn/transformer.py `Position`, P15)
+PositionKind = Literal["learned", "rope", "alibi", "rope_alibi"]
 
 
 @dataclass
@@ -63,6 +71,11 @@ class ARConfig(GeneratorConfig):
     order: Order = "raster"   # generation order; non-raster adds a source-position embedding
     # residual codes per position (RVQ depth Q), from the tokenizer
     levels: int = field(default=1, metadata=ADDED_LATER)
+    # MatFormer (P25): fractions of the MLP hidden units trained as nested submodels, e.g.
+    # (0.25, 0.5, 1.0); the loss trains every one; () = a plain model
+    nested_widths: tuple[float, ...] = field(default=(), metadata=ADDED_LATER)
+    # positions: a learned grid table, or relative ones in attention that run past the trained length
+    position: PositionKind = field(default="learned", metadata=ADDED_LATER)
 
     residual = True           # takes RVQ codes, flattened position-major
 
@@ -75,6 +88,13 @@ class ARConfig(GeneratorConfig):
         if self.levels > 1 and self.order != "raster":
             raise ValueError(f"residual codes ({self.levels} levels) are generated in raster order only, "
                              f"got order {self.order!r}")
+        self.nested_widths = tuple(float(f) for f in self.nested_widths)
+        if self.position not in typing.get_args(PositionKind):
+            raise ValueError(f"position must be one of {typing.get_args(PositionKind)}, got {self.position!r}")
+        if self.position != "learned" and self.order != "raster":
+            raise ValueError(f"position {self.position!r} measures distance in steps, which says where a token "
+                             f"sits only in raster order; order {self.order!r} needs position='learned'")
+        nested_units(int(self.dim * self.mlp_ratio), self.nested_widths)  # checks them
 
     @property
     def seq_len(self) -> int:
@@ -120,9 +140,12 @@ class ARGenerator(Generator):
         D = config.dim
         self.token_emb = nn.Embedding(config.vocab_size, D)
         self.bos = nn.Parameter(torch.zeros(1, 1, D))
-        self.pos = GridPositionEmbedding(config.grid, D)
+        # relative positions live in the stack's attention: no table, so no length limit
+        self.pos = GridPositionEmbedding(config.grid, D) if config.position == "learned" else None
         self.level_emb = nn.Embedding(config.levels, D) if config.levels > 1 else None
-        self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim)
+        self.transformer = Transformer(D, config.depth, config.heads, config.mlp_ratio, context_dim=self.context_dim,
+                                       nested_widths=config.nested_widths,
+                                       position="none" if config.position == "learned" else config.position)
         self.head = CodeHead(D, config.vocab_size)
         init_transformer_weights(self.transformer, config.depth)
         nn.init.normal_(self.token_emb.weight, std=0.02)
@@ -134,12 +157,17 @@ class ARGenerator(Generator):
     def no_weight_decay(self) -> set[str]:
         return {"bos"}
 
-    def step_inputs(self) -> Tensor:
-        """Each step's position input: [N·Q, D] (grid position, plus the level for residual codes)."""
-        pos = self.pos()
-        if self.level_emb is None:
-            return pos
-        return (pos[:, None] + self.level_emb.weight[None]).flatten(0, 1)
+    def step_inputs(self, steps: int | None = None) -> Tensor:
+        """Each step's position input: [S, D], S = steps (default N·Q): the grid position (zeros with
+        relative positions, which any S may have), plus the level for residual codes."""
+        S, Q = self.config.seq_len if steps is None else steps, self.config.levels
+        if self.pos is not None and S > self.config.seq_len:
+            raise ValueError(f"learned positions cover the {self.config.seq_len} trained steps, got {S}: "
+                             "position 'rope', 'alibi' or 'rope_alibi' runs longer sequences")
+        pos = self.pos() if self.pos is not None else self.bos.new_zeros(-(-S // Q), self.config.dim)
+        if self.level_emb is not None:
+            pos = (pos[:, None] + self.level_emb.weight[None]).flatten(0, 1)
+        return pos[:S]
 
     def per_step(self, spatial: Tensor | None) -> Tensor | None:
         """A condition's per-position map [rows, N, D] -> per step [rows, N·Q, D]."""
@@ -184,7 +212,7 @@ class ARGenerator(Generator):
         order = self.draw_order(B, codes.device) if order is None else self._check_order(order, B, codes.device)
         prev = codes[:, :-1] if order is None else codes.gather(1, order[:, :-1])  # fed codes, step order
         x = torch.cat([self.bos.expand(B, 1, -1), self.token_emb(prev)], dim=1)
-        x = x + in_order(self.step_inputs()[:N], order)
+        x = x + in_order(self.step_inputs(N), order)
         if order is not None:
             x = x + self._source(order)
         spatial = self.per_step(self.spatial_inputs(context))
@@ -199,12 +227,36 @@ class ARGenerator(Generator):
 
     def loss(self, z: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         codes = self.flat_codes(z)
-        logits = self.logits(codes, self.drop_condition(context))
-        return self.code_loss(code_nll(logits, codes), context)
+        if not self.config.nested_widths:
+            logits = self.logits(codes, self.drop_condition(context))
+            return self.code_loss(code_nll(logits, codes), context)
+        # MatFormer: every granularity on the same batch, same dropped conditions and order. The paper
+        # sums their gradients; the mean differs by a constant factor, which Adam does not see.
+        kept, order = self.drop_condition(context), self.draw_order(codes.shape[0], codes.device)
+        nll = {f: code_nll(self.logits(codes, kept, order), codes) for f in each_width(self.transformer)}
+        out = self.code_loss(torch.stack(list(nll.values())).mean(), context)
+        out["bits_per_token"] = nll[1.0].detach() / math.log(2)  # the whole model's
+        out.update({f"nll_width_{f:g}": v.detach() for f, v in nll.items()})
+        return out
+
+    def submodel(self, width: float) -> ARGenerator:
+        """MatFormer extraction: a standalone generator with plain MLPs of one nested `width`, holding
+        the weights that width uses and computing what this model computes at it."""
+        with use_widths(self.transformer, width):
+            units = nested_mlps(self.transformer)[0].width
+            state = extract(self).state_dict()
+        config = dataclasses.replace(self.config, mlp_ratio=units / self.config.dim, nested_widths=())
+        if int(config.dim * config.mlp_ratio) != units:
+            raise ValueError(f"width {width}: {units} hidden units are not a ratio of width {config.dim} "
+                             "that survives float rounding")
+        out = type(self)(config)
+        out.load_state_dict(state)
+        return out.train(self.training)
 
     def draw(self, guidance: Guidance, *, generator: torch.Generator | None = None, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-             order: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:
+             order: Tensor | None = None, prefix: Tensor | None = None, speculative: int = 0,
+             draft_width: float | None = None, kv_cache: str | Staircase = "full") -> Tensor:
         """Code grids [n, *grid] ([n, *grid, Q] for residual codes), one token per step.
 
         Args:
@@ -215,6 +267,12 @@ class ARGenerator(Generator):
             prefix: codes the samples start with, in raster order: [n, P] or leading slices of the
                 grid [n, k, *grid[1:]] (a long video's next chunk continues the last one's frames;
                 residual codes: [n, k, Q], a prompt clip's frames); they are fed, not drawn.
+            speculative: k > 0 decodes speculatively (generators/speculative.py), k draft tokens a round
+                from this network at `draft_width` (a nested width; default the smallest), checked by it
+                at its current widths: the same distribution, fewer full-model passes. Needs nested_widths.
+                `last_speculation` then holds the run's acceptance statistics.
+            kv_cache: how the KV cache holds keys and values: "full", "int8", "int4", "int2" or
+                "staircase" (P15: older blocks in fewer bits), or a `Staircase` (nn/kv_quant.py).
         """
         g, n, N, Q = guidance, guidance.n, self.config.seq_len, self.config.levels
         pos = self.step_inputs()
@@ -252,7 +310,49 @@ class ARGenerator(Generator):
                 return g.rows_of(self.token_emb(steps[:, i]))[:, None] + inputs[..., i + 1 : i + 2, :]
             return None
 
-        first = self.bos.expand(g.rows, 1, -1) + inputs[..., :1, :]  # input of step 0, [rows, 1, D]
-        causal_decode(self.transformer, first, N, emit, use_cache=use_cache, **cross)
+        if speculative and kv_cache != "full":
+            raise ValueError(f"speculative decoding rolls back full-precision caches; got kv_cache={kv_cache!r}")
+        if speculative:
+            sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+            self._speculate(g, steps, forced, inputs, cross, speculative, draft_width, sampling, generator, use_cache)
+        else:
+            first = self.bos.expand(g.rows, 1, -1) + inputs[..., :1, :]  # input of step 0, [rows, 1, D]
+            causal_decode(self.transformer, first, N, emit, use_cache=use_cache, kv_cache=kv_cache, **cross)
         codes = steps if order is None else torch.empty_like(steps).scatter_(1, order, steps)
         return codes.view(n, *self.config.grid, *((Q,) if Q > 1 else ()))
+
+    last_speculation: SpeculationStats | None = None  # the last speculative draw's statistics
+
+    def _speculate(self, g: Guidance, steps: Tensor, forced: Tensor | None, inputs: Tensor, cross: dict,
+                   k: int, draft_width: float | None, sampling: dict, generator: torch.Generator | None,
+                   use_cache: bool) -> None:
+        """`draw`'s speculative path: fills steps [n, N] (generation order). Target and draft are this
+        network at its current widths and at `draft_width`, each with its own KV cache."""
+        if not self.config.nested_widths:
+            raise ValueError("speculative decoding drafts with a nested submodel, and this model has none: "
+                             "train it with nested_widths, e.g. (0.25, 0.5, 1.0)")
+        if not use_cache:
+            raise ValueError("speculative decoding rolls back KV caches: use_cache must be True")
+        n, N = steps.shape
+        seq = torch.zeros(n, N + 1, dtype=torch.long, device=steps.device)  # seq[:, j + 1]: code of step j
+        start = 0 if forced is None else forced.shape[1]
+        if forced is not None:
+            seq[:, 1 : start + 1] = forced
+
+        def decoder(widths: float | list[float]) -> Decoder:
+            def step(fed: Tensor, first: int, caches: list) -> Tensor:
+                x = self.token_emb(fed)                                              # [n, T, D]
+                if first == 0:
+                    x = torch.cat([self.bos.expand(n, 1, -1), x[:, 1:]], 1)          # step 0 reads BOS
+                x = g.rows_of(x) + inputs[..., first : first + x.shape[1], :]
+                with use_widths(self.transformer, widths):
+                    h = self.transformer(x, causal=True, caches=caches, **cross)      # [rows, T, D]
+                return token_probs(g.mix(self.head(h)), **sampling)                 # [n, T, V]
+
+            return Decoder(step, self.transformer.new_caches(g.rows, N, inputs))
+
+        target = decoder(get_widths(self.transformer))
+        draft = decoder(self.config.nested_widths[0] if draft_width is None else draft_width)
+        self.last_speculation = speculative_decode(target, draft, seq, start, k, greedy=sampling["temperature"] == 0,
+                                                   generator=generator)
+        steps.copy_(seq[:, 1:])

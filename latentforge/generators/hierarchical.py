@@ -65,6 +65,7 @@ from latentforge.generators.heads import CodeHead, token_nll
 from latentforge.generators.samplers import causal_decode
 from latentforge.generators.sampling import sample_tokens
 from latentforge.nn.embeddings import GridPositionEmbedding
+from latentforge.nn.kv_quant import Staircase
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
 
@@ -227,7 +228,7 @@ class HierarchicalGenerator(Generator):
              temperature: float | Sequence[float] = 1.0, top_k: int | None | Sequence[int | None] = None,
              top_p: float | None | Sequence[float | None] = None, levels_to_sample: int | None = None,
              use_cache: bool = True, length: int | None = None, window_stride: int = 1,
-             prefix: Tensor | None = None) -> Tensor:
+             prefix: Tensor | None = None, kv_cache: str | Staircase = "full") -> Tensor:
         """Code grids [n, *grid, L] (L = levels_to_sample or all levels; [n, *grid] for a one-level
         model, as LatentSpec writes depth 1).
 
@@ -241,6 +242,9 @@ class HierarchicalGenerator(Generator):
             prefix: 1D grids only: codes [n, P, L] (or [n, P] for one level) the samples start with,
                 P < the drawn length; they are fed, not drawn, so they come out unchanged and the
                 rest continues them (a prompt's continuation).
+            kv_cache: how the base transformer's KV cache holds keys and values: "full", "int8",
+                "int4", "int2", "staircase" or a `Staircase` (nn/kv_quant.py). The depth transformer's
+                cache holds Q tokens per position and stays full precision.
         """
         cfg, g, n = self.config, guidance, guidance.n
         Q, N = cfg.levels, cfg.num_tokens
@@ -283,7 +287,7 @@ class HierarchicalGenerator(Generator):
 
             history = self._history(self._level_sums(g.rows_of(codes[:, start : start + known]))[..., -1, :])
             first = torch.cat([self.bos.expand(g.rows, 1, -1), history], dim=1) + pos[..., : known + 1, :]
-            causal_decode(self.base, first, new, emit, use_cache=use_cache, **cross)
+            causal_decode(self.base, first, new, emit, use_cache=use_cache, kv_cache=kv_cache, **cross)
             drawn += new
             start = drawn - (N - window_stride)
         out = codes.view(n, *cfg.grid, L) if T == N else codes

@@ -19,11 +19,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from latentforge.nn.kv_quant import Staircase
 from latentforge.nn.transformer import Transformer
 
 
 def causal_decode(stack: Transformer, first: Tensor, steps: int, emit: Callable[[int, Tensor], Tensor | None], *,
-                  use_cache: bool = True, **cross) -> None:
+                  use_cache: bool = True, kv_cache: str | Staircase = "full", **cross) -> None:
     """Run a causal transformer one position per step; `emit` draws and feeds back.
 
     Args:
@@ -36,9 +37,11 @@ def causal_decode(stack: Transformer, first: Tensor, steps: int, emit: Callable[
         use_cache: earlier positions' keys/values come from a KV cache and each step feeds only
             the newest input. False recomputes the whole prefix every step: the reference, equal
             up to float rounding.
+        kv_cache: how the cache holds keys and values: "full" (the model's dtype), "int8", "int4",
+            "int2", "staircase" (older blocks in fewer bits, P15), or a `Staircase` (nn/kv_quant.py).
     """
     rows, T0 = first.shape[:2]
-    caches = stack.new_caches(rows, T0 + steps - 1, first) if use_cache else None
+    caches = stack.new_caches(rows, T0 + steps - 1, first, kv_cache) if use_cache else None
     fed: list[Tensor] = []
     x: Tensor | None = first
     for i in range(steps):

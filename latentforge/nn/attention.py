@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentforge.nn.alibi import alibi_bias
 from latentforge.nn.rope import apply_rope
 
 
@@ -31,6 +32,13 @@ class KVCache:
         self.v[:, :, self.length:end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (speculative decoding rolls back rejected drafts);
+        the next append overwrites them."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a KV cache of {self.length} positions to {length}")
+        self.length = length
 
 
 class Attention(nn.Module):
@@ -62,7 +70,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
                 context: Tensor | None = None, context_kv: tuple[Tensor, Tensor] | None = None,
                 cache: KVCache | None = None, rope: tuple[Tensor, Tensor] | None = None,
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, alibi: Tensor | None = None) -> Tensor:
         """x [B, T, D] -> [B, T, D].
 
         Args:
@@ -74,12 +82,16 @@ class Attention(nn.Module):
                 [B, T, Dh/2] (nn/rope.py): queries and keys are rotated before the product.
             attn_mask: [T, S] bool, True where query t may attend key s (a block-causal pattern),
                 combined with key_mask.
+            alibi: self-attention's ALiBi slopes [H] (nn/alibi.py): each head's scores get
+                -slope * |i - j|, with queries at positions after the cached keys.
         """
         B, T, D = x.shape
         if self.is_cross:
             q = self._split(self.q(x))
             k, v = context_kv if context_kv is not None else self.context_kv(context)
             offset = 0
+            if alibi is not None:
+                raise ValueError("ALiBi biases self-attention by token distance; cross-attention has none")
         else:
             q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
             if rope is not None:
@@ -92,11 +104,17 @@ class Attention(nn.Module):
             mask = attn_mask if mask is None else mask & attn_mask
         is_causal = False
         if causal and T > 1:
-            if offset == 0 and mask is None:
+            if offset == 0 and mask is None and alibi is None:
                 is_causal = True  # lets SDPA pick its fused causal kernel
             else:
                 S = k.shape[2]
                 allowed = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=offset)
                 mask = allowed if mask is None else mask & allowed
+        if alibi is not None:
+            # one float mask carries both: the distance bias where a key is allowed, -inf elsewhere
+            bias = alibi_bias(alibi.float(), T, k.shape[2], offset)  # [H, T, S]
+            if mask is not None:
+                bias = torch.where(mask, bias, float("-inf"))        # [B or 1, H, T, S]
+            mask = bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.proj(out.transpose(1, 2).reshape(B, T, D))

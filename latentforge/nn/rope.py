@@ -61,6 +61,17 @@ class GridRoPE(nn.Module):
         return self.cos[keep], self.sin[keep]
 
 
+def sequence_rope(offset: int, length: int, head_dim: int, base: float = 10000.0,
+                  device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """cos, sin [length, Dh/2] of 1D positions offset .. offset + length - 1: the rows GridRoPE((L,))
+    would hold, for any L. A causal stack decoding with a KV cache asks for the newest positions
+    only, and a sequence longer than training needs no table to outgrow."""
+    pairs = axis_pairs(head_dim, 1)[0]
+    freqs = base ** (-torch.arange(pairs, dtype=torch.float64, device=device) / pairs)             # [F]
+    angle = torch.arange(offset, offset + length, dtype=torch.float64, device=device)[:, None] * freqs  # [L, F]
+    return angle.cos().float(), angle.sin().float()
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the pairs of x [B, H, N, Dh] by the angles of cos, sin ([N, F] shared by the batch,
     or [B, N, F] per example); returns x's dtype."""
