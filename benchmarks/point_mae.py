@@ -20,7 +20,6 @@ held-out masked-group Chamfer-L2 against the predict-the-mean-group baseline, se
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
@@ -30,25 +29,10 @@ import torch
 from latentforge.atomic import write_json
 from latentforge.data.primitives import PrimitivesConfig, PrimitivesData
 from latentforge.eval.linear_probe import linear_probe_accuracy
-from latentforge.pretraining.point_mae import PointMAE, PointMAEConfig
+from latentforge.pretraining.point_mae import PointMAE, PointMAEConfig, pretrain
 
 LABELS = (24, 96, 1024)
 CONFIG = dict(groups=32, group_size=16, dim=128, depth=4, decoder_depth=2, heads=4)
-
-
-def pretrain(model: PointMAE, shapes: torch.Tensor, steps: int, seed: int = 0) -> dict:
-    opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    g = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    model.train()
-    for _ in range(steps):
-        out = model.loss({"points": shapes[torch.randint(0, len(shapes), (32,), generator=g)]}, generator=g)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        schedule.step()
-    return {"seconds_per_step": (time.perf_counter() - start) / max(steps, 1)}
 
 
 @torch.no_grad()
@@ -115,7 +99,7 @@ def main() -> None:
                                  ("random init", {}, 0)):
         torch.manual_seed(0)
         model = PointMAE(PointMAEConfig(**CONFIG, **changes))
-        row = pretrain(model, shapes, steps) if steps else {}
+        row = {"seconds_per_step": pretrain(model, shapes, steps)["seconds_per_step"]} if steps else {}
         row.update(held_out_chamfer(model, held_out))
         row.update(probe_scores(*(lambda a, b: (a, labelled, b, scored))(*features(model))))
         results["models"][name] = row

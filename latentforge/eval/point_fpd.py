@@ -8,7 +8,6 @@ downloaded here: these numbers are NOT comparable with published ones.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -31,25 +30,15 @@ def dataset_point_mae(dataset: Any, progress: bool = True, steps: int = PROBE_ST
     cfg = PointMAEConfig(groups=min(32, points // 8), group_size=min(32, max(8, points // 32)))
 
     def train():
-        import time
+        from latentforge.pretraining.point_mae import pretrain
 
         data = dataset.resized(train_size=train_shapes) if hasattr(dataset.config, "train_size") else dataset
         shapes = torch.from_numpy(np.asarray(data.split("train")["points"], np.float32))
         torch.manual_seed(0)
         model = PointMAE(cfg)
-        opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.05)
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-        g = torch.Generator().manual_seed(0)
-        start = time.perf_counter()
-        for _ in range(steps):
-            out = model.loss({"points": shapes[torch.randint(0, len(shapes), (32,), generator=g)]}, generator=g)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            schedule.step()
-        return model.eval(), {"train_shapes": len(shapes), "train_seconds": time.perf_counter() - start,
-                              "final_chamfer": float(out["chamfer"]),
-                              "final_mean_group_chamfer": float(out["mean_group_chamfer"])}
+        stats = pretrain(model, shapes, steps, seed=0)
+        return model, {"train_shapes": len(shapes), "train_seconds": stats["seconds_per_step"] * steps,
+                       "final_chamfer": stats["chamfer"], "final_mean_group_chamfer": stats["mean_group_chamfer"]}
 
     return cached_probe(dataset, "points-mae", {"steps": steps, "train_shapes": train_shapes}, train, PointMAE, progress,
                         "the probe-FPD encoder (Point-MAE)")
