@@ -2,7 +2,7 @@
 
     latentforge run configs/shapes_sg2im.yaml [--quick] [--restart] [key.path=value ...]
     torchrun --nproc_per_node 2 -m latentforge.cli train configs/shapes_sg2im.yaml
-    latentforge sample runs/demo --condition g.json --n 8 --out x.png [sample.cfg_scale=2 ...]
+    latentforge sample runs/demo --condition g.json --n 8 --out x.png [--int8] [sample.cfg_scale=2 ...]
     latentforge eval runs/demo [--metrics fid,kid,pr] [--n 1000] [--seed 0] [eval.n=500 ...]
     latentforge eval train-probe shapes
     latentforge report runs/demo
@@ -176,6 +176,8 @@ def _sample(args: argparse.Namespace) -> int:
 
     run = _recipe_of(args.run, args.overrides)
     pipe = run.pipeline()
+    if args.int8:
+        pipe.quantize_int8()
     if args.size is not None:
         try:
             pipe.set_decode_size(args.size)
@@ -287,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, help="with --prompt: the length to continue to (default: the trained clip)")
     s.add_argument("--size", type=int, help="decode at this many pixels a side (tokenizers with a continuous "
                    "decoder: tokenizer.name implicit, DDMI); default: the trained size")
+    s.add_argument("--int8", action="store_true", help="sample with int8 Linear weights (CPU inference: "
+                   "~4x less weight memory; benchmarks/inference.py measures speed and error)")
     s.set_defaults(func=_sample)
 
     e = sub.add_parser("eval", help="recompute metrics.json and the report of a run; "

@@ -40,10 +40,14 @@ class CorruptFileError(ValueError):
 def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write `model` (a registered module with a `.config`) to folder `path`."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     kind = getattr(model, "registry_kind", None)
     if kind is None or not hasattr(model, "config"):
         raise TypeError(f"{type(model).__name__} is not a registered model with a .config")
+    if any(getattr(m, "inference_only", False) for m in model.modules()):
+        # its config would rebuild the fp32 model, which the int8 tensors do not fit
+        raise TypeError(f"{type(model).__name__} holds inference-only layers (int8-quantized): save the fp32 "
+                        "model and quantize after loading (latentforge.inference.quantize_int8)")
+    path.mkdir(parents=True, exist_ok=True)
     save_state_dict(model.state_dict(), path / WEIGHTS_NAME)
     meta = {"kind": kind, "name": model.registry_name, "config": to_dict(model.config)}
     if extra:

@@ -95,6 +95,7 @@ def test_sample_and_eval_commands(run_dir, tmp_path, capsys):
     out = tmp_path / "x.png"
     assert main(["sample", str(run_dir), "--graph", str(graph), "--n", "3", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
+    assert main(["sample", str(run_dir), "--graph", str(graph), "--n", "2", "--int8", "--out", str(out)]) == 0
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"objects": [{"shape": "hexagon", "color": "red", "size": "large"}]}))
     assert main(["sample", str(run_dir), "--graph", str(bad), "--out", str(out)]) == 2
