@@ -36,7 +36,9 @@ class ClassConditioner(Conditioner):
 
     def forward(self, cond: dict[str, Tensor], generator: torch.Generator | None = None) -> Context:
         label = cond["label"]  # [B]
-        if label.min() < 0 or label.max() >= self.config.num_classes:
+        # The check reads the labels off the device: eager only (a compiled graph would break
+        # here; an out-of-range label still fails in the embedding lookup).
+        if not torch.compiler.is_compiling() and (label.min() < 0 or label.max() >= self.config.num_classes):
             raise ValueError(f"labels must be in [0, {self.config.num_classes}), got {label.min()}..{label.max()}")
         tokens = self.embed(label)[:, None]  # [B, 1, D]
         return Context(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))

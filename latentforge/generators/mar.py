@@ -165,7 +165,8 @@ class MARGenerator(Generator):
                 override the random draws (for tests); entries at unmasked tokens are unused.
         """
         R, (B, N, C) = self.config.diffusion_batch_mul, target.shape
-        if not mask.any():
+        # reads the mask off the device: eager only (under torch.compile it would be one more graph break)
+        if not torch.compiler.is_compiling() and not mask.any():
             raise ValueError("no masked token: the MAR loss is defined on masked tokens only")
         if noise is None:
             noise = torch.randn(R, B, N, C, device=target.device, dtype=target.dtype)

@@ -20,6 +20,7 @@ embeddings are resampled to scale k's side bilinearly in 2D, each scale's tokens
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,9 +112,10 @@ class NextScaleGenerator(Generator):
         init_transformer_weights(self.transformer, config.depth)
         for p in (self.token_emb.weight, self.scale_emb.weight, self.position, self.start):
             nn.init.normal_(p, std=0.02)
-        bounds = torch.tensor([0, *config.scale_sizes]).cumsum(0)
+        # where each scale's tokens start in the sequence, as Python ints: slicing by a tensor's
+        # values would read the device (and break a torch.compile graph) at every scale
+        self.bounds = list(itertools.accumulate(config.scale_sizes, initial=0))
         level = torch.repeat_interleave(torch.arange(K), torch.tensor(config.scale_sizes))     # [S] scale of each token
-        self.register_buffer("bounds", bounds, persistent=False)
         self.register_buffer("level", level, persistent=False)
         self.register_buffer("mask", level[None, :] <= level[:, None], persistent=False)  # [S, S] block-causal
 

@@ -108,4 +108,9 @@ def assignment_entropies(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def code_histogram(codes: Tensor, size: int) -> Tensor:
-    return torch.bincount(codes.reshape(-1), minlength=size)
+    """How many times each of the `size` codes occurs in `codes` (int64 [size]).
+
+    A scatter-add rather than `torch.bincount`: bincount's length depends on the largest code,
+    a value on the device, so it breaks a torch.compile graph; this one's length is `size`."""
+    flat = codes.reshape(-1)
+    return torch.zeros(size, dtype=torch.long, device=codes.device).scatter_add_(0, flat, torch.ones_like(flat))

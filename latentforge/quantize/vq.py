@@ -132,6 +132,21 @@ class VectorQuantizer(Quantizer):
             self.codebook = nn.Parameter(codebook)
         self.register_buffer("initialized", torch.tensor(not config.kmeans_init))
         self.register_buffer("usage", torch.ones(config.codebook_size))
+        # The host's copy of `initialized` once it is known to be True (it never goes back,
+        # except by loading a state dict). Reading the buffer is a device sync and, under
+        # torch.compile, a graph break; this flag lets every step after the first skip the read.
+        self._known_initialized = not config.kmeans_init
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # the loaded `initialized` is read again on the next training step
+
+    def needs_init(self) -> bool:
+        """True while k-means has not run: the next training forward runs it, eagerly (its
+        data-dependent loops cannot be compiled; the Trainer's first step is eager)."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        return not self._known_initialized
 
     @property
     def size(self) -> int:
@@ -175,7 +190,7 @@ class VectorQuantizer(Quantizer):
             if cfg.l2_normalize:
                 z = F.normalize(z, dim=-1)
             flat = z.reshape(-1, z.shape[-1])  # [N, dim]
-            if self.training and not bool(self.initialized):
+            if self.training and self.needs_init():
                 self._kmeans_init(flat.detach())
             dist_sq = self.distances(flat)               # [N, K]
             codes = dist_sq.argmin(dim=1)                # [N]
@@ -227,6 +242,7 @@ class VectorQuantizer(Quantizer):
         self._write_codes(slice(None), centres)
         _broadcast(self.codebook.data)
         self.initialized.fill_(True)
+        self._known_initialized = True
         if self.config.kmeans_usage:
             # counts over the global batch, as `_ema_update` and `_revive_dead` keep them
             counts = torch.bincount(self.nearest(flat), minlength=k).to(self.usage.dtype)  # [K]
@@ -278,6 +294,10 @@ class VectorQuantizer(Quantizer):
         _all_reduce(counts)
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.usage.mul_(cfg.usage_decay).add_(counts / world, alpha=1 - cfg.usage_decay)
+        # How many codes died is data: this is a device sync each step and, under torch.compile,
+        # a graph break. A fixed-shape rewrite (every code draws a candidate, torch.where keeps the
+        # dead ones') would write the learned codebook inside the graph, after the forward saved it
+        # for the backward, which AOTAutograd's version check refuses.
         dead = (self.usage < cfg.dead_threshold).nonzero().squeeze(1)
         if dead.numel() == 0:
             return

@@ -100,7 +100,8 @@ class PointSetTokenizer(Tokenizer):
         P = self.config.points
         if x.dim() != 3 or x.shape[1:] != (P, 3):
             raise ValueError(f"expected point sets [B, {P}, 3], got {list(x.shape)}")
-        if not torch.isfinite(x).all():
+        # reads the points off the device: eager only, so that a compiled loss stays one graph
+        if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
             raise ValueError("point sets with NaN or infinite coordinates")
 
     def quantize(self, x: Tensor, latents: int | None = None) -> Quantized:
