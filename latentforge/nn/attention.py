@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.nn.alibi import alibi_bias
+from latentforge.nn.hashed_attention import HashedAttention
 from latentforge.nn.rope import apply_rope
 
 
@@ -42,9 +43,14 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """Self- or cross-attention. `context_dim` set means cross-attention (keys from the context)."""
+    """Self- or cross-attention. `context_dim` set means cross-attention (keys from the context).
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None, bias: bool = True) -> None:
+    hash_bits > 0 replaces softmax self-attention by EcoFormer's binary-hash attention
+    (nn/hashed_attention.py): linear in length, no KV cache, ALiBi or attn_mask.
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, bias: bool = True, *,
+                 hash_bits: int = 0, hash_anchors: int = 25) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
@@ -57,6 +63,9 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
+        if hash_bits and self.is_cross:
+            raise ValueError("hashed attention is implemented for self-attention only")
+        self.hashed = HashedAttention(heads, self.head_dim, hash_bits, hash_anchors) if hash_bits else None
 
     def _split(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
@@ -99,6 +108,11 @@ class Attention(nn.Module):
             offset = cache.length if cache is not None else 0
             if cache is not None:
                 k, v = cache.append(k, v)
+        if self.hashed is not None:
+            if cache is not None or attn_mask is not None or alibi is not None:
+                raise ValueError("hashed attention supports causal and key_mask only (no cache, attn_mask, ALiBi)")
+            out = self.hashed(q, k, v, causal=causal, key_mask=key_mask)  # [B, H, T, Dh]
+            return self.proj(out.transpose(1, 2).reshape(B, T, D))
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, S]
         if attn_mask is not None:
             mask = attn_mask if mask is None else mask & attn_mask

@@ -47,10 +47,10 @@ class TransformerBlock(nn.Module):
     """x += SelfAttn(LN x); [x += CrossAttn(LN x, context)]; x += MLP(LN x)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None,
-                 nested_widths: Sequence[float] = ()) -> None:
+                 nested_widths: Sequence[float] = (), *, hash_bits: int = 0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, hash_bits=hash_bits)
         self.cross_norm = nn.LayerNorm(dim) if context_dim else None
         self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim else None
         self.norm2 = nn.LayerNorm(dim)
@@ -95,21 +95,32 @@ class CrossAttentionBlock(nn.Module):
 #   rope_alibi: P15's factored RoPE x ALiBi, harmonic slopes 1/h.
 Position = Literal["none", "rope", "alibi", "rope_alibi"]
 
+# Self-attention kernel: softmax (SDPA), or P30 EcoFormer's binary-hash linear attention
+# (nn/hashed_attention.py; `fit_hashes` fits its hash to the softmax attention of a batch).
+AttentionKind = Literal["softmax", "hashed"]
+
 
 class Transformer(nn.Module):
     """A stack of `TransformerBlock`s with a final LayerNorm. x [B, T, D] -> [B, T, D].
 
     nested_widths: MatFormer fractions of every block's MLP (nn/matformer.py sets the widths run).
     position: relative positions applied in self-attention (see `Position`); adds no parameters.
+    attention: self-attention kernel (see `AttentionKind`); "hashed" uses `hash_bits`-bit codes and
+        adds buffers (the hash) but no parameters.
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0,
                  context_dim: int | None = None, nested_widths: Sequence[float] = (), *,
-                 position: Position = "none", rope_base: float = 10000.0) -> None:
+                 position: Position = "none", rope_base: float = 10000.0,
+                 attention: AttentionKind = "softmax", hash_bits: int = 16) -> None:
         super().__init__()
         if position not in typing.get_args(Position):
             raise ValueError(f"position must be one of {typing.get_args(Position)}, got {position!r}")
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio, context_dim, nested_widths)
+        if attention not in typing.get_args(AttentionKind):
+            raise ValueError(f"attention must be one of {typing.get_args(AttentionKind)}, got {attention!r}")
+        bits = hash_bits if attention == "hashed" else 0
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio, context_dim, nested_widths,
+                                                     hash_bits=bits)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.position, self.rope_base, self.head_dim = position, rope_base, dim // heads
