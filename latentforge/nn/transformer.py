@@ -32,11 +32,12 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden, dim)
         self.units = nested_units(hidden, nested)  # () when not nested
         self.nested = tuple(float(f) for f in nested)
+        self.hidden = hidden
         self.width = hidden
 
     def forward(self, x: Tensor) -> Tensor:
         m = self.width
-        if m == self.fc.out_features:
+        if m == self.hidden:  # the whole MLP (fc may be wrapped, e.g. by LoRA: no slicing then)
             return self.proj(self.act(self.fc(x)))
         # a submodel: the first m hidden units (rows of fc, columns of proj); proj's bias is whole
         h = self.act(F.linear(x, self.fc.weight[:m], self.fc.bias[:m]))  # [..., m]
