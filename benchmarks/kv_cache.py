@@ -34,12 +34,13 @@ from pathlib import Path
 
 import torch
 
-from latentforge.generators.autoregressive import ARConfig, ARGenerator
+from latentforge.generators.autoregressive import ARGenerator
 from latentforge.generators.heads import token_nll
 from latentforge.nn.kv_quant import Staircase, kv_cache_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))
-from positions import local_rule  # noqa: E402  (the same task)
+from positions import local_rule  # noqa: E402  (the same task and trainer)
+from positions import train as train_local_rule  # noqa: E402
 
 CACHES = {
     "full": "full",
@@ -52,17 +53,7 @@ CACHES = {
 
 
 def train(args) -> ARGenerator:
-    torch.manual_seed(args.seed)
-    model = ARGenerator(ARConfig(grid=(args.length,), vocab_size=args.vocab, dim=32, depth=2, heads=4,
-                                 position=args.position))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    data = torch.Generator().manual_seed(1000 + args.seed)
-    for _ in range(args.steps):
-        loss = model.loss(local_rule(args.batch, args.length, args.vocab, data, args.noise))["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_local_rule(args.position, args, args.seed, length=args.length)
 
 
 @torch.no_grad()

@@ -55,14 +55,17 @@ def floor(V: int, noise: float) -> float:
     return -hit * math.log(hit) - (V - 1) * miss * math.log(miss)
 
 
-def train(position: str, args, seed: int) -> ARGenerator:
+def train(position: str, args, seed: int, length: int | None = None) -> ARGenerator:
+    """A small causal model trained `args.steps` steps on the local rule at `length` tokens (default
+    `args.train_len`); benchmarks/kv_cache.py trains its model with this too."""
+    length = args.train_len if length is None else length
     torch.manual_seed(seed)
-    model = ARGenerator(ARConfig(grid=(args.train_len,), vocab_size=args.vocab, dim=32, depth=2, heads=4,
+    model = ARGenerator(ARConfig(grid=(length,), vocab_size=args.vocab, dim=32, depth=2, heads=4,
                                  position=position))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     data = torch.Generator().manual_seed(1000 + seed)
     for _ in range(args.steps):
-        loss = model.loss(local_rule(args.batch, args.train_len, args.vocab, data, args.noise))["loss"]
+        loss = model.loss(local_rule(args.batch, length, args.vocab, data, args.noise))["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
