@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from points import train  # the tokenizer trainer of the P7 benchmark (same directory)
 from torch import Tensor
 
 from latentforge.atomic import write_json
@@ -73,28 +74,6 @@ def shapes(split: str, n: int, size: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------- training
-
-def train(model: torch.nn.Module, images: Tensor, steps: int, batch: int, lr: float, seed: int) -> dict:
-    """AdamW, linear warm-up then cosine to 10 %, gradient clipping; batches drawn from `seed`."""
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    order = torch.Generator().manual_seed(seed)
-    model.train()
-    start = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.randint(0, len(images), (batch,), generator=order)
-        out = model.loss({"image": images[idx]})
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-    model.eval()
-    return {"train_seconds": round(time.perf_counter() - start, 1), "final_loss": float(out["loss"].detach())}
-
 
 # ------------------------------------------------------------------------------- metrics
 
@@ -214,7 +193,8 @@ def main() -> None:
         torch.manual_seed(args.seed)
         models[name] = build()
         info[name] = {"params": params(models[name]),
-                      **train(models[name], train_images, args.steps, args.batch, args.lr, args.seed)}
+                      **train(models[name], {"image": train_images}, args.steps, args.batch, args.lr, args.seed,
+                              keys=("image",))}
         print(f"{name}: {info[name]}", flush=True)
     gap = info["fourier"]["params"] / info["hdbf"]["params"] - 1
     if abs(gap) > 0.10:

@@ -47,7 +47,11 @@ MODELS = {
 KEYS = ("points", "queries", "occupancy")
 
 
-def train(model: PointSetTokenizer, data: dict, steps: int, batch: int, lr: float, seed: int) -> dict:
+def train(model: torch.nn.Module, data: dict, steps: int, batch: int, lr: float, seed: int,
+          keys: tuple[str, ...] = KEYS) -> dict:
+    """A tokenizer's loss on random batches of data[keys] (benchmarks/implicit.py and mar3d.py train with
+    it too): AdamW, linear warm-up then cosine to 10 %, gradient clipping; batches drawn from `seed`.
+    Leaves the model in eval mode."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.0)
     warmup = max(1, steps // 20)
@@ -57,13 +61,14 @@ def train(model: PointSetTokenizer, data: dict, steps: int, batch: int, lr: floa
     model.train()
     start = time.perf_counter()
     for _ in range(steps):
-        idx = torch.randint(0, len(data["points"]), (batch,), generator=order)
-        out = model.loss({k: data[k][idx] for k in KEYS})
+        idx = torch.randint(0, len(data[keys[0]]), (batch,), generator=order)
+        out = model.loss({k: data[k][idx] for k in keys})
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
+    model.eval()
     return {"train_seconds": time.perf_counter() - start, "final_loss": float(out["loss"].detach())}
 
 

@@ -37,6 +37,15 @@ def axis_pairs(head_dim: int, rank: int) -> tuple[int, ...]:
     return tuple(base + (i >= rank - extra) for i in range(rank))
 
 
+def rope_tables(coords: Tensor, pairs: tuple[int, ...], base: float) -> tuple[Tensor, Tensor]:
+    """cos, sin [N, F] (fp32) of float64 coordinates [N, k]: axis a rotates its `pairs[a]` pairs at
+    frequencies base^(-i / pairs[a]), the axes' pairs side by side (F = sum of pairs)."""
+    angles = [coords[:, axis, None] * base ** (-torch.arange(n, dtype=torch.float64, device=coords.device) / n)
+              for axis, n in enumerate(pairs)]                                            # [N, n] each
+    angle = torch.cat(angles, -1)                                                         # [N, F]
+    return angle.cos().float(), angle.sin().float()
+
+
 class GridRoPE(nn.Module):
     """cos, sin tables [N, Dh/2] of the grid's tokens in raster order (buffers, not saved)."""
 
@@ -46,13 +55,9 @@ class GridRoPE(nn.Module):
         self.pairs = axis_pairs(head_dim, len(self.grid))
         coords = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in self.grid),
                                             indexing="ij"), -1).reshape(-1, len(self.grid))  # [N, k]
-        angles = []
-        for axis, pairs in enumerate(self.pairs):
-            freqs = base ** (-torch.arange(pairs, dtype=torch.float64) / pairs)          # [pairs]
-            angles.append(coords[:, axis, None] * freqs)                                  # [N, pairs]
-        angle = torch.cat(angles, -1)                                                     # [N, F]
-        self.register_buffer("cos", angle.cos().float(), persistent=False)
-        self.register_buffer("sin", angle.sin().float(), persistent=False)
+        cos, sin = rope_tables(coords, self.pairs, base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The tables [N, F], or those of kept tokens [B, K, F] (keep: int64 [B, K] indices)."""
@@ -66,10 +71,8 @@ def sequence_rope(offset: int, length: int, head_dim: int, base: float = 10000.0
     """cos, sin [length, Dh/2] of 1D positions offset .. offset + length - 1: the rows GridRoPE((L,))
     would hold, for any L. A causal stack decoding with a KV cache asks for the newest positions
     only, and a sequence longer than training needs no table to outgrow."""
-    pairs = axis_pairs(head_dim, 1)[0]
-    freqs = base ** (-torch.arange(pairs, dtype=torch.float64, device=device) / pairs)             # [F]
-    angle = torch.arange(offset, offset + length, dtype=torch.float64, device=device)[:, None] * freqs  # [L, F]
-    return angle.cos().float(), angle.sin().float()
+    coords = torch.arange(offset, offset + length, dtype=torch.float64, device=device)[:, None]  # [L, 1]
+    return rope_tables(coords, axis_pairs(head_dim, 1), base)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

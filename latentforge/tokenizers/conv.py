@@ -56,6 +56,12 @@ class ConvConfig(TokenizerConfig):
         return cls(image_size=8, patch=2, channels=(8, 8), quantizer=VQConfig.tiny())
 
 
+def check_images(x: Tensor, channels: int, size: int) -> None:
+    """Refuse anything but images [B, channels, size, size] (the conv encoder's input), naming the shape."""
+    if x.dim() != 4 or x.shape[1:] != (channels, size, size):
+        raise ValueError(f"expected images [B, {channels}, {size}, {size}], got {list(x.shape)}")
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: ConvConfig) -> None:
         super().__init__()
@@ -98,14 +104,9 @@ class ConvTokenizer(Tokenizer):
         self.spec = latent_spec(self.quantizer, (side, side))
         self.build_discriminator()
 
-    def _check(self, x: Tensor) -> None:
-        c, s = self.config.in_channels, self.config.image_size
-        if x.dim() != 4 or x.shape[1:] != (c, s, s):
-            raise ValueError(f"expected images [B, {c}, {s}, {s}], got {list(x.shape)}")
-
     def quantize(self, x: Tensor) -> Quantized:
         """x [B, C, H, W] -> Quantized (z_q [B, h, w, dim], codes [B, h, w], losses, stats)."""
-        self._check(x)
+        check_images(x, self.config.in_channels, self.config.image_size)
         z = self.encoder(x).permute(0, 2, 3, 1)  # channels-last [B, h, w, dim]
         return self.quantizer(z)
 

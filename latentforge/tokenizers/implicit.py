@@ -48,7 +48,7 @@ from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.gaussian import GaussianConfig
 from latentforge.registry import lookup, register
 from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, check_latents, latent_spec
-from latentforge.tokenizers.conv import ConvConfig, Encoder
+from latentforge.tokenizers.conv import ConvConfig, Encoder, check_images
 from latentforge.tokenizers.losses import ReconKind, image_psnr, reconstruction_loss
 
 Positional = Literal["hdbf", "fourier"]
@@ -295,14 +295,9 @@ class ImplicitTokenizer(Tokenizer):
         side = config.latent_side
         self.spec = latent_spec(self.quantizer, (side, side))
 
-    def _check(self, x: Tensor) -> None:
-        c, s = self.config.in_channels, self.config.image_size
-        if x.dim() != 4 or x.shape[1:] != (c, s, s):
-            raise ValueError(f"expected images [B, {c}, {s}, {s}], got {list(x.shape)}")
-
     def quantize(self, x: Tensor) -> Quantized:
         """x [B, C, S, S] -> Quantized (z_q [B, h, w, d], codes = latents [B, h, w, c])."""
-        self._check(x)
+        check_images(x, self.config.in_channels, self.config.image_size)
         return self.quantizer(self.encoder(x).permute(0, 2, 3, 1))  # channels-last
 
     # ---------------------------------------------------------------- the field
