@@ -28,45 +28,19 @@ import json
 import platform
 import statistics
 import time
-import weakref
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from latentforge.eval.cost import PeakTensorBytes
 from latentforge.nn.attention import Attention
 from latentforge.nn.hashed_attention import fit_hashes
 from latentforge.nn.transformer import Transformer
 
 LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384)
 GROUPS, P, WIDTH = 8, 4, 64
-
-
-class PeakTensorBytes(TorchDispatchMode):
-    """Peak of live bytes over the storages that ops produce inside the mode (inputs not counted)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live, self.peak, self.seen = 0, 0, set()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self.seen.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, Tensor):
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if key not in self.seen:  # views share their base's storage
-                    self.seen.add(key)
-                    self.live += storage.nbytes()
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, key, storage.nbytes())
-        return out
 
 
 def scaling(reps: int) -> list[dict]:
