@@ -57,16 +57,19 @@ def train(args) -> ARGenerator:
 
 
 @torch.no_grad()
-def teacher_forced(model: ARGenerator, codes: torch.Tensor, kv_cache) -> dict:
+def teacher_forced(model: ARGenerator, codes: torch.Tensor, kv_cache, context=None) -> dict:
     """Decode codes [n, N] one step at a time through a cache, feeding the true codes (the sampler's
-    loop, `samplers.causal_decode`, with the draw replaced by the truth); nats per token, cache bytes."""
+    loop, `samplers.causal_decode`, with the draw replaced by the truth); bits per token, cache bytes.
+    context: the samples' encoded condition (cross-attention; no spatial map), or None."""
     n, N = codes.shape
+    cross = {} if context is None else dict(context_kv=model.transformer.context_kv(context.tokens),
+                                            context_mask=context.mask)
     pos = model.step_inputs()                                                    # [N, D]
     x = model.bos.expand(n, 1, -1) + pos[:1]                                     # step 0's input
     caches = model.transformer.new_caches(n, N, x, kv_cache)
     logits, sizes = [], []
     for i in range(N):
-        h = model.transformer(x, causal=True, caches=caches)[:, -1]             # [n, D]
+        h = model.transformer(x, causal=True, caches=caches, **cross)[:, -1]    # [n, D]
         logits.append(model.head(h))
         sizes.append(sum(kv_cache_bytes(c) for c in caches))
         x = model.token_emb(codes[:, i])[:, None] + pos[i + 1 : i + 2] if i + 1 < N else None

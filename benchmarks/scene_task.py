@@ -42,15 +42,21 @@ class SceneTask:
         return self.codes[split][index], {k: v[index] for k, v in self.graphs[split].items()}
 
 
-def shapes_codes_and_graphs(n: int, split: str) -> tuple[Tensor, dict[str, Tensor]]:
-    """n scenes of a split: codes [n, GRID, GRID] in [0, VOCAB) and encode_graphs' tensors."""
+def shapes_pooled_and_graphs(n: int, split: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """n scenes of a split: colours pooled to [n, GRID, GRID, 3] in [0, 1] and encode_graphs' tensors
+    (the continuous version of the task, for the flow DiT)."""
     scenes, images = sample_and_render(ShapesConfig(max_objects=MAX_OBJECTS), split, range(n), workers=1)
     x = torch.as_tensor(images).float().div(255)                             # [n, 32, 32, 3] in [0, 1]
     side = x.shape[1] // GRID
-    pooled = x.view(n, GRID, side, GRID, side, 3).mean((2, 4))            # [n, GRID, GRID, 3]
-    index = (pooled * LEVELS).long().clamp(0, LEVELS - 1)
-    codes = (index * torch.tensor([LEVELS * LEVELS, LEVELS, 1])).sum(-1)  # [n, GRID, GRID]
-    return codes, encode_graphs(scenes, MAX_OBJECTS)
+    return x.view(n, GRID, side, GRID, side, 3).mean((2, 4)), encode_graphs(scenes, MAX_OBJECTS)
+
+
+def shapes_codes_and_graphs(n: int, split: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """n scenes of a split: codes [n, GRID, GRID] in [0, VOCAB) (each pooled colour channel in LEVELS
+    levels) and encode_graphs' tensors."""
+    pooled, graphs = shapes_pooled_and_graphs(n, split)
+    index = (pooled * LEVELS).long().clamp(0, LEVELS - 1)                  # [n, GRID, GRID, 3]
+    return (index * torch.tensor([LEVELS * LEVELS, LEVELS, 1])).sum(-1), graphs
 
 
 def load_task(train: int = 2000, val: int = 500) -> SceneTask:
