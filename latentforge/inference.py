@@ -22,17 +22,22 @@ takes milliseconds, so save the fp32 model and quantise after `from_pretrained`.
 
 Export (`export_denoiser`, `export_decoder`): `torch.export.export` of the network evaluation a
 sampler repeats (DiT: `predict(x, t, context)`) and of `tokenizer.decode`, batch size dynamic
-where the graph allows; `.module()` of the result runs like the eager call.
+where the graph allows; `.module()` of the result runs like the eager call. `save_onnx` writes such a
+program as an ONNX file (torch's dynamo exporter; needs the `onnx` extra: onnx + onnxscript, and
+onnxruntime to run it), for runtimes outside Python/torch.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentforge.atomic import atomic_path
 from latentforge.conditioning.base import Context
 
 
@@ -162,3 +167,20 @@ def export_decoder(tokenizer: nn.Module, z: Tensor, dynamic_batch: bool = True) 
     """Export `tokenizer.decode` for example latents z (codes [B, *grid] or vectors [B, *grid, C]);
     `program.module()(z)` -> data in the model's layout (images [B, 3, H, W])."""
     return _export(_Decoder(tokenizer.eval()).eval(), (z,), dynamic_batch)
+
+
+def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
+    """Write an exported program (`export_denoiser`, `export_decoder`) as an ONNX model at `path`,
+    atomically; its inputs keep the program's names and dynamic batch. Returns the path.
+
+    Raises ImportError naming the extra when onnx / onnxscript are not installed."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"ONNX export needs onnx and onnxscript: pip install 'latentforge[onnx]' ({err})") from None
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False)
+        onnx_program.save(str(tmp))
+    return path

@@ -9,7 +9,7 @@ from torch import nn
 from latentforge import registry
 from latentforge.conditioning.class_label import ClassConfig
 from latentforge.generators.diffusion import DiTConfig, DiTGenerator
-from latentforge.inference import Int8Linear, export_decoder, export_denoiser, is_quantized, quantize_int8
+from latentforge.inference import Int8Linear, export_decoder, export_denoiser, is_quantized, quantize_int8, save_onnx
 from latentforge.quantize.gaussian import GaussianConfig
 from latentforge.serialization import save_pretrained
 
@@ -133,3 +133,17 @@ def test_exported_decoder_matches_eager(continuous):
     z = latents(3)
     with torch.no_grad():
         assert torch.allclose(program.module()(z), tok.decode(z), atol=1e-5, rtol=1e-5)
+
+
+def test_onnx_denoiser_matches_eager_at_another_batch(tmp_path):
+    import onnxruntime as ort  # the dev extra installs it
+    torch.manual_seed(0)
+    g = _model("generator", "dit")
+    z, _, t = _dit_inputs(g, B=2)
+    path = save_onnx(export_denoiser(g, z, t), tmp_path / "denoiser.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    z, _, t = _dit_inputs(g, B=5)
+    out = session.run(None, {"x": z.numpy(), "t": t.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), g.predict(z, t), atol=1e-5, rtol=1e-5)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
