@@ -47,22 +47,25 @@ class Attention(nn.Module):
 
     hash_bits > 0 replaces softmax self-attention by EcoFormer's binary-hash attention
     (nn/hashed_attention.py): linear in length, no KV cache, ALiBi or attn_mask.
+    head_dim set: heads of that size, so the inner width heads * head_dim may differ from `dim`
+    (a structurally pruned layer that kept some heads, nn/vib_prune.py); default dim // heads.
     """
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, bias: bool = True, *,
-                 hash_bits: int = 0, hash_anchors: int = 25) -> None:
+                 hash_bits: int = 0, hash_anchors: int = 25, head_dim: int | None = None) -> None:
         super().__init__()
-        if dim % heads:
+        if head_dim is None and dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
-        self.head_dim = dim // heads
+        self.head_dim = dim // heads if head_dim is None else head_dim
+        inner = heads * self.head_dim
         self.is_cross = context_dim is not None
         if self.is_cross:
-            self.q = nn.Linear(dim, dim, bias=bias)
-            self.kv = nn.Linear(context_dim, 2 * dim, bias=bias)
+            self.q = nn.Linear(dim, inner, bias=bias)
+            self.kv = nn.Linear(context_dim, 2 * inner, bias=bias)
         else:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
+            self.qkv = nn.Linear(dim, 3 * inner, bias=bias)
+        self.proj = nn.Linear(inner, dim, bias=bias)
         if hash_bits and self.is_cross:
             raise ValueError("hashed attention is implemented for self-attention only")
         self.hashed = HashedAttention(heads, self.head_dim, hash_bits, hash_anchors) if hash_bits else None
@@ -79,7 +82,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
                 context: Tensor | None = None, context_kv: tuple[Tensor, Tensor] | None = None,
                 cache: KVCache | None = None, rope: tuple[Tensor, Tensor] | None = None,
-                attn_mask: Tensor | None = None, alibi: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, alibi: Tensor | None = None,
+                kv_index: Tensor | None = None) -> Tensor:
         """x [B, T, D] -> [B, T, D].
 
         Args:
@@ -93,6 +97,9 @@ class Attention(nn.Module):
                 combined with key_mask.
             alibi: self-attention's ALiBi slopes [H] (nn/alibi.py): each head's scores get
                 -slope * |i - j|, with queries at positions after the cached keys.
+            kv_index: [B, S] int64, self-attention only: every query attends to the keys and values
+                of these tokens alone (P18 MP3's context subset: their current hidden states); the
+                cost falls with S. Not combined with a cache, masks or ALiBi.
         """
         B, T, D = x.shape
         if self.is_cross:
@@ -108,11 +115,17 @@ class Attention(nn.Module):
             offset = cache.length if cache is not None else 0
             if cache is not None:
                 k, v = cache.append(k, v)
+            if kv_index is not None:
+                if cache is not None or causal or key_mask is not None or attn_mask is not None or alibi is not None:
+                    raise ValueError("kv_index restricts keys to a token subset; it takes no cache, causal mask, "
+                                     "key_mask, attn_mask or ALiBi")
+                rows = kv_index[:, None, :, None].expand(-1, self.heads, -1, self.head_dim)  # [B, H, S, Dh]
+                k, v = k.gather(2, rows), v.gather(2, rows)
         if self.hashed is not None:
             if cache is not None or attn_mask is not None or alibi is not None:
                 raise ValueError("hashed attention supports causal and key_mask only (no cache, attn_mask, ALiBi)")
             out = self.hashed(q, k, v, causal=causal, key_mask=key_mask)  # [B, H, T, Dh]
-            return self.proj(out.transpose(1, 2).reshape(B, T, D))
+            return self.proj(out.transpose(1, 2).reshape(B, T, -1))
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, S]
         if attn_mask is not None:
             mask = attn_mask if mask is None else mask & attn_mask
@@ -131,4 +144,4 @@ class Attention(nn.Module):
                 bias = torch.where(mask, bias, float("-inf"))        # [B or 1, H, T, S]
             mask = bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+        return self.proj(out.transpose(1, 2).reshape(B, T, -1))

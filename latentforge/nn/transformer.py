@@ -61,9 +61,9 @@ class TransformerBlock(nn.Module):
                 context: Tensor | None = None, context_mask: Tensor | None = None,
                 context_kv: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None,
                 attn_mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
-                alibi: Tensor | None = None) -> Tensor:
+                alibi: Tensor | None = None, kv_index: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.norm1(x), causal=causal, key_mask=key_mask, cache=cache, attn_mask=attn_mask,
-                          rope=rope, alibi=alibi)
+                          rope=rope, alibi=alibi, kv_index=kv_index)
         if self.cross is not None:
             if context is None and context_kv is None:
                 raise ValueError("this block cross-attends: pass a context")
@@ -142,7 +142,9 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
                 context_kv: list[tuple[Tensor, Tensor]] | None = None,
-                caches: list[KVCache] | None = None, attn_mask: Tensor | None = None) -> Tensor:
+                caches: list[KVCache] | None = None, attn_mask: Tensor | None = None,
+                kv_index: Tensor | None = None) -> Tensor:
+        """kv_index [B, S]: every block's self-attention reads keys/values of these tokens only (P18)."""
         offset = caches[0].length if caches else 0  # x's first position in the sequence
         rope = None
         if self.position in ("rope", "rope_alibi"):
@@ -151,7 +153,7 @@ class Transformer(nn.Module):
             x = block(x, causal=causal, key_mask=key_mask, context=context, context_mask=context_mask,
                       context_kv=None if context_kv is None else context_kv[i],
                       cache=None if caches is None else caches[i], attn_mask=attn_mask,
-                      rope=rope, alibi=self.alibi_slopes)
+                      rope=rope, alibi=self.alibi_slopes, kv_index=kv_index)
         return self.norm(x)
 
 
