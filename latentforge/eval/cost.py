@@ -1,7 +1,8 @@
 """What a model costs: parameters, FLOPs, peak tensor memory and wall-clock, measured the same way
 for every technique of the efficiency table (benchmarks/efficiency.py).
 
-- FLOPs: torch's `FlopCounterMode` (matmuls, convolutions and SDPA; elementwise ops are not counted);
+- FLOPs: torch's `FlopCounterMode` (matmuls, convolutions and attention, the CPU SDPA kernel included;
+  elementwise ops are not counted);
 - peak memory: the peak of live bytes over the storages that ops produce while the function runs
   (counted at the dispatcher, so it is the same on every allocator and device; the inputs and
   parameters are not counted, a fused kernel's private scratch is not seen);
@@ -18,9 +19,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from latentforge.eval.speed import median_time
 
@@ -57,9 +59,19 @@ def peak_bytes(fn: Callable[[], Any]) -> int:
     return probe.peak
 
 
+# torch's table has no formula for the CPU flash kernel SDPA runs here (torch 2.13), so attention
+# would count zero: give it the formula torch uses for the other SDPA kernels (QK^T and AV; a causal
+# mask is not discounted)
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of `fn()` (matmul-like ops; a multiply-add counts 2)."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
     with counter:
         fn()
     return int(counter.get_total_flops())
