@@ -205,3 +205,9 @@ def test_tiny_prune_and_distill_learns():
     with torch.no_grad():
         assert ce(teacher, x, y) < 0.1  # the teacher solved it (uniform: log 8 = 2.08)
         assert ce(student.eval(), x, y) < 0.3
+
+
+def test_masks_refuse_a_stack_with_relative_positions():
+    # the slim copy has no rotary or ALiBi terms: pruning such a stack would change what it computes
+    with pytest.raises(ValueError, match="position 'rope'"):
+        VIBMasks(Transformer(32, 2, 4, position="rope"), VIBConfig())

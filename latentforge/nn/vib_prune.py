@@ -41,7 +41,6 @@ import torch
 from torch import Tensor, nn
 
 from latentforge.nn.attention import Attention
-from latentforge.nn.kv_quant import new_kv_cache
 from latentforge.nn.transformer import MLP, Transformer, TransformerBlock
 
 
@@ -333,26 +332,20 @@ def random_scores(masks: VIBMasks, generator: torch.Generator) -> dict[str, Tens
 # -------------------------------------------------------------------- physical pruning
 
 
-class SlimTransformer(nn.Module):
+class SlimTransformer(Transformer):
     """A physically pruned `Transformer`: blocks of their own head counts and FFN widths at the kept
     residual width K, the pruned layers gone. Same interface, x [B, T, D] -> [B, T, D]: the input's
-    kept dims are read (times the folded embedding gate), the output's pruned dims are zeros."""
+    kept dims are read (times the folded embedding gate), the output's pruned dims are zeros.
+    `new_caches` and `context_kv` are the Transformer's (each block brings its own head count)."""
 
     def __init__(self, dim: int, keep: Tensor, blocks: list[TransformerBlock], norm: nn.LayerNorm) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # the blocks are given, not built
         self.dim = dim
+        self.position, self.alibi_slopes = "none", None
         self.register_buffer("keep", keep.clone())                               # [K] long
         self.register_buffer("in_scale", torch.ones(len(keep)))                  # [K]
         self.blocks = nn.ModuleList(blocks)
         self.norm = norm
-
-    def new_caches(self, batch: int, max_len: int, like: Tensor, kind: str = "full") -> list:
-        """One self-attention cache per block, of that block's head count."""
-        return [new_kv_cache(kind, batch, b.attn.heads, max_len, b.attn.head_dim, like.device, like.dtype)
-                for b in self.blocks]
-
-    def context_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
-        return [b.cross.context_kv(context) for b in self.blocks]
 
     def forward(self, x: Tensor, *, causal: bool = False, key_mask: Tensor | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
