@@ -203,11 +203,12 @@ def two_modes(n, generator):
     return z, label
 
 
-@pytest.mark.parametrize("objective,steps", [("flow", 10), ("ddpm", 20)])
-def test_tiny_model_learns_two_class_conditional_modes(objective, steps):
+@pytest.mark.parametrize("objective,steps,head", [("flow", 10, {}), ("ddpm", 20, {}),
+                                                 ("flow", 10, {"head_width": 64, "head_depth": 1})])
+def test_tiny_model_learns_two_class_conditional_modes(objective, steps, head):
     torch.manual_seed(0)
     cfg = DiTConfig(grid=(4, 4), channels=2, dim=32, depth=2, heads=2, objective=objective, p_uncond=0.0,
-                    ddpm_schedule="cosine", conditioner=ClassConfig(dim=32, num_classes=2))
+                    ddpm_schedule="cosine", conditioner=ClassConfig(dim=32, num_classes=2), **head)
     model = DiTGenerator(cfg)
     g = torch.Generator().manual_seed(1)
     model.latent_norm.fit(two_modes(256, g)[0])
@@ -226,6 +227,24 @@ def test_tiny_model_learns_two_class_conditional_modes(objective, steps):
     sign = (1.0 - 2.0 * label.float())[:, None, None, None]
     assert (torch.sign(out) == sign).float().mean() >= 0.95
     assert (out[label == 0].mean() - 1).abs() < 0.2 and (out[label == 1].mean() + 1).abs() < 0.2
+
+
+def test_ddt_head_reads_x_t_and_the_trunk_and_starts_at_zero():
+    model = tiny(conditional=True, head_width=48, head_depth=2)
+    x, t = torch.randn(2, 4, 4, 3), torch.rand(2)
+    ctx = model.encode_condition(graphs(2))
+    assert torch.equal(model.predict(x, t, ctx), torch.zeros_like(x))  # zero-initialised output layer
+    model = randomize(model)
+    out = model.predict(x, t, ctx)
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.weight.add_(0.5)  # the trunk reaches the output through the head's modulation
+        assert not torch.allclose(model.predict(x, t, ctx), out)
+    model.train()
+    model.loss(x, model.encode_condition(graphs(2)))["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None and n != "mask_token"]
+    assert not missing, missing
+    with pytest.raises(ValueError, match="head_width"):
+        DiTConfig(grid=(4, 4), channels=3, dim=32, heads=2, head_width=33)
 
 
 # ---------------------------------------------------------------------------------- config

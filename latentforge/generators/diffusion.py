@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
@@ -96,6 +97,10 @@ class DiTConfig(GeneratorConfig):
     guide_noise: float = field(default=0.0, metadata=ADDED_LATER)      # P4: std of training noise on the guide
     context_frames: int = field(default=0, metadata=ADDED_LATER)       # leading latent frames given clean
     context_p: float = field(default=0.5, metadata=ADDED_LATER)        # share of training examples given them
+    # P6 RAE's DDT head: a wide, shallow stack after the trunk that re-embeds x_t and is modulated per
+    # token by SiLU(trunk output + time/condition vector); 0 = the final layer reads the trunk
+    head_width: int = field(default=0, metadata=ADDED_LATER)
+    head_depth: int = field(default=2, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +122,9 @@ class DiTConfig(GeneratorConfig):
                              f"got grid {tuple(self.grid)}")
         if self.position not in ("learned", "rope"):
             raise ValueError(f"position must be 'learned' or 'rope', got {self.position!r}")
+        if self.head_width < 0 or (self.head_width and (self.head_depth < 1 or self.head_width % self.heads)):
+            raise ValueError(f"head_width must be 0 or a multiple of heads ({self.heads}) with head_depth >= 1, "
+                             f"got {self.head_width}, {self.head_depth}")
         if self.guide_channels < 0 or self.guide_noise < 0:
             raise ValueError(f"guide_channels and guide_noise must be >= 0, got {self.guide_channels}, {self.guide_noise}")
         if self.context_frames:
@@ -179,7 +187,9 @@ class DiTGenerator(Generator):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
         # P4's semantic injection: the guide's patch -> a per-token addition to the adaLN vector
         self.guide_proj = nn.Linear(config.patch ** 2 * config.guide_channels, D) if config.guide_channels else None
-        self.final = AdaLNFinal(D, self.patch_dim, D)
+        W = config.head_width or D
+        self.head = DDTHead(config, self.patch_dim) if config.head_width else None
+        self.final = AdaLNFinal(W, self.patch_dim, W)
 
         total = config.depth + config.patch_mixer_depth
         init_transformer_weights(self.mixer, total)
@@ -271,6 +281,8 @@ class DiTGenerator(Generator):
             h = block(h, c, context_mask=cond.mask, context_kv=block_kv, rope=rope)
         if keep is not None:
             h = self.mask_token.to(h.dtype).expand(B, N, -1).scatter(1, index, h)  # [B, N, D]
+        if self.head is not None:
+            h, c_all = self.head(tokens, h, c_all)                       # [B, N, W] each
         return self.final(h, c_all)
 
     def predict(self, x: Tensor, t: Tensor, context: Context | None = None) -> Tensor:
@@ -403,6 +415,30 @@ class DiTGenerator(Generator):
         if prefix is not None:
             out[:, :self.config.context_frames] = prefix.to(out)  # exactly the given frames
         return out
+
+
+class DDTHead(nn.Module):
+    """RAE's DiT^DH head: x_t's patch tokens re-embedded at width W, run through `head_depth` adaLN
+    blocks modulated per token by s = Linear(SiLU(trunk output + c)), the trunk's summary of each
+    token. Returns the head's tokens and s [B, N, W] for the final layer."""
+
+    def __init__(self, config: DiTConfig, patch_dim: int) -> None:
+        super().__init__()
+        W = config.head_width
+        self.embed = nn.Linear(patch_dim, W)
+        self.pos = GridPositionEmbedding(config.patch_grid, W)
+        self.cond = nn.Linear(config.dim, W)
+        self.blocks = nn.ModuleList(AdaLNBlock(W, config.heads, config.mlp_ratio, W) for _ in range(config.head_depth))
+        init_transformer_weights(self.blocks, config.head_depth)
+        for block in self.blocks:
+            block.zero_init()
+
+    def forward(self, tokens: Tensor, trunk: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.cond(F.silu(trunk + (c[:, None] if c.dim() == 2 else c)))  # [B, N, W]
+        x = self.embed(tokens) + self.pos()                                  # [B, N, W]
+        for block in self.blocks:
+            x = block(x, s)
+        return x, s
 
 
 def flow_shift(grid: tuple[int, ...], channels: int, base: int = 4096) -> float:
