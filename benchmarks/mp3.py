@@ -16,6 +16,7 @@ Claims (notes: details-P18-P34.md section 1): position top-1 > 50 % (chance 1/64
 scratch + PE by >= 3 points; MP3 without PE >= scratch with PE; step time at eta 0.75 below eta 0.
 
     python benchmarks/mp3.py [--pretrain-steps 1500] [--finetune-steps 600] [--labels 1000] [--threads 1]
+        [--save-encoder mp3_encoder.safetensors]
 
 Writes benchmarks/results/mp3.json.
 """
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from latentforge.atomic import write_json
 from latentforge.data.shapes import BACKGROUND, SHAPES, ShapesConfig, sample_and_render
 from latentforge.pretraining.mp3 import MP3Classifier, MP3Config, MP3Encoder, position_backgrounds
+from latentforge.serialization import save_state_dict
 
 
 def scenes_and_images(n: int, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +102,8 @@ def main() -> None:
     ap.add_argument("--mask-ratio", type=float, default=0.75)
     ap.add_argument("--timing-steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save-encoder", default=None, help="write the pretrained encoder here (safetensors), "
+                    "e.g. for benchmarks/rae.py --encoder")
     ap.add_argument("--out", default="benchmarks/results/mp3.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # other jobs share the machine
@@ -122,6 +126,8 @@ def main() -> None:
     position = {"full_context": encoder.position_accuracy(val_x[:500]),
                 "eta_context": encoder.position_accuracy(val_x[:500], full_context=False)}
     print("position top-1:", position, flush=True)
+    if args.save_encoder:
+        save_state_dict(encoder.state_dict(), args.save_encoder)
 
     labelled_x, labelled_y = train_x[:args.labels], train_y[:args.labels]
     results = {}
