@@ -176,7 +176,7 @@ def efficiency_rows(quick: bool = False) -> list[CostRow]:
     out = []
     for name in ("teacher", "student (distilled)", "student (scratch)"):
         r = ar[name]
-        out.append(CostRow("shapes scene graph (AR)", "plain" if name == "teacher" else f"P28 KD {name}", "P28",
+        out.append(CostRow("shapes scene graph (AR): distillation", "plain" if name == "teacher" else f"P28 KD {name}", "P28",
                            r["params"], r["flops"], r["peak_bytes"], r["train_step_s"], r["infer_s"], "16 samples",
                            "bits/token", r["bits_per_token"], plain, False,
                            "width 64, depth 2" if name != "teacher" else "width 128, depth 4"))

@@ -20,6 +20,7 @@ beside the plain model's. One thread; the machine is named in the JSON.
 A plot of quality against inference time, one panel per task: benchmarks/results/efficiency.png.
 
     python benchmarks/efficiency.py [--only scene,distill,...] [--quick] [--threads 1]
+    python benchmarks/efficiency.py --from-json benchmarks/results/efficiency.json   # redraw only
 
 Writes benchmarks/results/efficiency.json, efficiency.md (the table) and efficiency.png.
 """
@@ -44,6 +45,7 @@ from scene_task import SceneTask, build_generator, load_task, sampler, train_gen
 from latentforge.atomic import atomic_path, write_json, write_text  # noqa: E402
 from latentforge.eval.cost import CostRow, inference_cost, parameter_count  # noqa: E402
 from latentforge.inference import quantize_int8, weight_bytes  # noqa: E402
+from latentforge.serialization import read_json  # noqa: E402
 
 TASK = "shapes scene graph (AR)"
 NESTED = (0.25, 0.5, 1.0)
@@ -131,19 +133,26 @@ def plot(rows: list[CostRow], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     tasks = list(dict.fromkeys(r.task for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], tasks):
+    cols = min(4, len(tasks))
+    nrows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 4.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, tasks):
         group = [r for r in rows if r.task == name]
-        for r in group:
+        for i, r in enumerate(group):
             plain = r.technique == "plain"
-            ax.scatter(r.infer_s, r.quality, marker="*" if plain else "o", s=140 if plain else 40,
-                       color="black" if plain else None, zorder=3)
-            ax.annotate(r.technique.replace("P", "\nP", 1) if len(r.technique) > 28 else r.technique,
-                        (r.infer_s, r.quality), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(r.infer_s, r.quality, marker="*" if plain else "o", s=160 if plain else 45,
+                       color="black" if plain else f"C{i}", zorder=3, label=r.technique)
         ax.set_xscale("log")
-        ax.set_title(name, fontsize=9)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=6, loc="best", framealpha=0.8)
+        ax.set_title(name if len(name) < 48 else name[:45] + "...", fontsize=9)
         ax.set_xlabel(f"seconds per call ({group[0].infer_what})", fontsize=8)
         ax.set_ylabel(f"{group[0].metric} ({'higher' if group[0].higher_is_better else 'lower'} is better)", fontsize=8)
         ax.grid(alpha=0.3)
@@ -160,7 +169,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets: checks that every section runs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/efficiency")
+    ap.add_argument("--from-json", default=None, help="redraw the table and plot of an earlier run's JSON")
     args = ap.parse_args()
+    if args.from_json:
+        rows = [CostRow(**r) for r in read_json(args.from_json)["rows"]]
+        out = Path(args.out)
+        write_text(out.with_suffix(".md"), markdown(rows))
+        plot(rows, out.with_suffix(".png"))
+        print(markdown(rows))
+        return
     names = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(names) - set(SECTIONS))
     if unknown:

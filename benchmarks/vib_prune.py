@@ -224,7 +224,7 @@ def efficiency_rows(quick: bool = False) -> list[CostRow]:
     infer_what = f"draw {SAMPLES} samples of 64 tokens (KV cache)"
 
     def row(technique: str, m: dict, step_s: float, note: str) -> CostRow:
-        return CostRow(task="scene_codes", technique=technique, paper="P14 VTrans", params=m["params"],
+        return CostRow(task="shapes scene graph (AR): pruning", technique=technique, paper="P14 VTrans", params=m["params"],
                        flops=int(m["flops_call"]), peak_bytes=m["peak_bytes"], train_step_s=step_s,
                        infer_s=m["sample_s"], infer_what=infer_what, metric="val bits/token",
                        quality=m["bits"], plain_quality=plain["bits"], higher_is_better=False, note=note)
