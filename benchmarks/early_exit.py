@@ -49,7 +49,7 @@ from latentforge.atomic import write_json  # noqa: E402
 from latentforge.data.shapes import ShapesConfig, sample_and_render  # noqa: E402
 from latentforge.eval.cost import CostRow, inference_cost, parameter_count  # noqa: E402
 from latentforge.nn.early_exit import EarlyExitConfig, EarlyExitEncoder, exit_loss, exit_targets, fit_gate  # noqa: E402
-from latentforge.tokenizers.vit import PatchEmbedding  # noqa: E402
+from latentforge.nn.patches import PatchEmbedding  # noqa: E402
 
 BETAS = (0.0, 0.005, 0.01, 0.02, 0.05)  # compute penalty, in probability-of-the-true-count per layer
 CLASSES = 6  # counts 1..6

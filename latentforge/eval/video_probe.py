@@ -77,6 +77,7 @@ from latentforge.eval.features import FeatureExtractor
 from latentforge.eval.probe import cache_root, file_hash, probe_info
 from latentforge.modalities.video import VideoModality
 from latentforge.nn.embeddings import GridPositionEmbedding
+from latentforge.nn.patches import PatchEmbedding
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.registry import register
 from latentforge.serialization import (
@@ -87,7 +88,6 @@ from latentforge.serialization import (
     read_json,
     save_pretrained,
 )
-from latentforge.tokenizers.vit import PatchEmbedding
 from latentforge.train.log import read_jsonl
 from latentforge.train.trainer import TrainConfig, Trainer
 

@@ -45,8 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from latentforge.nn.embeddings import GridPositionEmbedding
+from latentforge.nn.patches import PatchEmbedding
 from latentforge.nn.transformer import Transformer, init_transformer_weights
-from latentforge.tokenizers.vit import PatchEmbedding
 
 # How one stage decides which alive patches go on: draw Bernoulli(p) (REINFORCE training),
 # threshold p (inference, or an interpreter that is trained already), or keep all (not yet in use).

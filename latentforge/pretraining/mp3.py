@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentforge.nn.patches import patchify
 from latentforge.nn.transformer import Transformer, init_transformer_weights
-from latentforge.tokenizers.vit import patchify
 
 
 @dataclass

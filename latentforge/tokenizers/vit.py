@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentforge.nn.embeddings import GridPositionEmbedding
+from latentforge.nn.patches import PatchEmbedding, patchify, unpatchify  # noqa: F401  (re-exported)
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
@@ -72,39 +72,15 @@ class ViTConfig(TokenizerConfig):
         side = self.image_size // self.patch
         return (side, side)
 
-
-# --------------------------------------------------------------------------------------------
-# Patches <-> tokens
-# --------------------------------------------------------------------------------------------
-
     @classmethod
     def tiny(cls) -> "ViTConfig":
         """Builds and runs in milliseconds: the registry's contract tests use it."""
         return cls(image_size=8, patch=4, dim=16, encoder_depth=1, decoder_depth=1, heads=2, quantizer=VQConfig.tiny())
 
 
-def patchify(x: Tensor, p: int) -> Tensor:
-    """[B, C, H, W] -> [B, h*w, C*p*p] in raster order (the order GridPositionEmbedding uses)."""
-    return F.pixel_unshuffle(x, p).flatten(2).transpose(1, 2)
-
-
-def unpatchify(tokens: Tensor, p: int, grid: tuple[int, int]) -> Tensor:
-    """Inverse of `patchify`: [B, h*w, C*p*p] -> [B, C, h*p, w*p]."""
-    x = tokens.transpose(1, 2).unflatten(2, grid)  # [B, C*p*p, h, w]
-    return F.pixel_shuffle(x, p)
-
-
-class PatchEmbedding(nn.Module):
-    """ViT's token embedding: each token sees exactly its own patch. [B, C, H, W] -> [B, N, D]."""
-
-    def __init__(self, in_channels: int, dim: int, patch: int) -> None:
-        super().__init__()
-        self.patch = patch
-        self.proj = nn.Linear(in_channels * patch * patch, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(patchify(x, self.patch))
-
+# --------------------------------------------------------------------------------------------
+# Patches <-> tokens (patchify, unpatchify and PatchEmbedding live in nn/patches.py)
+# --------------------------------------------------------------------------------------------
 
 class ConvTokenEmbedding(nn.Module):
     """CvT's convolutional token embedding: a strided convolution whose kernel is wider than its

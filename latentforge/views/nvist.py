@@ -39,10 +39,10 @@ from latentforge.config import from_dict, to_dict
 from latentforge.nn.adaln import AdaLNBlock
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.geometry import FourierPointEmbedding
+from latentforge.nn.patches import PatchEmbedding, unpatchify
 from latentforge.nn.rendering import Camera, camera_rays, composite, in_frame_of, ray_box, sample_triplane, stratified_depths
 from latentforge.nn.transformer import Transformer, init_transformer_weights
 from latentforge.serialization import CONFIG_NAME, WEIGHTS_NAME, load_state_dict, read_json, save_state_dict
-from latentforge.tokenizers.vit import PatchEmbedding, unpatchify
 
 
 @dataclass
