@@ -500,6 +500,16 @@ def sample_scene(cfg: ShapesConfig, split: str, index: int) -> SceneGraph:
 # --- rendering --------------------------------------------------------------------
 
 
+def object_coverages(scene: SceneGraph, size: int, supersample: int):
+    """For each object, in drawing order: (object, its pixel window (y0, y1, x0, x1), its coverage of
+    the window's pixels [y1 - y0, x1 - x0] in [0, 1]). Raises ValueError for an unpositioned object."""
+    for i, obj in enumerate(scene.objects):
+        if not obj.has_position:
+            raise ValueError(f"objects[{i}] has no position; cannot render it")
+        window = pixel_window(object_box(obj), size)
+        yield obj, window, shape_coverage(obj.shape, SIZE_SIDE[obj.size], obj.x, obj.y, size, supersample, window)
+
+
 def render(scene: SceneGraph, size: int = 32, supersample: int = 4) -> np.ndarray:
     """Draw a positioned scene, anti-aliased by box-filtering a supersampled mask.
 
@@ -513,12 +523,7 @@ def render(scene: SceneGraph, size: int = 32, supersample: int = 4) -> np.ndarra
         raise ValueError(f"size and supersample must be >= 1, got {size} and {supersample}")
     canvas = np.empty((size, size, 3), np.float32)
     canvas[:] = BACKGROUND
-    for i, obj in enumerate(scene.objects):
-        if not obj.has_position:
-            raise ValueError(f"objects[{i}] has no position; cannot render it")
-        window = pixel_window(object_box(obj), size)
-        coverage = shape_coverage(obj.shape, SIZE_SIDE[obj.size], obj.x, obj.y, size, supersample, window)
-        y0, y1, x0, x1 = window
+    for obj, (y0, y1, x0, x1), coverage in object_coverages(scene, size, supersample):
         patch = canvas[y0:y1, x0:x1]  # view: composited in place
         # "over" compositing keeps hand-made, overlapping scenes well defined too
         patch += coverage[..., None] * (np.asarray(COLORS[obj.color], np.float32) - patch)

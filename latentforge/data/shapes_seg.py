@@ -21,16 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentforge.data.shapes import (
-    SHAPES,
-    SIZE_SIDE,
-    SceneGraph,
-    ShapesConfig,
-    object_box,
-    pixel_window,
-    sample_and_render,
-    shape_coverage,
-)
+from latentforge.data.shapes import SHAPES, SceneGraph, ShapesConfig, object_coverages, sample_and_render
 
 CLASSES: tuple[str, ...] = ("background",) + SHAPES
 # Corners of the RGB cube: every pair is >= 255 apart (L2), so a reconstruction must be off by
@@ -42,12 +33,7 @@ COVERED = 0.5  # coverage from which a pixel belongs to the object
 def class_map(scene: SceneGraph, size: int = 32, supersample: int = 4) -> np.ndarray:
     """Per-pixel class indices into CLASSES of a positioned scene: uint8 [size, size]."""
     classes = np.zeros((size, size), np.uint8)
-    for i, obj in enumerate(scene.objects):
-        if not obj.has_position:
-            raise ValueError(f"objects[{i}] has no position; cannot draw its mask")
-        window = pixel_window(object_box(obj), size)
-        coverage = shape_coverage(obj.shape, SIZE_SIDE[obj.size], obj.x, obj.y, size, supersample, window)
-        y0, y1, x0, x1 = window
+    for obj, (y0, y1, x0, x1), coverage in object_coverages(scene, size, supersample):
         patch = classes[y0:y1, x0:x1]  # view: later objects overwrite earlier ones
         patch[coverage >= COVERED] = CLASSES.index(obj.shape)
     return classes
