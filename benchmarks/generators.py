@@ -57,6 +57,11 @@ TOKENIZERS = {  # bottleneck of the default recipe's conv tokenizer, per latent 
     "multiscale": {"name": "multiscale", "codebook_size": 256, "dim": 8, "scales": [1, 2, 4, 8], "rank": 2},
 }
 
+# Kinds given as a whole tokenizer section rather than a bottleneck of the conv tokenizer (benchmarks/rae_dit.py
+# adds P6's representation autoencoder here, with its pretrained encoder's path)
+SECTIONS: dict[str, dict] = {}
+LATENT_KIND_GENERATOR = {"vq": "autoregressive", "rvq": "hierarchical", "kl": "dit", "multiscale": "next_scale"}
+
 # name: (tokenizer, generator section, default sampling options, step sweep)
 GENERATORS: dict[str, tuple[str, dict, dict, list[int]]] = {
     "autoregressive": ("vq", {"name": "autoregressive", "dim": WIDTH, "depth": DEPTH, "heads": HEADS}, {}, []),
@@ -95,14 +100,18 @@ def base_recipe() -> dict:
     return data
 
 
-def recipe(out: Path, name: str, quantizer: dict, generator: dict | None, steps: int, conditions: int,
-           options: dict, data_size: int, tokenizer_steps: int) -> RecipeConfig:
+def recipe(out: Path, name: str, kind: str, generator: dict | None, steps: int, conditions: int,
+           options: dict, data_size: int, tokenizer_steps: int, eval_changes: dict | None = None) -> RecipeConfig:
     data = base_recipe()
     data.update(name=name, out_dir=str(out))
     data["data"]["train_size"] = data_size
     data["tokenizer_train"]["steps"] = tokenizer_steps
     data.setdefault("eval", {})["recon_images"] = 200  # the tokenizer is scored once, in train_tokenizer
-    data["tokenizer"]["quantizer"] = copy.deepcopy(quantizer)
+    data["eval"].update(eval_changes or {})
+    if kind in SECTIONS:
+        data["tokenizer"] = copy.deepcopy(SECTIONS[kind])
+    else:
+        data["tokenizer"]["quantizer"] = copy.deepcopy(TOKENIZERS[kind])
     if generator is not None:
         changes = generator.get("conditioner", {})
         data["generator"] = {**generator, "conditioner": {**data["generator"]["conditioner"], **changes}}
@@ -119,8 +128,8 @@ def train_tokenizer(out: Path, kind: str, data_size: int, tokenizer_steps: int) 
     from latentforge.eval.run_metrics import tokenizer_metrics
     from latentforge.serialization import from_pretrained
 
-    gen = {"vq": "autoregressive", "rvq": "hierarchical", "kl": "dit", "multiscale": "next_scale"}[kind]
-    cfg = recipe(out, f"tok_{kind}", TOKENIZERS[kind], {"name": gen}, 1, 1, {}, data_size, tokenizer_steps)
+    gen = LATENT_KIND_GENERATOR.get(kind, "dit")
+    cfg = recipe(out, f"tok_{kind}", kind, {"name": gen}, 1, 1, {}, data_size, tokenizer_steps)
     run = Run(cfg)
     run.run(("data", "tokenizer", "encode"))
     tok = from_pretrained(run.dir / "tokenizer")
@@ -163,16 +172,28 @@ def measure_step(cfg: RecipeConfig, run: Run, reps: int = 6) -> float:
     return statistics.median(times)
 
 
-def generator_row(out: Path, name: str, tokenizer_dir: Path, budget: float, conditions: int, data_size: int,
-                  tokenizer_steps: int, sweep_steps: bool = True) -> dict:
-    kind, section, options, sweep = GENERATORS[name]
-    sizes = (data_size, tokenizer_steps)
-    probe = recipe(out, f"gen_{name}", TOKENIZERS[kind], section, 10, conditions, options, *sizes)
+def measured_step(out: Path, name: str, tokenizer_dir: Path, conditions: int, data_size: int, tokenizer_steps: int,
+                  eval_changes: dict | None = None) -> float:
+    """Median seconds of one training step of generator `name` on its tokenizer's latents."""
+    kind, section, options, _ = GENERATORS[name]
+    probe = recipe(out, f"gen_{name}", kind, section, 10, conditions, options, data_size, tokenizer_steps,
+                   eval_changes)
     run = Run(probe, progress=False)
     adopt_tokenizer(tokenizer_dir, run)
-    step_s = measure_step(probe, run)
+    return measure_step(probe, run)
+
+
+def generator_row(out: Path, name: str, tokenizer_dir: Path, budget: float, conditions: int, data_size: int,
+                  tokenizer_steps: int, sweep_steps: bool = True, eval_changes: dict | None = None,
+                  step_s: float | None = None) -> dict:
+    """Train, sample and score one generator; `step_s`: its seconds per step, measured by the caller
+    (e.g. interleaved with the rows it is compared with), else measured here."""
+    kind, section, options, sweep = GENERATORS[name]
+    sizes = (data_size, tokenizer_steps, eval_changes)
+    if step_s is None:
+        step_s = measured_step(out, name, tokenizer_dir, conditions, data_size, tokenizer_steps, eval_changes)
     steps = max(50, int(budget / step_s))
-    cfg = recipe(out, f"gen_{name}", TOKENIZERS[kind], section, steps, conditions, options, *sizes)
+    cfg = recipe(out, f"gen_{name}", kind, section, steps, conditions, options, *sizes)
     run = Run(cfg, progress=True)
     adopt_tokenizer(tokenizer_dir, run)
     model = lookup("generator", cfg.generator.name)[1](cfg.generator)
@@ -191,7 +212,10 @@ def generator_row(out: Path, name: str, tokenizer_dir: Path, budget: float, cond
         metrics = run_k.run(("sample", "eval"))
         gen = metrics["generator"]
         info = json.loads((run_k.dir / "sample_info.json").read_text())
+        dist = metrics.get("distribution", {})  # only when eval_changes ask for fid
         point = {"options": opts, **{k: gen.get(k) for k in (*ADHERENCE, "diversity", "unique_frac")},
+                 "fid": dist.get("model", {}).get("fid"),
+                 "fid_floor": dist.get("baselines", {}).get("real (test split)", {}).get("fid"),
                  "images_per_s": info["samples_per_s"]}
         row["sweep"].append(point)
         print(f"  {name} {opts}: exact {point['scene_exact']:.3f} rel {point['relation_acc']:.3f} "

@@ -300,6 +300,7 @@ class Run:
         tcls = lookup("tokenizer", cfg.tokenizer.name)[1]
         torch.manual_seed(cfg.tokenizer_train.seed)  # the initial weights follow the seed, not what ran before
         model = tcls(cfg.tokenizer)
+        model.before_training()
         key, to_model = cfg.tokenizer.layout, self.modality.to_model
         extra = type(cfg.tokenizer).batch_keys
         missing = [k for k in extra if k not in split]

@@ -58,6 +58,25 @@ def test_encoder_weights_load_from_a_safetensors_file(tmp_path):
         rae.load_encoder(tmp_path / "other.safetensors")
 
 
+def test_config_named_encoder_weights_load_before_training_and_travel_with_the_saved_model(tmp_path):
+    from latentforge.serialization import from_pretrained, save_pretrained
+
+    torch.manual_seed(4)
+    pretrained = MP3Encoder(RAEConfig.tiny().encoder_config())
+    save_file(pretrained.state_dict(), tmp_path / "mp3.safetensors")
+    rae = RAETokenizer(RAEConfig(**{**vars(RAEConfig.tiny()), "encoder_weights": str(tmp_path / "mp3.safetensors")}))
+    assert not all(torch.equal(a, b) for a, b in zip(rae.encoder.state_dict().values(),
+                                                     pretrained.state_dict().values()))  # built random
+    rae.before_training()  # what the recipe's tokenizer stage calls
+    assert all(torch.equal(a, b) for a, b in zip(rae.encoder.state_dict().values(), pretrained.state_dict().values()))
+    save_pretrained(rae, tmp_path / "tok")
+    (tmp_path / "mp3.safetensors").unlink()  # a saved RAE loads on its own
+    again = from_pretrained(tmp_path / "tok")
+    assert all(torch.equal(a, b) for a, b in zip(again.encoder.state_dict().values(), pretrained.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="encoder_weights.*mp3.safetensors"):
+        rae.before_training()
+
+
 def train_decoder(tau: float, images: torch.Tensor, steps: int = 300) -> RAETokenizer:
     torch.manual_seed(0)
     rae = RAETokenizer(RAEConfig(image_size=16, patch=4, encoder_dim=32, encoder_depth=1, encoder_heads=2, dim=48,

@@ -155,6 +155,10 @@ class Tokenizer(nn.Module):
         if cfg is not None:
             self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
 
+    def before_training(self) -> None:
+        """Read the weights the config names by path (a frozen pretrained part) before the first
+        training step. A saved tokenizer holds those weights, so loading one never calls this."""
+
     def quantize(self, x: Tensor) -> Quantized:
         raise NotImplementedError
 

@@ -19,11 +19,13 @@ loads on its own.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from latentforge.config import ADDED_LATER
 from latentforge.pretraining.mp3 import MP3Config, MP3Encoder
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.registry import register
@@ -48,6 +50,9 @@ class RAEConfig(TokenizerConfig):
     noise_tau: float = 0.8            # training noise on the normalised latents, sigma ~ U(0, tau)
     norm_momentum: float = 0.01       # running per-element statistics
     recon_loss: ReconKind = "l1"
+    # A safetensors MP3Encoder state dict (benchmarks/mp3.py --save-encoder) read before training;
+    # empty: a fixed random encoder
+    encoder_weights: str = field(default="", metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch:
@@ -123,6 +128,15 @@ class RAETokenizer(Tokenizer):
             raise ValueError(f"{where}: not an MP3 encoder of this config (missing {missing[:4]}, "
                              f"unexpected {unexpected[:4]})")
         self.norm.seen.zero_()  # new features: the statistics start again
+
+    def before_training(self) -> None:
+        path = self.config.encoder_weights
+        if not path:
+            return
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer.encoder_weights: no file {path!r} (a safetensors MP3 encoder, "
+                                    "e.g. from `python benchmarks/mp3.py --save-encoder FILE`)")
+        self.load_encoder(path)
 
     def _check(self, x: Tensor) -> None:
         c, s = self.config.in_channels, self.config.image_size
