@@ -13,6 +13,10 @@ Latent spaces:
 - rae_mp3: P6's RAE (tokenizers/rae.py), a frozen MP3 encoder pretrained by P18's position prediction
   (benchmarks/mp3.py's pretraining, or `--encoder FILE`), 8 x 8 x 96 normalised per element, with a
   noise-augmented ViT decoder (tau 0.8);
+- rae_probe: the same RAE with the Shapes probe network's conv stages as the encoder (trained to
+  count shapes, colours and sizes: a supervised semantic encoder, the analogue of RAE's DINOv2),
+  8 x 8 x 64; the probe is the one the FD reads (trained once, cached), so this row's FD is not an
+  independent judge (its generator models the features the FD compares): read its adherence;
 - rae_random: the same RAE with its encoder left random (is the *pretraining* what helps?).
 Generators: the zoo's DiT (width 128, depth 4, flow matching, 32 Euler steps); on RAE latents with
 RAE's dimension-dependent time shift sqrt(8 * 8 * 96 / 4096) = 1.22 and the wide, shallow DDT head
@@ -20,7 +24,7 @@ RAE's dimension-dependent time shift sqrt(8 * 8 * 96 / 4096) = 1.22 and the wide
 Claim (details-P1-P17.md section 6): at equal wall-clock the DiT on RAE latents reaches better
 adherence / FID than on the KL-VAE latent.
 
-    python benchmarks/rae_dit.py [--budgets 90,270] [--conditions 100] [--encoder FILE]
+    python benchmarks/rae_dit.py [--budgets 60,180] [--conditions 60] [--encoder FILE]
                                  [--pretrain-steps 1500] [--only dit_kl,dit_rae_mp3] [--threads 1]
 
 Writes benchmarks/results/rae_dit.{json,md,png}.
@@ -29,6 +33,7 @@ Writes benchmarks/results/rae_dit.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import statistics
@@ -49,7 +54,7 @@ from latentforge.atomic import write_json, write_text  # noqa: E402
 from latentforge.pretraining.mp3 import MP3Config, MP3Encoder  # noqa: E402
 from latentforge.serialization import save_state_dict  # noqa: E402
 
-GRID, RAE_CHANNELS = 8, 96
+GRID, RAE_CHANNELS, PROBE_WIDTH = 8, 96, 32
 SHIFT = math.sqrt(GRID * GRID * RAE_CHANNELS / 4096)  # RAE's dimension-dependent shift, base 4096
 DIT = {"name": "dit", "dim": zoo.WIDTH, "depth": zoo.DEPTH, "heads": zoo.HEADS, "patch": 1}
 # RAE's head is wider than the trunk but shallow; at this trunk (4 blocks of 128) one block of 192 adds about half
@@ -61,14 +66,26 @@ ROWS = {  # name: (latent space, generator section)
     "dit_rae_mp3": ("rae_mp3", RAE_DIT),
     "dit_rae_mp3_nohead": ("rae_mp3", {**DIT, "shift": SHIFT}),
     "dit_rae_random": ("rae_random", RAE_DIT),
+    "dit_rae_probe": ("rae_probe", {**RAE_DIT, "shift": math.sqrt(GRID * GRID * 2 * PROBE_WIDTH / 4096)}),
 }
 EVAL = {"metrics": ["recon", "val", "adherence", "diversity", "fid"], "n": 300}
 
 
-def rae_section(encoder_weights: str) -> dict:
-    return {"name": "rae", "image_size": 32, "patch": 32 // GRID, "encoder_dim": RAE_CHANNELS, "encoder_depth": 4,
-            "encoder_heads": 4, "dim": 128, "decoder_depth": 4, "heads": 4, "noise_tau": 0.8,
-            "encoder_weights": encoder_weights}
+def rae_section(encoder_weights: str, encoder: str = "mp3") -> dict:
+    channels = RAE_CHANNELS if encoder == "mp3" else 2 * PROBE_WIDTH
+    return {"name": "rae", "image_size": 32, "patch": 32 // GRID, "encoder": encoder, "encoder_dim": channels,
+            "encoder_depth": 4, "encoder_heads": 4, "probe_width": PROBE_WIDTH, "dim": 128, "decoder_depth": 4,
+            "heads": 4, "noise_tau": 0.8, "encoder_weights": encoder_weights}
+
+
+def probe_weights(data_size: int, tokenizer_steps: int) -> str:
+    """The Shapes probe network of the recipe's data (trained once and cached, as the eval's FID uses it)."""
+    from latentforge.eval.probe import load_probe, probe_dir
+    from latentforge.serialization import WEIGHTS_NAME
+
+    data = zoo.recipe(Path("unused"), "probe", "kl", {"name": "dit"}, 1, 1, {}, data_size, tokenizer_steps).data
+    load_probe(data)
+    return str(probe_dir(data) / WEIGHTS_NAME)
 
 
 def pretrained_encoder(path: Path, steps: int, size: int) -> dict:
@@ -82,6 +99,7 @@ def pretrained_encoder(path: Path, steps: int, size: int) -> dict:
     mp3.pretrain(encoder, images, steps, 64, 1e-3)
     info = {"steps": steps, "seconds": time.perf_counter() - start, "position_top1": encoder.position_accuracy(val)}
     save_state_dict(encoder.state_dict(), path)
+    write_json(path.with_suffix(".json"), info)  # read back when the file is given as --encoder
     return info
 
 
@@ -122,14 +140,15 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budgets", default="90,270", help="generator training seconds, comma-separated")
-    ap.add_argument("--conditions", type=int, default=100, help="val graphs sampled (2 samples each)")
+    ap.add_argument("--budgets", default="60,180", help="generator training seconds, comma-separated")
+    ap.add_argument("--conditions", type=int, default=60, help="val graphs sampled (2 samples each)")
     ap.add_argument("--data-size", type=int, default=20000)
     ap.add_argument("--tokenizer-steps", type=int, default=500)
     ap.add_argument("--encoder", default=None, help="a pretrained MP3 encoder (safetensors); else pretrain one")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--pretrain-size", type=int, default=8000)
-    ap.add_argument("--only", default="dit_kl,dit_rae_mp3,dit_rae_random", help=f"comma-separated, of {', '.join(ROWS)}")
+    ap.add_argument("--only", default="dit_kl,dit_rae_mp3,dit_rae_probe,dit_rae_random",
+                    help=f"comma-separated, of {', '.join(ROWS)}")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="runs/bench_rae_dit")
     ap.add_argument("--out", default="benchmarks/results/rae_dit.json")
@@ -152,8 +171,12 @@ def main() -> None:
             result["mp3"] = pretrained_encoder(Path(encoder), args.pretrain_steps, args.pretrain_size)
             print(f"MP3 encoder: position top-1 {result['mp3']['position_top1']:.3f} after "
                   f"{result['mp3']['seconds']:.0f} s", flush=True)
+        elif Path(encoder).with_suffix(".json").is_file():
+            result["mp3"] = json.loads(Path(encoder).with_suffix(".json").read_text())
         zoo.SECTIONS["rae_mp3"] = rae_section(str(Path(encoder).resolve()))
     zoo.SECTIONS["rae_random"] = rae_section("")
+    if "rae_probe" in kinds:
+        zoo.SECTIONS["rae_probe"] = rae_section(probe_weights(args.data_size, args.tokenizer_steps), "probe")
     tokenizer_dirs = {}
     for kind in kinds:
         t = time.perf_counter()

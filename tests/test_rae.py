@@ -109,3 +109,29 @@ def test_noise_augmented_decoders_read_noisy_latents_better():
     assert noisy[0.8] < 0.93 * noisy[0.0], noisy
     mean_image = F.l1_loss(images[:-64].mean(0, keepdim=True).expand_as(held_out), held_out).item()
     assert max(clean.values()) < 0.7 * mean_image  # both decoders learnt the images (mean image: 0.154)
+
+
+def test_a_probe_network_is_an_encoder_its_conv_stages_before_the_pooling(tmp_path):
+    from latentforge.eval.probe import Probe, ProbeConfig
+
+    torch.manual_seed(5)
+    probe = Probe(ProbeConfig(size=16, width=4, feature_dim=8, heads=("class",), slots=(1,), classes=(3,))).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so loading them is checked too
+        probe.body[1].running_mean.uniform_(-1, 1)
+        probe.body[1].running_var.uniform_(0.5, 2)
+    save_file(probe.state_dict(), tmp_path / "probe.safetensors")
+    cfg = RAEConfig(image_size=16, patch=4, encoder="probe", probe_width=4, encoder_dim=8, dim=16, decoder_depth=1,
+                    heads=2, encoder_weights=str(tmp_path / "probe.safetensors"))
+    rae = RAETokenizer(cfg)
+    rae.before_training()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = probe.body[:-1](x)                      # [3, 8, 4, 4]: the map the probe pools
+        pooled = probe.body(x)
+        assert rae.encoder(x).shape == (3, 16, 8)
+        assert torch.allclose(rae.encoder(x), expected.flatten(2).transpose(1, 2))
+        assert torch.allclose(pooled, torch.nn.functional.adaptive_avg_pool2d(expected, 4))
+    rae.train()
+    assert not rae.encoder.training and rae.quantize(x).codes.shape == (3, 4, 4, 8)
+    with pytest.raises(ValueError, match="encoder_dim 8"):
+        RAEConfig(image_size=16, patch=4, encoder="probe", probe_width=4, encoder_dim=16)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from latentforge.config import ModelConfig, to_dict
 from latentforge.data.store import cache_root
+from latentforge.nn.conv import probe_trunk
 from latentforge.registry import register
 from latentforge.serialization import WEIGHTS_NAME, from_pretrained, save_pretrained
 from latentforge.train.trainer import TrainConfig, Trainer
@@ -68,10 +69,6 @@ class ProbeConfig(ModelConfig):
         return cls(size=8, width=4, feature_dim=8, heads=("class",), slots=(1,), classes=(3,))
 
 
-def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.SiLU()]
-
-
 @register("probe", "cnn", ProbeConfig)
 class Probe(nn.Module):
     """Conv stages at full, 1/2 and 1/4 resolution -> 4x4 pooled map -> feature layer -> heads.
@@ -85,8 +82,7 @@ class Probe(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.body = nn.Sequential(*_conv(3, w), *_conv(w, w, 2), *_conv(w, 2 * w), *_conv(2 * w, 2 * w, 2),
-                                  *_conv(2 * w, 2 * w), nn.AdaptiveAvgPool2d(4))
+        self.body = nn.Sequential(*probe_trunk(w), nn.AdaptiveAvgPool2d(4))
         self.feature = nn.Sequential(nn.Flatten(), nn.Linear(2 * w * 16, config.feature_dim), nn.SiLU())
         self.heads = nn.ModuleDict({h: nn.Linear(config.feature_dim, k * c)
                                     for h, k, c in zip(config.heads, config.slots, config.classes)})

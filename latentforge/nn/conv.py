@@ -71,3 +71,14 @@ def conv_levels(channels: tuple[int, ...], blocks: int, resample: type[nn.Module
         if i < len(channels) - 1:
             layers.append(resample(c, dims))
     return nn.Sequential(*layers)
+
+
+def probe_trunk(width: int) -> list[nn.Module]:
+    """The Shapes probe network's conv stages (eval/probe.py), [B, 3, S, S] in [-1, 1] ->
+    [B, 2 * width, S / 4, S / 4]: conv-BN-SiLU at full, 1/2 and 1/4 resolution. A list, so the
+    probe's Sequential keeps its parameter names; P6's RAE reuses the trained stages as its encoder."""
+    def stage(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.SiLU()]
+
+    w = width
+    return [*stage(3, w), *stage(w, w, 2), *stage(w, 2 * w), *stage(2 * w, 2 * w, 2), *stage(2 * w, 2 * w)]

@@ -1,7 +1,10 @@
 """Representation autoencoder (P6 RAE): a frozen representation encoder and a trained ViT decoder.
 
 x [B, C, H, W] in [-1, 1]
-  -> frozen encoder (P18's MP3 ViT: no position embeddings, reads images in [0, 1])   [B, N, D]
+  -> frozen encoder                                                                   [B, N, D]
+     "mp3": P18's MP3 ViT (no position embeddings, reads images in [0, 1]);
+     "probe": the Shapes probe network's conv stages (eval/probe.py; trained on what the scene
+     holds: counts of each shape, colour, size), the 8 x 8 map before its pooling
   -> per-element normalisation: every (token, channel) element standardised by running
      statistics over the data (batch statistics only, as RAE computes them; frozen in eval)
   -> the latents a generator models [B, h, w, D]
@@ -11,7 +14,8 @@ x [B, C, H, W] in [-1, 1]
 
 Only the decoder trains: the latent space is the encoder's, fixed before the generator sees it. The
 encoder's weights come from `load_encoder` (a state dict, e.g. an MP3 encoder pretrained by
-benchmarks/mp3.py and saved with safetensors); without it the encoder is a fixed random ViT (RAE's
+benchmarks/mp3.py and saved with safetensors, or a trained probe's model.safetensors), or from the
+path in `encoder_weights`, read before training; without them the encoder is a fixed random ViT (RAE's
 small analogue allows a fixed random projection). A saved RAE holds its encoder's weights, so it
 loads on its own.
 """
@@ -21,11 +25,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from latentforge.config import ADDED_LATER
+from latentforge.nn.conv import probe_trunk
 from latentforge.pretraining.mp3 import MP3Config, MP3Encoder
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.registry import register
@@ -50,13 +56,22 @@ class RAEConfig(TokenizerConfig):
     noise_tau: float = 0.8            # training noise on the normalised latents, sigma ~ U(0, tau)
     norm_momentum: float = 0.01       # running per-element statistics
     recon_loss: ReconKind = "l1"
-    # A safetensors MP3Encoder state dict (benchmarks/mp3.py --save-encoder) read before training;
-    # empty: a fixed random encoder
+    # A safetensors state dict read before training (empty: a fixed random encoder): an MP3Encoder's
+    # (benchmarks/mp3.py --save-encoder), or with encoder "probe" a Shapes probe network's (its
+    # model.safetensors: the conv stages before the pooling are the encoder)
     encoder_weights: str = field(default="", metadata=ADDED_LATER)
+    encoder: Literal["mp3", "probe"] = field(default="mp3", metadata=ADDED_LATER)
+    probe_width: int = field(default=32, metadata=ADDED_LATER)  # the probe's first-stage channels
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch {self.patch}")
+        if self.encoder not in ("mp3", "probe"):
+            raise ValueError(f"encoder must be 'mp3' or 'probe', got {self.encoder!r}")
+        if self.encoder == "probe" and (self.patch != 4 or self.encoder_dim != 2 * self.probe_width):
+            raise ValueError(f"encoder 'probe' gives 2 * probe_width = {2 * self.probe_width} channels on a grid of "
+                             f"side image_size / 4: set patch 4 and encoder_dim {2 * self.probe_width}, got patch "
+                             f"{self.patch}, encoder_dim {self.encoder_dim}")
         if self.noise_tau < 0 or not 0 < self.norm_momentum <= 1:
             raise ValueError(f"need noise_tau >= 0 and 0 < norm_momentum <= 1, got {self.noise_tau}, "
                              f"{self.norm_momentum}")
@@ -75,6 +90,21 @@ class RAEConfig(TokenizerConfig):
         """Builds and runs in milliseconds: the registry's contract tests use it."""
         return cls(image_size=8, patch=4, encoder_dim=16, encoder_depth=1, encoder_heads=2, dim=16,
                    decoder_depth=1, heads=2)
+
+
+class ProbeEncoder(nn.Module):
+    """The Shapes probe network's conv stages as a token encoder: [B, 3, S, S] in [-1, 1] -> [B, N, D]."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*probe_trunk(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x).flatten(2).transpose(1, 2)                      # [B, (S/4)^2, 2 * width]
+
+    def load_probe(self, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+        """Load the body of a probe's state dict (its pooled feature layer and heads are not used)."""
+        return self.load_state_dict({k: v for k, v in state.items() if k.startswith("body.")}, strict=False)
 
 
 class ElementNorm(nn.Module):
@@ -103,8 +133,9 @@ class RAETokenizer(Tokenizer):
     def __init__(self, config: RAEConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = MP3Encoder(config.encoder_config()).requires_grad_(False).eval()
-        self.norm = ElementNorm(config.encoder_config().tokens, config.encoder_dim, config.norm_momentum)
+        encoder = MP3Encoder(config.encoder_config()) if config.encoder == "mp3" else ProbeEncoder(config.probe_width)
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.norm = ElementNorm(config.grid[0] * config.grid[1], config.encoder_dim, config.norm_momentum)
         decoder = ViTConfig(image_size=config.image_size, in_channels=config.in_channels, patch=config.patch,
                             dim=config.dim, encoder_depth=0, decoder_depth=config.decoder_depth, heads=config.heads,
                             mlp_ratio=config.mlp_ratio, quantizer=QuantizerConfig(dim=config.encoder_dim))
@@ -117,15 +148,19 @@ class RAETokenizer(Tokenizer):
         return self
 
     def load_encoder(self, state: dict[str, Tensor] | str | os.PathLike) -> None:
-        """Load the frozen encoder's weights: an MP3Encoder state dict, or a safetensors file of one."""
+        """Load the frozen encoder's weights: a state dict (an MP3Encoder's, or a probe network's with
+        encoder "probe"), or a safetensors file of one."""
         where = "the given state dict"
         if not isinstance(state, dict):
             from safetensors.torch import load_file
 
             where, state = str(state), load_file(str(state))
-        missing, unexpected = self.encoder.load_state_dict(state, strict=False)
+        if self.config.encoder == "probe":
+            missing, unexpected = self.encoder.load_probe(state)
+        else:
+            missing, unexpected = self.encoder.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{where}: not an MP3 encoder of this config (missing {missing[:4]}, "
+            raise ValueError(f"{where}: not an {self.config.encoder} encoder of this config (missing {missing[:4]}, "
                              f"unexpected {unexpected[:4]})")
         self.norm.seen.zero_()  # new features: the statistics start again
 
@@ -134,8 +169,9 @@ class RAETokenizer(Tokenizer):
         if not path:
             return
         if not Path(path).is_file():
-            raise FileNotFoundError(f"tokenizer.encoder_weights: no file {path!r} (a safetensors MP3 encoder, "
-                                    "e.g. from `python benchmarks/mp3.py --save-encoder FILE`)")
+            raise FileNotFoundError(f"tokenizer.encoder_weights: no file {path!r} (a safetensors {self.config.encoder} "
+                                    "encoder: `python benchmarks/mp3.py --save-encoder FILE`, or a probe network's "
+                                    "model.safetensors)")
         self.load_encoder(path)
 
     def _check(self, x: Tensor) -> None:
@@ -147,7 +183,7 @@ class RAETokenizer(Tokenizer):
         """x [B, C, H, W] in [-1, 1] -> latents [B, h, w, D] (codes), noisy in training (z_q)."""
         self._check(x)
         with torch.no_grad():
-            h = self.encoder((x + 1) / 2)                                    # [B, N, D]
+            h = self.encoder((x + 1) / 2 if self.config.encoder == "mp3" else x)  # [B, N, D]; MP3 reads [0, 1]
         z = self.norm(h).unflatten(1, self.config.grid)                     # [B, h, w, D]
         if not self.training or self.config.noise_tau == 0:
             return Quantized(z, z, {}, {})
