@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentforge.atomic import write_json
 from latentforge.data.shapes import ShapesConfig
 from latentforge.data.shapes_seg import CLASSES, colorize, palette_argmax, sample_segmentation, to_model_input
 from latentforge.eval.cost import count_flops, parameter_count
@@ -232,8 +233,7 @@ def main() -> None:
         for f in ("tokenizer_steps", "segmenter_steps", "mar_steps", "train", "val"):
             setattr(cfg, f, max(2, int(getattr(cfg, f) * args.scale)))
     result = run(cfg)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print("wrote", args.out)
 
 
