@@ -12,6 +12,8 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 TAG    := $(subst <,_,$(subst >,_,$(subst =,_,$(TORCH))))
 STAMP  := $(VENV)/.installed-$(TAG)
 DEV    := $(VENV)/.dev-$(TAG)
+# test files run in this many processes (pytest-xdist; 0: one process), one torch thread each
+TEST_WORKERS ?= 2
 
 .PHONY: demo quick test install clean system
 
@@ -52,7 +54,7 @@ quick: $(STAMP)
 
 test: $(DEV)
 	$(PY) -m ruff check latentforge tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

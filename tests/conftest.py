@@ -3,9 +3,10 @@ import os
 import pytest
 import torch
 
-# Two cores on CI: keep torch from oversubscribing (OMP_NUM_THREADS, when set, wins), and tests
-# independent of each other.
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
+# Two cores on CI: keep torch from oversubscribing (OMP_NUM_THREADS, when set, wins; under
+# pytest-xdist, `make test`'s two worker processes, one thread each), and tests independent of each other.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1) // _workers)))
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ embedding as a bilinear sample of the basis planes, coarse-to-fine injection, sc
 the multi-scale training target, the Fourier baseline, and learning."""
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -251,25 +250,17 @@ def test_implicit_tokenizer_overfits_a_few_images():
                          quantizer=GaussianConfig(dim=16, latent_channels=4))
     tok = ImplicitTokenizer(cfg)
     opt = torch.optim.Adam(tok.parameters(), 2e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
-        for _ in range(200):
-            out = tok.loss({"image": x})
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-        seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(200):
+        out = tok.loss({"image": x})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
     tok.eval()
     with torch.no_grad():
         out = tok.loss({"image": x})
     mean_image_l1 = float((x - x.mean(0)).abs().mean())
     assert float(out["l1"]) < 0.5 * mean_image_l1, (float(out["l1"]), mean_image_l1)
     assert float(out["psnr"]) > 22.0, float(out["psnr"])
-    assert seconds < 20, seconds  # about 5 s
 
 
 def test_a_continuous_generator_models_the_latents_and_they_decode_at_any_side():

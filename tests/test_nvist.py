@@ -1,7 +1,6 @@
 """views/nvist.py: shapes, the camera's role (adaLN, relative pose only), gradients, saving, learning."""
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -128,19 +127,11 @@ def test_tiny_model_learns_a_few_objects(split):
     before = whole_view_mse()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)       # these tensors are too small to share: a second thread only waits
-    try:
-        start = time.perf_counter()
-        for _ in range(150):
-            loss = model.loss(to_batch(view_pairs(split, rng, 8)), gen)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(150):
+        loss = model.loss(to_batch(view_pairs(split, rng, 8)), gen)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     after = whole_view_mse()
     white = torch.nn.functional.mse_loss(torch.ones_like(everything["target"]), everything["target"]).item()
     assert after < 0.018 and after < white / 2, f"whole-view MSE {before:.4f} -> {after:.4f} (all white: {white:.4f})"
-    assert elapsed < 20, f"training took {elapsed:.1f}s"
