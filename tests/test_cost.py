@@ -36,3 +36,14 @@ def test_shared_parameters_count_once_and_inference_cost_has_every_field():
     assert parameter_count(model, trainable_only=True) == 16
     cost = inference_cost(lambda: model(torch.randn(2, 4)), repeats=2)
     assert cost["flops"] == 2 * (2 * 2 * 4 * 4) and cost["peak_bytes"] > 0 and cost["infer_s"] > 0
+
+
+def test_flops_of_sampling_a_regression_head_mar_are_counted():
+    """The MSE head's learned query used to reach its denoiser as an expanded view of a parameter,
+    which under no_grad still claims to need grad: FlopCounterMode's module tracker refused it."""
+    from dataclasses import replace
+
+    from latentforge.generators.mar import MARConfig, MARGenerator
+
+    model = MARGenerator(replace(MARConfig.tiny(), head_objective="mse")).eval()
+    assert count_flops(lambda: model.sample(2, steps=2)) > 0

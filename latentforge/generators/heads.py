@@ -165,7 +165,10 @@ class RegressionHead(nn.Module):
         self.query = nn.Parameter(torch.randn(1, channels) * 0.02)
 
     def regress(self, z: Tensor) -> Tensor:
-        return self.net(self.query.expand(z.shape[0], -1).to(z.dtype), torch.zeros(z.shape[0], device=z.device), z)
+        # repeat, not expand: under no_grad an expanded view of a parameter still claims to need grad,
+        # which autograd hooks (FlopCounterMode's module tracker) refuse
+        query = self.query.to(z.dtype).repeat(z.shape[0], 1)                # [N, C]
+        return self.net(query, torch.zeros(z.shape[0], device=z.device), z)
 
     def loss(self, z: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         return (self.regress(z).float() - x0.float()).pow(2).mean()
