@@ -9,7 +9,12 @@ Writes benchmarks/results/atvc.{json,md,png}. Stages:
    fitted to the training inputs and targets.
 2. ATVC (generators/atvc.py) trained on Shapes-Edit (data/shapes_edit.py) twice from the same seed:
    the paper's recipe (no loss through the re-created image M on refused instructions) and the
-   ablation (M's loss on refusals too, its target the unchanged input image).
+   ablation (M's loss on refusals too). A refusal's M slot is teacher-forced with a filler
+   (`--refusal-filler`): "counterfactual" (default), the image the instruction would have made had
+   its rule been ignored (data/shapes_edit.counterfactual_target: the magenta object drawn anyway,
+   the object at its placement despite no room, the input unchanged when the reference is absent),
+   or "input", the unchanged input image, which lets the answer read "M unchanged -> no" off M.
+   With the mask off the filler is also M's target.
 3. Evaluation on held-out instructions, greedy decoding of M then the answer:
    - "val": scenes of the Shapes val split (disjoint from training), the training mix of outcomes
      (1/6 each: add, remove, recolour | absent, forbidden colour, no room);
@@ -36,7 +41,15 @@ import torch
 
 from latentforge.conditioning.caption import PAD, build_vocab, encode_captions, split_words
 from latentforge.data.shapes import ShapesConfig, render
-from latentforge.data.shapes_edit import ACCEPTED, HELDOUT_PAIRS, EditConfig, EditExample, edit_words, sample_edits
+from latentforge.data.shapes_edit import (
+    ACCEPTED,
+    HELDOUT_PAIRS,
+    EditConfig,
+    EditExample,
+    counterfactual_target,
+    edit_words,
+    sample_edits,
+)
 from latentforge.eval.shapes import compare_scenes, parse_scene
 from latentforge.generators.atvc import ATVC, ATVCConfig
 from latentforge.generators.cam_seg import train_steps
@@ -62,6 +75,7 @@ class ATVCBenchConfig:
     heads: int = 4
     image_loss_weight: float = 1.0
     ablation: bool = True        # also train with M's loss on refusals
+    refusal_filler: str = "counterfactual"   # what fills a refusal's M slot: "counterfactual" | "input"
     seed: int = 0
 
 
@@ -89,6 +103,16 @@ def render_all(examples: list[EditExample]) -> tuple[np.ndarray, np.ndarray]:
     inputs = np.stack([render(e.scene) for e in examples])
     targets = np.stack([render(e.target) if e.accepted else x for e, x in zip(examples, inputs)])
     return inputs, targets
+
+
+def render_fillers(examples: list[EditExample], targets: np.ndarray, filler: str) -> np.ndarray:
+    """What fills M in teacher forcing, uint8 [N, 32, 32, 3]: the target when accepted; on refusals
+    the input ("input") or the image the instruction would have made anyway ("counterfactual")."""
+    if filler == "input":
+        return targets
+    if filler != "counterfactual":
+        raise ValueError(f"refusal_filler must be 'input' or 'counterfactual', got {filler!r}")
+    return np.stack([t if e.accepted else render(counterfactual_target(e)) for e, t in zip(examples, targets)])
 
 
 def tensors(examples: list[EditExample], inputs: torch.Tensor, targets: torch.Tensor, vocab: tuple[str, ...],
@@ -133,15 +157,21 @@ def evaluate(model: ATVC, tok: ConvTokenizer, data: dict[str, torch.Tensor], exa
                                      data["input_codes"][i:i + chunk], data["answer"][i:i + chunk])[1][:, 0].argmax(-1)
                         for i in range(0, len(examples), chunk)])
     forced_ok = (forced == data["answer"][:, 0]).numpy()
+    # and after M forced to the training filler (the target when accepted): the verdict as trained
+    filled = torch.cat([model.logits(data["instruction"][i:i + chunk], data["input_codes"][i:i + chunk],
+                                     data["target_codes"][i:i + chunk], data["answer"][i:i + chunk])[1][:, 0].argmax(-1)
+                        for i in range(0, len(examples), chunk)])
+    filled_ok = (filled == data["answer"][:, 0]).numpy()
     out: dict = {"n": len(examples), "yes_no_acc": float(verdict_ok.mean()),
                  "majority_baseline_acc": float(np.mean([t[0] == majority for t in truth])),
                  "answer_exact": float(exact.mean()), "yes_no_acc_m_forced_to_input": float(forced_ok.mean()),
-                 "per_kind": {}}
+                 "yes_no_acc_m_forced_to_filler": float(filled_ok.mean()), "per_kind": {}}
     for kind in sorted(set(kinds)):
         k = kinds == kind
         out["per_kind"][kind] = {"n": int(k.sum()), "yes_no_acc": float(verdict_ok[k].mean()),
                                  "answer_exact": float(exact[k].mean()),
-                                 "yes_no_acc_m_forced_to_input": float(forced_ok[k].mean())}
+                                 "yes_no_acc_m_forced_to_input": float(forced_ok[k].mean()),
+                                 "yes_no_acc_m_forced_to_filler": float(filled_ok[k].mean())}
     # re-creations of accepted instructions, judged against the rendered target
     acc = np.flatnonzero([e.accepted for e in examples])
     recreated = decode(tok, codes[acc])
@@ -220,7 +250,10 @@ def run(cfg: ATVCBenchConfig, png: Path | None = None) -> dict:
     dvae_losses = train_steps(list(tok.parameters()), lambda i: tok.loss({"image": x[i]})["loss"], len(x),
                               cfg.dvae_steps, 32, cfg.dvae_lr, torch.Generator().manual_seed(cfg.seed))
     tok.eval()
-    codes = {name: (encode(tok, to_model(a)), encode(tok, to_model(b))) for name, (a, b) in images.items()}
+    # M's teacher-forced codes: targets, and the filler on refusals (the dVAE is fitted without the
+    # counterfactual images, so both fillers share one tokenizer)
+    codes = {name: (encode(tok, to_model(a)), encode(tok, to_model(render_fillers(ex, b, cfg.refusal_filler))))
+             for (name, (a, b)), ex in zip(images.items(), (train_ex, val_ex, held_ex))}
     val_in = images["val"][0]
     recon = decode(tok, codes["val"][0])
     dvae = {"final_loss": float(np.mean(dvae_losses[-20:])), "codes_used_val": int(codes["val"][0].unique().numel()),
@@ -285,15 +318,18 @@ def markdown(result: dict) -> str:
     lines = [f"# ATVC on Shapes-Edit ({result['seconds']:.0f} s)", "",
              f"dVAE (Gumbel, K={result['config']['codebook_size']}, 8x8): " + json.dumps(result["dvae"]), "",
              "Answers (greedy). yes/no accuracy; majority = the training majority answer; M forced = the verdict "
-             "read after M set to the input's codes; then the whole answer's exact match per outcome.", "",
-             "| model | split | yes/no acc | majority | yes/no, M forced | answer exact | "
-             + " | ".join(kinds) + " |", "|---|---|" + "---:|" * (4 + len(kinds))]
+             "read after M set to the input's codes, M filler = after M set to the training filler "
+             f"(refusal filler: {result['config'].get('refusal_filler', 'input')}); then the whole answer's exact "
+             "match per outcome.", "",
+             "| model | split | yes/no acc | majority | yes/no, M forced | yes/no, M filler | answer exact | "
+             + " | ".join(kinds) + " |", "|---|---|" + "---:|" * (5 + len(kinds))]
     for name, entry in result["models"].items():
         for split in ("val", "heldout_pairs"):
             e, pk = entry[split], entry[split]["per_kind"]
             cells = [f"{pk[k]['answer_exact']:.3f}" if k in pk else "-" for k in kinds]
             lines.append(f"| {name} | {split} | {e['yes_no_acc']:.3f} | {e['majority_baseline_acc']:.3f} | "
-                         f"{e['yes_no_acc_m_forced_to_input']:.3f} | {e['answer_exact']:.3f} | " + " | ".join(cells) + " |")
+                         f"{e['yes_no_acc_m_forced_to_input']:.3f} | {e['yes_no_acc_m_forced_to_filler']:.3f} | "
+                         f"{e['answer_exact']:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "Re-creations of accepted instructions vs the rendered target: scene-parser exact match "
               "(add / remove / recolour) and pixel MSE ([0, 1] range).", "",
               "| model | split | n | model exact | model add/remove/recolour | copy input exact | dVAE ceiling exact | "
@@ -317,13 +353,14 @@ def main() -> None:
     parser.add_argument("--ar-steps", type=int, default=ATVCBenchConfig.ar_steps)
     parser.add_argument("--dvae-steps", type=int, default=ATVCBenchConfig.dvae_steps)
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--refusal-filler", choices=("counterfactual", "input"), default=ATVCBenchConfig.refusal_filler)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step and example count (smoke)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "atvc.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = ATVCBenchConfig(ar_steps=args.ar_steps, dvae_steps=args.dvae_steps, ablation=not args.no_ablation,
-                          seed=args.seed)
+                          refusal_filler=args.refusal_filler, seed=args.seed)
     if args.scale != 1.0:
         for f in ("train", "val", "heldout", "dvae_steps", "ar_steps"):
             setattr(cfg, f, max(8, int(getattr(cfg, f) * args.scale)))

@@ -11,7 +11,9 @@ from latentforge.data.shapes_edit import (
     EditConfig,
     Instruction,
     apply_instruction,
+    counterfactual_target,
     is_heldout,
+    placement,
     sample_edit,
     sample_edits,
 )
@@ -87,6 +89,35 @@ def test_accepted_targets_differ_from_the_input_exactly_by_the_instruction_and_r
         assert compare_scenes(parse_scene(render(e.target)), e.target)["exact"]
 
 
+def test_counterfactual_filler_is_the_edit_made_despite_the_rule():
+    scene = _scene(("square", "blue", "small", 0.5, 0.5), ("circle", "green", "large", 0.2, 0.25))
+    # forbidden colour: the magenta object is drawn anyway, and the judge reads it back from the image
+    add = apply_instruction(scene, Instruction("add", "square", "blue", "circle", FORBIDDEN_COLOR, "small", "right of"))
+    recolour = apply_instruction(scene, Instruction("recolour", "square", "blue", new_color=FORBIDDEN_COLOR))
+    for out, expect in ((add, {("square", "blue"), ("circle", "green"), ("circle", FORBIDDEN_COLOR)}),
+                        (recolour, {("square", FORBIDDEN_COLOR), ("circle", "green")})):
+        assert out.kind == "forbidden"
+        filler = counterfactual_target(out)
+        assert {(o.shape, o.color) for o in filler.objects} == expect
+        parsed = parse_scene(render(filler))
+        assert compare_scenes(parsed, filler)["exact"]
+        assert FORBIDDEN_COLOR in {o.color for o in parsed.objects}
+    # no room: the object sits at its computed placement anyway (here off the left border), the rest unchanged
+    near_left = _scene(("square", "blue", "small", 0.2, 0.5))
+    ins = Instruction("add", "square", "blue", "circle", "red", "large", "left of")
+    out = apply_instruction(near_left, ins)
+    assert out.kind == "no_room"
+    filler = counterfactual_target(out)
+    x, y = placement(near_left.objects[0], "circle", "large", "left of")
+    assert filler.objects == (near_left.objects[0], ShapeObject("circle", "red", "large", x, y))
+    assert x < 0.2 and not (render(filler) == render(near_left)).all()  # drawn, clipped, not dropped
+    # absent: nothing to act on, the input unchanged; accepted: the target itself
+    absent = apply_instruction(scene, Instruction("remove", "triangle", "blue"))
+    assert absent.kind == "absent" and counterfactual_target(absent) == scene
+    accepted = apply_instruction(scene, Instruction("remove", "square", "blue"))
+    assert counterfactual_target(accepted) == accepted.target
+
+
 def test_sampling_is_a_pure_function_and_keeps_heldout_pairs_out():
     cfg = EditConfig(shapes=ShapesConfig(seed=3))
     a, b = sample_edit(cfg, "val", 17), sample_edit(cfg, "val", 17)
@@ -135,9 +166,11 @@ def test_stream_layout_segments_and_position_tables():
 
 def test_rejected_samples_send_no_gradient_through_the_recreated_image():
     torch.manual_seed(0)
-    for masked in (True, False):
+    for masked, filler in ((True, "input"), (True, "counterfactual"), (False, "input"), (False, "counterfactual")):
         model = ATVC(ATVCConfig(**{**ATVCConfig.tiny().__dict__, "mask_rejected_image_loss": masked}))
         b = _batch(model.config, 4)
+        if filler == "input":  # refusals' M slot holds the input's codes; "counterfactual": other codes
+            b["target_codes"][1::2] = b["input_codes"][1::2]
         for accepted, expect_grad in ((False, not masked), (True, True)):
             b["accepted"] = torch.full((4,), accepted)
             model.zero_grad()
@@ -152,6 +185,13 @@ def test_rejected_samples_send_no_gradient_through_the_recreated_image():
             b["target_codes"][1] = (b["target_codes"][1] + 1) % model.config.codebook_size
             after = model.loss(b)["image_loss"]
         assert torch.equal(before, after) == masked
+    # with the mask on, the image loss is the same whichever filler a refusal's M slot holds
+    b = _batch(ATVCConfig.tiny(), 4)
+    model = ATVC(ATVCConfig.tiny())
+    with torch.no_grad():
+        counterfactual = model.loss(b)["image_loss"]
+        b["target_codes"][1::2] = b["input_codes"][1::2]
+        assert torch.equal(model.loss(b)["image_loss"], counterfactual)
 
 
 def test_cached_greedy_generation_matches_the_teacher_forced_argmax():

@@ -22,6 +22,8 @@ object goes is a pure function of the instruction and the scene (`placement`), s
 image has one right answer the scene parser can check. `sample_edit` draws one example per
 (seed, split, index) with a chosen mix of outcomes ("kinds"); `allowed_new` limits the (shape,
 colour) pairs an edit may create, which is how a held-out combination is kept out of training.
+`counterfactual_target` is what a refused instruction would have made had its rule been ignored
+(a filler for a refusal's re-created-image slot that does not give the verdict away).
 """
 
 from __future__ import annotations
@@ -155,13 +157,32 @@ def fits(new: ShapeObject, others: Sequence[ShapeObject]) -> bool:
     return True
 
 
+def _edit(scene: SceneGraph, ins: Instruction, k: int) -> list[ShapeObject]:
+    """The objects after `ins` acts on object k, whatever the rules say (an added object goes to
+    its `placement`, even off the canvas or onto another object)."""
+    objects = list(scene.objects)
+    ref = objects[k]
+    if ins.op == "add":
+        x, y = placement(ref, ins.new_shape, ins.new_size, ins.relation)
+        objects.append(ShapeObject(ins.new_shape, ins.new_color, ins.new_size, x, y))
+    elif ins.op == "remove":
+        del objects[k]
+    else:
+        objects[k] = replace(ref, color=ins.new_color)
+    return objects
+
+
+def _matches(scene: SceneGraph, ins: Instruction) -> list[int]:
+    return [i for i, o in enumerate(scene.objects) if (o.shape, o.color) == (ins.ref_shape, ins.ref_color)]
+
+
 def apply_instruction(scene: SceneGraph, ins: Instruction) -> EditExample:
     """Judge an instruction against a scene: the refusal of the first failed rule, or the edit."""
 
     def refuse(kind: str, why: str) -> EditExample:
         return EditExample(scene, ins, None, f"no, because {why}", kind)
 
-    matches = [i for i, o in enumerate(scene.objects) if (o.shape, o.color) == (ins.ref_shape, ins.ref_color)]
+    matches = _matches(scene, ins)
     name = f"{ins.ref_color} {ins.ref_shape}"
     if not matches:
         return refuse("absent", f"there is no {name}")
@@ -169,23 +190,33 @@ def apply_instruction(scene: SceneGraph, ins: Instruction) -> EditExample:
         return refuse("ambiguous", f"there is more than one {name}")
     if ins.op != "remove" and ins.new_color == FORBIDDEN_COLOR:
         return refuse("forbidden", f"{FORBIDDEN_COLOR} is not allowed")
-    k = matches[0]
-    ref = scene.objects[k]
-    objects = list(scene.objects)
+    objects = _edit(scene, ins, matches[0])
     if ins.op == "add":
-        x, y = placement(ref, ins.new_shape, ins.new_size, ins.relation)
-        new = ShapeObject(ins.new_shape, ins.new_color, ins.new_size, x, y)
-        if not fits(new, objects):
+        if not fits(objects[-1], scene.objects):
             return refuse("no_room", f"there is no room {ins.relation} {ins.reference}")
-        objects.append(new)
         answer = f"yes, added a {ins.new_size} {ins.new_color} {ins.new_shape}"
     elif ins.op == "remove":
-        del objects[k]
         answer = f"yes, removed {ins.reference}"
     else:
-        objects[k] = replace(ref, color=ins.new_color)
         answer = f"yes, {ins.reference} is now {ins.new_color}"
     return EditExample(scene, ins, SceneGraph.from_objects(objects), answer, ins.op)
+
+
+def counterfactual_target(example: EditExample) -> SceneGraph:
+    """The scene the instruction would have produced had its rule been ignored: the target when
+    accepted; for a forbidden colour the magenta object added / recoloured anyway; for no room the
+    object at its computed placement anyway (overlapping or clipped, as the renderer draws it); for
+    an absent (or ambiguous) reference the input unchanged, as there is no single object to act on.
+
+    A teacher-forced filler for a refusal's re-created-image slot: unlike the unchanged input, it
+    does not tell a forbidden or no-room refusal from an accepted edit, so the verdict has to be
+    read from the instruction and the input image."""
+    if example.accepted:
+        return example.target
+    if example.kind in ("forbidden", "no_room"):
+        return SceneGraph.from_objects(_edit(example.scene, example.instruction,
+                                             _matches(example.scene, example.instruction)[0]))
+    return example.scene
 
 
 # --- sampling ---------------------------------------------------------------------

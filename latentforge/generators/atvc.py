@@ -13,9 +13,11 @@ the image head (K codes) predicts M, the text head (word ids) predicts A; T and 
 
 Accountability: an instruction the rules refuse has no target image, so the image loss over M is
 masked out for it (`mask_rejected_image_loss`) and only the answer ("no, because ...") is learnt. The
-M segment of a refused example is filled with the input image's codes (teacher forcing needs some
-tokens there); with the mask off (the paper's ablation) those codes become M's target, i.e. the
-model is taught to re-create the unchanged image when it refuses.
+M segment of a refused example still needs tokens for teacher forcing: the caller's `target_codes`
+fill it (the paper does not say with what). Filling it with the input's codes lets the answer read
+the verdict off M ("unchanged -> no"), which the model's own M never shows at inference; filling it
+with the image the instruction would have made anyway (data/shapes_edit.counterfactual_target)
+removes that shortcut. With the mask off (the paper's ablation) the filler becomes M's target.
 
 Loss = CE(A) + image_loss_weight * CE(M), each a mean over its own tokens (A's padding included:
 predicting padding is how an answer ends). Decoding (`generate`) runs M then A, greedy or sampled,
@@ -140,8 +142,8 @@ class ATVC(nn.Module):
         return image, text
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """batch: instruction [B, Lt], input_codes [B, N], target_codes [B, N] (the input's codes on
-        refusals), answer [B, La], accepted [B] bool -> 'loss', its terms and answer accuracy."""
+        """batch: instruction [B, Lt], input_codes [B, N], target_codes [B, N] (a filler on refusals:
+        read, and learnt only with the mask off), answer [B, La], accepted [B] bool -> 'loss', its terms and answer accuracy."""
         accepted = batch["accepted"].bool()
         target, answer = batch["target_codes"], batch["answer"]
         image_logits, text_logits = self.logits(batch["instruction"], batch["input_codes"], target, answer)
