@@ -144,7 +144,12 @@ def adopt_tokenizer(source: Path, run: Run) -> None:
     for part in ("data", "tokenizer"):
         if not (run.dir / part).exists():
             shutil.copytree(source / part, run.dir / part)
-    shutil.copy2(source / "latents.npz", run.dir / "latents.npz")
+    src, dst = source / "latents.npz", run.dir / "latents.npz"
+    # copy2 keeps the modification time, so an equal size and time mean this copy is there already
+    # (step-time rounds adopt the same tokenizer many times; wide RAE latents are hundreds of MB)
+    same = dst.exists() and (dst.stat().st_size, dst.stat().st_mtime_ns) == (src.stat().st_size, src.stat().st_mtime_ns)
+    if not same:
+        shutil.copy2(src, dst)
     done = run._stages()  # stages this run finished already stay finished
     done.update({s: run.fingerprint(s) for s in ("data", "tokenizer", "encode")})
     write_json(run.dir / "stages.json", done)
