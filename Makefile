@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml
 
 $(DEV): $(STAMP)
 	$(PIP) -e ".[dev]"
+	# reference implementations the tests compare with; their torchvision dependency does not import
+	# beside the CPU torch, and the parts compared (Inception, metrics, LPIPS heads) do not need it
+	$(PIP) --no-deps "torch-fidelity>=0.3" "clean-fid>=0.1.35" "lpips>=0.1.4"
 	$(MAKE) --no-print-directory system
 	touch $@
 

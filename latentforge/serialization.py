@@ -101,6 +101,49 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
         raise CorruptFileError(path, f"truncated or corrupt safetensors file {path}: {err}") from None
 
 
+class PickleRefusedError(ValueError):
+    """A weights file that only loads by unpickling arbitrary Python objects: refused, never run."""
+
+
+def read_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A peer's weights file -> {name: tensor}, without running pickled code.
+
+    `.safetensors` is read with safetensors; anything else (`.pt`, `.pth`, `.bin`, `.ckpt`) with
+    `torch.load(weights_only=True)`, which reads tensors, numbers and strings but no objects. The
+    usual wrappers are opened: {"state_dict": ...} (Lightning, LDM), {"model": ...} (LlamaGen, DiT
+    training checkpoints), {"ema": ...} when it is the only state dict, and DataParallel's "module."
+    prefix. A file that needs pickle raises `PickleRefusedError` saying how to convert it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_state_dict(path, map_location)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        text = str(err)
+        if "weights_only" in text or "Unsupported global" in text or "pickle" in text.lower():
+            raise PickleRefusedError(
+                f"{path}: this file stores Python objects that only load by unpickling, which can run arbitrary "
+                "code, so latentforge refuses it. If you trust the file, convert it once in a separate Python:\n"
+                "    import torch; from safetensors.torch import save_file\n"
+                f"    sd = torch.load({str(path)!r}, map_location='cpu', weights_only=False)\n"
+                "    sd = sd.get('state_dict', sd.get('model', sd))\n"
+                f"    save_file({{k: v.contiguous() for k, v in sd.items()}}, {str(path.with_suffix('.safetensors'))!r})\n"
+                f"and give that .safetensors file instead. ({text.splitlines()[0][:200]})") from None
+        raise CorruptFileError(path, f"{path}: not a torch weights file ({text.splitlines()[0][:200]})") from None
+    for key in ("state_dict", "model", "ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict) and not any(
+                isinstance(v, torch.Tensor) for v in state.values()):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        kinds = sorted({type(v).__name__ for v in state.values()}) if isinstance(state, dict) else [type(state).__name__]
+        raise CorruptFileError(path, f"{path}: expected a state dict of tensors, found {', '.join(kinds) or 'nothing'}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """A JSON file's content; `CorruptFileError` naming the file when it is not valid JSON text."""
     try:
