@@ -39,6 +39,7 @@ from latentforge.data.base import DataConfig, DataSet, build_dataset
 from latentforge.data.sets import ShapesDataConfig
 from latentforge.data.store import load_split, write_split
 from latentforge.generators.base import GeneratorConfig
+from latentforge.model_card import write_model_card
 from latentforge.pipeline import Pipeline, SampleConfig, condition_tensors, sampling_options
 from latentforge.registry import lookup
 from latentforge.serialization import from_pretrained, save_pretrained
@@ -290,8 +291,16 @@ class Run:
                           progress=self.progress)
         trainer.fit()
         if main:  # with EMA on, the model now holds the averaged weights: those are saved
-            save_pretrained(model, self.dir / stage, extra={"precision": trainer.precision.name,
-                                                            "ema_decay": tcfg.ema_decay})
+            training = {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "warmup", "weight_decay",
+                                                      "grad_clip", "accumulate", "seed")}
+            save_pretrained(model, self.dir / stage, data=self.card_data(),
+                            extra={"precision": trainer.precision.name, "ema_decay": tcfg.ema_decay,
+                                   "training": training})
+
+    def card_data(self) -> dict[str, Any]:
+        """What the models' cards say about the data: the data set, its modality and its config."""
+        scalars = {k: v for k, v in to_dict(self.cfg.data).items() if isinstance(v, (int, float, str, bool))}
+        return {"dataset": self.cfg.data.name, "modality": self.modality.name, "recipe run": self.dir.name, **scalars}
 
     def stage_tokenizer(self) -> None:
         cfg = self.cfg
@@ -411,6 +420,11 @@ class Run:
 
         metrics = evaluate(self.eval_inputs(), self.cfg.eval, progress=self.progress)
         write_json(self.dir / "metrics.json", metrics)
+        # the saved models' cards gain the numbers that describe them
+        scores = {k: v for k, v in metrics.items() if k != "eval"}
+        for stage in TRAINING_STAGES:
+            if (self.dir / stage / "config.json").is_file():
+                write_model_card(self.dir / stage, data=self.card_data(), metrics=scores)
 
     def stage_report(self) -> None:
         from latentforge.report.html import write_report

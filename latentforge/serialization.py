@@ -20,9 +20,7 @@ from torch import nn
 
 from latentforge.atomic import atomic_path, write_json
 from latentforge.config import from_dict, to_dict
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from latentforge.model_card import CONFIG_NAME, WEIGHTS_NAME, write_model_card
 
 
 class CorruptFileError(ValueError):
@@ -37,8 +35,10 @@ class CorruptFileError(ValueError):
         return type(self), (self.path, self.args[0])
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write `model` (a registered module with a `.config`) to folder `path`."""
+def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | None = None,
+                    data: dict | None = None) -> Path:
+    """Write `model` (a registered module with a `.config`) to folder `path`: config.json,
+    model.safetensors and a model card, README.md (`data`: what it was trained on, for the card)."""
     path = Path(path)
     kind = getattr(model, "registry_kind", None)
     if kind is None or not hasattr(model, "config"):
@@ -53,6 +53,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | Non
     if extra:
         meta["extra"] = extra
     write_json(path / CONFIG_NAME, meta)
+    write_model_card(path, data=data)
     return path
 
 

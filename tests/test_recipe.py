@@ -48,6 +48,12 @@ def test_run_writes_every_output(run_dir):
         assert len(f["graphs"]) == 8 and "objects" in json.loads(f["graphs"][0])
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and 'id="metric-generator-scene_exact"' in html
+    # each saved model's card names its data and carries the run's metrics after the eval stage
+    for stage in ("tokenizer", "generator"):
+        card = (run_dir / stage / "README.md").read_text()
+        assert "- dataset: shapes" in card and "- modality: image" in card and "- steps: 6" in card
+        assert f"| tokenizer.psnr | {metrics['tokenizer']['psnr']:.4g} |" in card
+        assert "| generator.scene_exact |" in card
 
 
 @pytest.mark.slow

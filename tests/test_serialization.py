@@ -14,7 +14,7 @@ def test_tokenizer_round_trip(tmp_path):
     tok = ConvTokenizer(ConvConfig(channels=(8, 16), quantizer=VQConfig(codebook_size=32, dim=8))).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     save_pretrained(tok, tmp_path / "tok")
-    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     meta = json.loads((tmp_path / "tok" / "config.json").read_text())
     assert meta["kind"] == "tokenizer" and meta["name"] == "conv" and meta["config"]["channels"] == [8, 16]
     loaded = from_pretrained(tmp_path / "tok")

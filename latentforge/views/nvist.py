@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from latentforge.atomic import write_json
 from latentforge.config import from_dict, to_dict
+from latentforge.model_card import write_model_card
 from latentforge.nn.adaln import AdaLNBlock
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.geometry import FourierPointEmbedding
@@ -200,6 +201,7 @@ class NViST(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         save_state_dict(self.state_dict(), path / WEIGHTS_NAME)
         write_json(path / CONFIG_NAME, {"name": "nvist", "config": to_dict(self.config)})
+        write_model_card(path)
         return path
 
     @classmethod
