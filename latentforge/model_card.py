@@ -23,8 +23,17 @@ CARD_NAME = "README.md"
 CONFIG_NAME = "config.json"          # the names serialization.py writes (it imports this module)
 WEIGHTS_NAME = "model.safetensors"
 
-# the Hub's pipeline tags for what a kind of model does, where one fits
-PIPELINE_TAGS = {"generator": "unconditional-image-generation", "tokenizer": "image-to-image"}
+
+def pipeline_tag(kind: str, config: dict[str, Any], modality: str) -> str | None:
+    """The Hub's pipeline tag for what the model does, where one of the Hub's tags fits it."""
+    if modality != "image":
+        return None
+    if kind == "tokenizer":
+        return "image-to-image"
+    if kind == "generator":
+        conditioner = (config.get("conditioner") or {}).get("name")
+        return {None: "unconditional-image-generation", "caption": "text-to-image"}.get(conditioner)
+    return None
 
 
 def count_parameters(weights: str | os.PathLike) -> int | None:
@@ -86,8 +95,9 @@ def render_model_card(meta: dict[str, Any], *, parameters: int | None = None, da
     training = extra.pop("training", None)
     tags = ["latentforge", kind, name] + ([str(data["modality"])] if data and data.get("modality") else [])
     header = ["---", "library_name: latentforge", "tags:", *[f"- {t}" for t in dict.fromkeys(tags)]]
-    if kind in PIPELINE_TAGS and (not data or data.get("modality", "image") == "image"):
-        header.append(f"pipeline_tag: {PIPELINE_TAGS[kind]}")
+    tag = pipeline_tag(kind, config, (data or {}).get("modality", "image"))
+    if tag:
+        header.append(f"pipeline_tag: {tag}")
     header.append("---")
 
     lines = [*header, "", f"# {name} ({kind})", ""]

@@ -68,6 +68,15 @@ def test_metrics_are_added_as_a_flat_table(tmp_path):
     assert from_pretrained(folder) is not None  # the card does not disturb loading
 
 
+def test_pipeline_tag_follows_the_conditioning():
+    from latentforge.model_card import pipeline_tag
+
+    assert pipeline_tag("generator", {"conditioner": None}, "image") == "unconditional-image-generation"
+    assert pipeline_tag("generator", {"conditioner": {"name": "caption"}}, "image") == "text-to-image"
+    assert pipeline_tag("generator", {"conditioner": {"name": "scene_graph"}}, "image") is None  # no Hub tag fits
+    assert pipeline_tag("tokenizer", {}, "audio") is None
+
+
 def test_card_of_a_folder_with_broken_weights_still_writes(tmp_path):
     folder = save_pretrained(_tiny_tokenizer(), tmp_path / "tok")
     (folder / "model.safetensors").write_bytes(b"broken")
