@@ -13,15 +13,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from latentforge.conditioning.caption import CaptionConfig, encode_captions
-from latentforge.config import ConfigError
+from latentforge.config import ADDED_LATER, ConfigError
 from latentforge.generators.base import Generator
+from latentforge.generators.guidance import GuidanceSchedule
 from latentforge.serialization import from_pretrained
 from latentforge.tokenizers.base import Tokenizer
 
@@ -37,6 +38,22 @@ class SampleConfig:
     cfg_scale: float = 1.0
     seed: int = 0
     options: dict = field(default_factory=dict)   # generator-specific: steps, method, eta, ...
+    # cfg_scale per step (generators/guidance.py GuidanceSchedule): guided only while the sampling progress
+    # (0 = start, 1 = done) is in the interval (Kynkäänniemi et al. 2024; unguided steps skip the null rows),
+    # the scale constant or rising with progress, 1 + (cfg_scale - 1) p ("linear") or p^guidance_power ("power")
+    guidance_interval: tuple[float, float] = field(default=(0.0, 1.0), metadata=ADDED_LATER)
+    guidance_ramp: Literal["constant", "linear", "power"] = field(default="constant", metadata=ADDED_LATER)
+    guidance_power: float = field(default=1.0, metadata=ADDED_LATER)
+
+    def guidance(self) -> float | GuidanceSchedule:
+        """cfg_scale as `Generator.sample` takes it: the plain number unless an interval or ramp is set."""
+        if tuple(self.guidance_interval) == (0.0, 1.0) and self.guidance_ramp == "constant":
+            return self.cfg_scale
+        try:
+            return GuidanceSchedule(self.cfg_scale, tuple(self.guidance_interval), self.guidance_ramp,
+                                    self.guidance_power)
+        except ValueError as err:
+            raise ConfigError(f"sample.guidance_*: {err}") from None
 
 
 def sampling_options(generator: Generator, s: SampleConfig) -> dict[str, Any]:
@@ -47,7 +64,7 @@ def sampling_options(generator: Generator, s: SampleConfig) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"sample.options: {', '.join(unknown)} not accepted by generator "
                           f"{generator.config.name!r}; it takes {', '.join(sorted(accepted))}")
-    common = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale}
+    common = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.guidance()}
     if generator.conditioner is None:  # a recipe's guidance scale means nothing to an unconditional model
         common.pop("cfg_scale")
     return {**{k: v for k, v in common.items() if k in accepted}, **s.options}

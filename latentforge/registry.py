@@ -25,7 +25,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "tokenizer": ("latentforge.tokenizers.conv", "latentforge.tokenizers.conv1d", "latentforge.tokenizers.vit",
                   "latentforge.tokenizers.causal3d", "latentforge.tokenizers.codec",
                   "latentforge.tokenizers.pointset", "latentforge.tokenizers.implicit",
-                  "latentforge.tokenizers.rae"),
+                  "latentforge.tokenizers.rae", "latentforge.tokenizers.ldm"),
     "conditioner": ("latentforge.conditioning.class_label", "latentforge.conditioning.caption",
                     "latentforge.conditioning.scene_graph", "latentforge.conditioning.latents"),
     "generator": ("latentforge.generators.autoregressive", "latentforge.generators.axial",

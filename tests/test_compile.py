@@ -44,6 +44,7 @@ BREAKS = {
     ("tokenizer", "conv1d"): "VQ dead-code revival (vq.py `_revive_dead`)",
     ("tokenizer", "vit"): "VQ dead-code revival (vq.py `_revive_dead`)",
     ("tokenizer", "codec"): "VQ dead-code revival in each residual level (vq.py `_revive_dead`)",
+    ("tokenizer", "ldm_vq"): "VQ dead-code revival (vq.py `_revive_dead`)",
 }
 CASES = [(kind, name) for kind in ("tokenizer", "generator") for name in registry.names(kind)]
 ONE_GRAPH = [case for case in CASES if case not in BREAKS]

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from latentforge.conditioning.base import Context
 from latentforge.config import ADDED_LATER
 from latentforge.generators.base import Generator, GeneratorConfig
-from latentforge.generators.guidance import Guidance
+from latentforge.generators.guidance import Guidance, GuidanceSchedule
 from latentforge.generators.heads import CodeHead, code_nll
 from latentforge.generators.samplers import causal_decode
 from latentforge.generators.sampling import sample_tokens, token_probs
@@ -300,7 +300,8 @@ class ARGenerator(Generator):
                                                   context_mask=g.context.mask)
 
         def emit(i: int, h: Tensor) -> Tensor | None:
-            logits = g.mix(self.head(h))  # [n, V]
+            # a guidance schedule's progress: the fraction of tokens drawn; the KV cache needs every row
+            logits = g.at(i + 1, N, keep_rows=True).mix(self.head(h))  # [n, V]
             if forced is not None and i < forced.shape[1]:
                 steps[:, i] = forced[:, i]
             else:
@@ -312,6 +313,9 @@ class ARGenerator(Generator):
 
         if speculative and kv_cache != "full":
             raise ValueError(f"speculative decoding rolls back full-precision caches; got kv_cache={kv_cache!r}")
+        if speculative and isinstance(g.scale, GuidanceSchedule):
+            raise ValueError("speculative decoding checks several positions per pass under one guidance scale: "
+                             "pass cfg_scale as a number, not a GuidanceSchedule")
         if speculative:
             sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
             self._speculate(g, steps, forced, inputs, cross, speculative, draft_width, sampling, generator, use_cache)

@@ -136,10 +136,13 @@ class AxialARGenerator(Generator):
         codes = torch.zeros(n, H, W, dtype=torch.long, device=where.device)
         draw = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
 
-        if not use_cache:
+        # a guidance schedule's progress: the fraction of tokens drawn
+        if not use_cache:  # every token recomputes the grid: an unguided step runs the cond rows alone
             for r in range(H):
                 for c in range(W):
-                    logits = g(lambda grid, r=r, c=c: self.logits(grid, ctx)[:, r, c], codes)  # [n, V]
+                    step = g.at(r * W + c + 1, H * W)
+                    logits = step(lambda grid, r=r, c=c, step=step: self.logits(grid, step.context)[:, r, c],
+                                  codes)  # [n, V]
                     codes[:, r, c] = sample_tokens(logits, **draw)
             return codes
 
@@ -153,7 +156,8 @@ class AxialARGenerator(Generator):
             x = self.bos + u[:, :, :1] + where[:, r : r + 1, :1]              # input of (r, 0): [rows, 1, 1, D]
             for c in range(W):
                 h = self.rows(x, context_kv=row_kv, caches=row_caches, **cross)
-                codes[:, r, c] = sample_tokens(g.mix(self.head(h[:, 0, 0])), **draw)  # from [n, V]
+                step = g.at(r * W + c + 1, H * W, keep_rows=True)                 # the caches need every row
+                codes[:, r, c] = sample_tokens(step.mix(self.head(h[:, 0, 0])), **draw)  # from [n, V]
                 if c + 1 < W:
                     emb = g.rows_of(self.token_emb(codes[:, r, c]))[:, None, None]
                     x = emb + u[:, :, c + 1 : c + 2] + where[:, r : r + 1, c + 1 : c + 2]

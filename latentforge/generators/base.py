@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from latentforge.conditioning.base import Conditioner, ConditionerConfig, Context
 from latentforge.config import ModelConfig
-from latentforge.generators.guidance import Guidance
+from latentforge.generators.guidance import Guidance, GuidanceSchedule
 from latentforge.tokenizers.base import LatentNorm, LatentSpec
 
 
@@ -177,14 +177,15 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, context: Context | None = None, *, generator: torch.Generator | None = None,
-               cfg_scale: float | Sequence[float] = 1.0, **options) -> Tensor:
+               cfg_scale: float | Sequence[float] | GuidanceSchedule = 1.0, **options) -> Tensor:
         """Draw n latents [n, *grid] (codes) or [n, *grid, C] (continuous vectors).
 
         Args:
             context: the condition of each sample, from `encode_condition` (None if unconditional).
             generator: seeds every random draw: the same state gives the same samples.
             cfg_scale: classifier-free guidance u + s (c - u) on the model outputs; != 1 runs
-                every model call on [cond; null] rows.
+                every model call on [cond; null] rows. A `GuidanceSchedule` sets the scale per step
+                (an interval of the sampling progress, a ramp); unguided steps skip the null rows.
             options: the family's own settings (steps, temperature, ...), see `sampling_options`.
         """
         unknown = sorted(set(options) - self.sampling_options())
@@ -202,7 +203,8 @@ class Generator(nn.Module):
         """Names `sample` accepts besides n, context and generator: cfg_scale and the family's options."""
         return {"cfg_scale", *(p.name for p in _draw_options(cls))}
 
-    def guidance(self, n: int, context: Context | None, cfg_scale: float | Sequence[float] = 1.0) -> Guidance:
+    def guidance(self, n: int, context: Context | None,
+                 cfg_scale: float | Sequence[float] | GuidanceSchedule = 1.0) -> Guidance:
         """Check a sampling request and lay out its condition once: [cond; null] when any scale != 1."""
         n = operator.index(n)
         if n < 1:
@@ -215,6 +217,8 @@ class Generator(nn.Module):
         if context is not None and len(context) != n:
             raise ValueError(f"context has {len(context)} rows for n={n} samples")
         scales = list(cfg_scale) if isinstance(cfg_scale, Sequence) else [cfg_scale]
+        if isinstance(cfg_scale, GuidanceSchedule):
+            scales = [cfg_scale.scale]
         guided = any(s != 1.0 for s in scales)
         if guided and self.conditioner is None:
             raise ValueError("cfg_scale != 1 needs a conditional generator: classifier-free guidance contrasts "

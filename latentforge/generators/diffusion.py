@@ -23,10 +23,12 @@ dropped ones, which is what makes P20's "deferred" masking better than dropping 
 MicroDiT then fine-tunes briefly with mask_ratio 0 (set it on the config between the stages).
 
 Sampling (`sample`) starts from Gaussian noise drawn with the caller's torch.Generator and
-integrates the flow ODE (Euler or Heun) or runs DDIM (`noise.denoise`), every model call made
-through the run's `Guidance` (classifier-free guidance on the velocity / noise of the
-[cond; null] rows); the result is un-normalised back to latent scale.
-DDIM clips its x0 guesses to the largest normalised latent seen when `latent_norm` was fitted.
+integrates the flow ODE (Euler, Heun or DPM-Solver++(2M)) or runs DDIM / DPM-Solver++(2M)
+(`noise.denoise`), every model call made through the run's `Guidance` (classifier-free guidance on
+the velocity / noise of the [cond; null] rows; a `GuidanceSchedule` reads each call's noise level,
+and calls outside its interval run the cond rows alone); the result is un-normalised back to
+latent scale. DDIM and DPM-Solver++ clip their x0 guesses to the largest normalised latent seen
+when `latent_norm` was fitted.
 The context's pooled vector and cross-attention keys/values are computed once per sampling run.
 
 Grids may be 1D, 2D or 3D; patches larger than 1 cover p x p cells of the last two axes (the
@@ -44,7 +46,8 @@ to the guide (ARLON's uncertainty sampling), so the model tolerates the AR model
 Positions: a learned factorised table added to the inputs (DiT), or P16 Step-Video's 3D RoPE
 (`position: rope`, nn/rope.py): no table, the head dimension split over the grid's axes and
 queries and keys rotated in every self-attention, so full attention over the spatio-temporal
-tokens sees relative offsets in time, height and width.
+tokens sees relative offsets in time, height and width; or DiT's fixed 2D sine-cosine table
+(`position: sincos`), which peers/dit.py uses to load published DiT weights exactly.
 """
 
 from __future__ import annotations
@@ -61,10 +64,10 @@ from torch import Tensor, nn
 from latentforge.conditioning.base import Context
 from latentforge.config import ADDED_LATER
 from latentforge.generators.base import Generator, GeneratorConfig
-from latentforge.generators.guidance import Guidance
+from latentforge.generators.guidance import Guidance, by_rows
 from latentforge.generators.noise import DDPM, FlowMatching, denoise
 from latentforge.nn.adaln import AdaLNBlock, AdaLNFinal
-from latentforge.nn.embeddings import GridPositionEmbedding, TimestepEmbedding
+from latentforge.nn.embeddings import GridPositionEmbedding, SinCosPositionEmbedding, TimestepEmbedding
 from latentforge.nn.rope import GridRoPE
 from latentforge.nn.transformer import init_transformer_weights
 from latentforge.registry import register
@@ -91,7 +94,8 @@ class DiTConfig(GeneratorConfig):
     cross_attention: bool = True         # False: the context reaches the blocks only pooled, through adaLN
     moe_experts: int = 0                 # P20: > 0 puts expert-choice MoE MLPs in every other backbone block
     moe_top_k: float = 1.0               # experts per token on average (expert capacity T * k / E)
-    position: Literal["learned", "rope"] = field(default="learned", metadata=ADDED_LATER)  # rope: P16's 3D RoPE
+    # rope: P16's 3D RoPE; sincos: DiT's fixed 2D sine-cosine table (a saved buffer, so a checkpoint's loads as given)
+    position: Literal["learned", "rope", "sincos"] = field(default="learned", metadata=ADDED_LATER)
     rope_base: float = field(default=10000.0, metadata=ADDED_LATER)
     guide_channels: int = field(default=0, metadata=ADDED_LATER)       # P4: per-token guide map width (0: none)
     guide_noise: float = field(default=0.0, metadata=ADDED_LATER)      # P4: std of training noise on the guide
@@ -101,6 +105,12 @@ class DiTConfig(GeneratorConfig):
     # token by SiLU(trunk output + time/condition vector); 0 = the final layer reads the trunk
     head_width: int = field(default=0, metadata=ADDED_LATER)
     head_depth: int = field(default=2, metadata=ADDED_LATER)
+    # what an exact DiT (Peebles & Xie) or diffusers DiT port needs (peers/dit.py): the LayerNorm epsilon of the
+    # blocks and the final layer (DiT: 1e-6), the MLP norm's alone when set (diffusers: its config's norm_eps),
+    # and the timestep embedding's frequency spacing (nn/embeddings.py; DiT 0, diffusers 1)
+    norm_eps: float = field(default=1e-5, metadata=ADDED_LATER)
+    mlp_norm_eps: float | None = field(default=None, metadata=ADDED_LATER)
+    time_freq_shift: float = field(default=0.0, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,8 +130,11 @@ class DiTConfig(GeneratorConfig):
         if self.patch > 1 and (len(self.grid) < 2 or any(n % self.patch for n in self.grid[-2:])):
             raise ValueError(f"patch {self.patch} needs a 2D or 3D grid whose last two sizes it divides, "
                              f"got grid {tuple(self.grid)}")
-        if self.position not in ("learned", "rope"):
-            raise ValueError(f"position must be 'learned' or 'rope', got {self.position!r}")
+        if self.position not in ("learned", "rope", "sincos"):
+            raise ValueError(f"position must be 'learned', 'rope' or 'sincos', got {self.position!r}")
+        if self.position == "sincos" and (len(self.patch_grid) != 2 or self.dim % 4):
+            raise ValueError(f"sincos positions need a 2D patch grid and dim divisible by 4, got patch grid "
+                             f"{self.patch_grid}, dim {self.dim}")
         if self.head_width < 0 or (self.head_width and (self.head_depth < 1 or self.head_width % self.heads)):
             raise ValueError(f"head_width must be 0 or a multiple of heads ({self.heads}) with head_depth >= 1, "
                              f"got {self.head_width}, {self.head_depth}")
@@ -172,16 +185,19 @@ class DiTGenerator(Generator):
         self.in_proj = nn.Linear(self.patch_dim, D)
         if config.position == "rope":
             self.rope = GridRoPE(config.patch_grid, D // config.heads, config.rope_base)
+        elif config.position == "sincos":
+            self.pos = SinCosPositionEmbedding(config.patch_grid, D)
         else:
             self.pos = GridPositionEmbedding(config.patch_grid, D)
-        self.time_emb = TimestepEmbedding(D, scale=self.process.time_scale)
+        self.time_emb = TimestepEmbedding(D, scale=self.process.time_scale, freq_shift=config.time_freq_shift)
         self.context_proj = None if self.conditioner is None else nn.Linear(self.context_dim, D)
         cross_dim = self.context_dim if config.cross_attention else None
         args = (D, config.heads, config.mlp_ratio, D, cross_dim)
-        self.mixer = nn.ModuleList(AdaLNBlock(*args) for _ in range(config.patch_mixer_depth))
+        eps = {"eps": config.norm_eps, "mlp_eps": config.mlp_norm_eps}
+        self.mixer = nn.ModuleList(AdaLNBlock(*args, **eps) for _ in range(config.patch_mixer_depth))
         # MicroDiT alternates dense and MoE MLPs: blocks 1, 3, 5, ... get the experts
         self.blocks = nn.ModuleList(AdaLNBlock(*args, experts=config.moe_experts if i % 2 else 0,
-                                               expert_top_k=config.moe_top_k) for i in range(config.depth))
+                                               expert_top_k=config.moe_top_k, **eps) for i in range(config.depth))
         # fills dropped positions after the backbone; the loss skips them, so it gets no gradient
         # (as in MicroDiT) and exists only to give the output every patch
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
@@ -189,7 +205,7 @@ class DiTGenerator(Generator):
         self.guide_proj = nn.Linear(config.patch ** 2 * config.guide_channels, D) if config.guide_channels else None
         W = config.head_width or D
         self.head = DDTHead(config, self.patch_dim) if config.head_width else None
-        self.final = AdaLNFinal(W, self.patch_dim, W)
+        self.final = AdaLNFinal(W, self.patch_dim, W, eps=config.norm_eps)
 
         total = config.depth + config.patch_mixer_depth
         init_transformer_weights(self.mixer, total)
@@ -377,13 +393,14 @@ class DiTGenerator(Generator):
 
         Args:
             steps: model evaluations (flow: ODE steps; Heun adds one per step but the last).
-            method: "euler" (default) or "heun" for flow; "ddim" (the default) for DDPM.
+            method: "euler" (default), "heun" or "dpmpp_2m" for flow; "ddim" (the default) or
+                "dpmpp_2m" (DPM-Solver++(2M), noise.py) for DDPM.
             eta: DDIM noise, 0 deterministic, 1 ancestral (uses `generator`).
             prefix: latents [n, context_frames, H, W, C] the samples start with (a DiT with
                 `context_frames`): every model call sees them clean, and the result holds them.
             guide: the guide map [n, *grid, Cg] of a guided DiT (`guide_channels`).
         """
-        cond = self._prepare(guidance.context)
+        conds = by_rows(self._prepare)  # the context's features, per row layout (a schedule's unguided steps: cond only)
         ref = self.latent_norm.mean
         inputs = [self._guide_tokens(guide, training=False)] if self.guide_proj is not None else []
         if self.guide_proj is not None and guide is None:
@@ -397,13 +414,16 @@ class DiTGenerator(Generator):
             k = self._context_tokens()
             given = self.patchify(self.latent_norm(prefix.float().to(ref.device)))[:, :k]  # [n, k, P]
 
-        def net(xs: Tensor, ts: Tensor, *extra: Tensor) -> Tensor:
-            return self._forward(xs, ts, cond, guide=extra[0] if extra else None)
-
         def model(x: Tensor, t: Tensor) -> Tensor:
             if given is not None:  # the context frames are inputs: the model always sees them clean
                 x = torch.cat([given.to(x.dtype), x[:, k:]], 1)
-            return guidance(net, x, t, *inputs)
+            step = guidance.at(self.process.progress(t))  # a schedule's scale at this noise level
+            cond = conds(step)
+
+            def net(xs: Tensor, ts: Tensor, *extra: Tensor) -> Tensor:
+                return self._forward(xs, ts, cond, guide=extra[0] if extra else None)
+
+            return step(net, x, t, *inputs)
 
         noise = torch.randn(guidance.n, *self.config.grid, self.config.channels, generator=generator,
                             device=ref.device, dtype=torch.float32)

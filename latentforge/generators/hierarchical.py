@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
 from latentforge.generators.base import Generator, GeneratorConfig
-from latentforge.generators.guidance import Guidance
+from latentforge.generators.guidance import Guidance, GuidanceSchedule
 from latentforge.generators.heads import CodeHead, token_nll
 from latentforge.generators.samplers import causal_decode
 from latentforge.generators.sampling import sample_tokens
@@ -254,8 +254,10 @@ class HierarchicalGenerator(Generator):
         if L < Q and cfg.prefix_dropout == 0:
             raise ValueError(f"levels_to_sample={L} < {Q} levels needs a model trained with prefix_dropout > 0: "
                              "its base transformer has only seen inputs that sum all levels")
+        # a guidance schedule gives one scale per position (each step's Guidance), the same for every level
+        scale = None if isinstance(g.scale, GuidanceSchedule) else g.scale
         per_level = [_per_level(v, L, name) for v, name in
-                     [(temperature, "temperature"), (top_k, "top_k"), (top_p, "top_p"), (g.scale, "cfg_scale")]]
+                     [(temperature, "temperature"), (top_k, "top_k"), (top_p, "top_p"), (scale, "cfg_scale")]]
         pos = self.pos() + self.history_levels.weight[L - 1]  # [N, D]
         spatial = self.spatial_inputs(g.context)
         if spatial is not None:
@@ -280,7 +282,8 @@ class HierarchicalGenerator(Generator):
 
             def emit(i: int, h: Tensor, known: int = known, drawn: int = drawn) -> Tensor | None:
                 p, j = drawn + i, known + i  # absolute frame, position in the window
-                self._draw_levels(h, g, codes[:, p], per_level, generator, use_cache)
+                # a schedule's progress: the fraction of positions drawn; the KV caches need every row
+                self._draw_levels(h, g.at(p + 1, T, keep_rows=True), codes[:, p], per_level, generator, use_cache)
                 if j + 1 < N:
                     return self._history(self._level_sums(g.rows_of(codes[:, p]))[:, None, -1]) + pos[..., j + 1 : j + 2, :]
                 return None

@@ -45,6 +45,7 @@ Reference: github.com/LTH14/mar (models/mar.py, models/diffloss.py), read for it
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,7 +54,7 @@ from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
 from latentforge.generators.base import Generator, GeneratorConfig
-from latentforge.generators.guidance import Guidance
+from latentforge.generators.guidance import Guidance, GuidanceSchedule, by_rows
 from latentforge.generators.heads import DiffusionHead, RegressionHead
 from latentforge.generators.masking import random_rank_mask, reveal_in_order, truncated_normal
 from latentforge.generators.noise import DDPM, FlowMatching
@@ -201,7 +202,8 @@ class MARGenerator(Generator):
             head_steps: denoising steps of the head per revealed token (DDIM or flow ODE).
             temperature: scale of the head's initial noise (1 = the learned distribution).
             cfg_schedule: "linear" ramps the guidance scale from 1 to cfg_scale with the fraction of
-                revealed tokens (reaching cfg_scale at the last step), "constant" does not.
+                revealed tokens (reaching cfg_scale at the last step), "constant" does not. A
+                `GuidanceSchedule` given as cfg_scale replaces it (its progress: that same fraction).
             eta: DDIM stochasticity (0 = deterministic; DDPM heads only); flow_method: "euler" or "heun".
             order: which tokens are revealed when: a random permutation per sample (MAR), or the
                 fixed raster order (or its reverse), e.g. to check that a set's samples do not
@@ -211,11 +213,13 @@ class MARGenerator(Generator):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {cfg_schedule!r}")
         if order not in ("random", "raster", "reverse"):
             raise ValueError(f"order must be 'random', 'raster' or 'reverse', got {order!r}")
-        g, n, ctx = guidance, guidance.n, guidance.context
+        g, n = guidance, guidance.n
+        if cfg_schedule == "linear" and not isinstance(g.scale, GuidanceSchedule):
+            g = dataclasses.replace(g, scale=GuidanceSchedule(g.scale, ramp="linear"))
         N, C = self.config.num_tokens, self.config.channels
         device = self.latent_norm.mean.device
         method = flow_method if isinstance(self.head.process, FlowMatching) else None
-        ctx_kv = None if ctx is None else self.transformer.context_kv(ctx.tokens)
+        ctx_kvs = by_rows(lambda ctx: None if ctx is None else self.transformer.context_kv(ctx.tokens))
         order_ids = torch.rand(n, N, generator=generator, device=device).argsort(-1)  # reveal order [n, N]
         if order != "random":
             order_ids = torch.arange(N, device=device).expand(n, N)
@@ -224,11 +228,11 @@ class MARGenerator(Generator):
         known = torch.zeros(n, N, dtype=torch.bool, device=device)
         revealed = 0
         for idx in reveal_in_order(order_ids, steps):                                                  # [n, k]
-            feats = self.features(g.rows_of(tokens), g.rows_of(~known), ctx, ctx_kv)                # [rows, N, D]
-            z = feats.gather(1, g.rows_of(idx)[..., None].expand(-1, -1, feats.shape[-1]))         # [rows, k, D]
             revealed += idx.shape[1]
-            scale = g.scale if cfg_schedule == "constant" else 1 + (g.scale - 1) * revealed / N
-            new = self.head.sample(z.reshape(-1, z.shape[-1]), g, scale=scale, generator=generator,
+            step = g.at(revealed, N)  # progress: the fraction of tokens known once this step's are drawn
+            feats = self.features(step.rows_of(tokens), step.rows_of(~known), step.context, ctx_kvs(step))  # [rows, N, D]
+            z = feats.gather(1, step.rows_of(idx)[..., None].expand(-1, -1, feats.shape[-1]))               # [rows, k, D]
+            new = self.head.sample(z.reshape(-1, z.shape[-1]), step, scale=step.scale, generator=generator,
                                    temperature=temperature, steps=head_steps, eta=eta, method=method)  # [n*k, C]
             tokens.scatter_(1, idx[..., None].expand(-1, -1, C), new.view(n, -1, C).to(tokens.dtype))
             known.scatter_(1, idx, True)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from latentforge.conditioning.base import Context
 from latentforge.generators.base import Generator, GeneratorConfig
-from latentforge.generators.guidance import Guidance
+from latentforge.generators.guidance import Guidance, by_rows
 from latentforge.generators.heads import CodeHead, code_nll
 from latentforge.generators.masking import cosine_ratio, masked_counts, random_rank_mask
 from latentforge.generators.sampling import sample_tokens
@@ -244,12 +244,13 @@ class MaskedGenerator(Generator):
                 True where codes are drawn; as many per sample); decoding starts with the region masked
                 and the rest visible. MaskGIT only (not ENAT).
         """
-        g, n, ctx = guidance, guidance.n, guidance.context
+        g, n = guidance, guidance.n
         N, V = self.config.num_tokens, self.config.vocab_size
-        base = self._base(ctx)
+        # per row layout (a guidance schedule's unguided steps run the cond rows alone): position + map, cross kv
+        prepared = by_rows(lambda ctx: (self._base(ctx), _cross_kwargs(self.transformer, ctx, True),
+                                        _cross_kwargs(self.decoder, ctx, True) if self.config.enat else {}))
+        base, enc_cross, dec_cross = prepared(g)
         device = base.device
-        enc_cross = _cross_kwargs(self.transformer, ctx, True)
-        dec_cross = _cross_kwargs(self.decoder, ctx, True) if self.config.enat else {}
         codes = torch.zeros(n, N, dtype=torch.long, device=device)
         masked = torch.ones(n, N, dtype=torch.bool, device=device)
         if known is not None or region is not None:
@@ -276,10 +277,14 @@ class MaskedGenerator(Generator):
                 return self._decode(self.encode_visible(codes, ~masked, reveal, base, enc_cross), masked, base, dec_cross)
             return self._maskgit_logits(codes, masked, base, enc_cross)
 
-        for k, remaining in enumerate(masked_counts(int(masked[0].sum()), steps)):
+        total = int(masked[0].sum())
+        for k, remaining in enumerate(masked_counts(total, steps)):
             if remaining == int(masked[0].sum()):
                 continue  # more steps than tokens: this one reveals nothing (every sample has the same count)
-            logits = g(logits_of, codes, masked, reveal)                                 # [n, N, V]
+            # progress: the fraction of tokens drawn once this step is done; ENAT's cache holds every row
+            step = g.at(total - remaining, total, keep_rows=incremental)
+            base, enc_cross, dec_cross = prepared(step)  # what logits_of reads
+            logits = step(logits_of, codes, masked, reveal)                              # [n, N, V]
             sampled = sample_tokens(logits.reshape(n * N, V), temperature=temperature, top_k=top_k, top_p=top_p,
                                     generator=generator).view(n, N)
             logp = logits.log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)    # [n, N]

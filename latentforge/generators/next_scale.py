@@ -158,8 +158,11 @@ class NextScaleGenerator(Generator):
         g, n, cfg = guidance, guidance.n, self.config
         codes = torch.zeros(n, self.config.num_tokens, dtype=torch.long, device=self.start.device)
         for k in range(len(cfg.scale_sizes)):
-            logits = self.logits(g.rows_of(codes), g.context, upto=k + 1)[:, self.bounds[k]: self.bounds[k + 1]]
-            mixed = g.mix(logits)                                                          # [n, t_k, V]
+            # a guidance schedule's progress: the fraction of tokens drawn once this scale is; every
+            # pass recomputes the coarser scales, so an unguided one runs the cond rows alone
+            step = g.at(self.bounds[k + 1], self.bounds[-1])
+            logits = self.logits(step.rows_of(codes), step.context, upto=k + 1)[:, self.bounds[k]: self.bounds[k + 1]]
+            mixed = step.mix(logits)                                                       # [n, t_k, V]
             drawn = sample_tokens(mixed.reshape(-1, mixed.shape[-1]), temperature=temperature, top_k=top_k,
                                   top_p=top_p, generator=generator)
             codes[:, self.bounds[k]: self.bounds[k + 1]] = drawn.view(n, -1)

@@ -49,13 +49,16 @@ class AdaLNBlock(nn.Module):
     """Self-attention and MLP modulated by c, optional cross-attention to a context."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
-                 context_dim: int | None = None, experts: int = 0, expert_top_k: float = 1.0) -> None:
+                 context_dim: int | None = None, experts: int = 0, expert_top_k: float = 1.0, *,
+                 eps: float = 1e-5, mlp_eps: float | None = None) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        # eps: the norms' epsilon (DiT uses 1e-6); mlp_eps, when given, the MLP norm's alone
+        # (diffusers' DiT port keeps 1e-6 before attention but its config's norm_eps before the MLP)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
         self.attn = Attention(dim, heads)
         self.cross_norm = nn.LayerNorm(dim) if context_dim else None
         self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim else None
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps if mlp_eps is None else mlp_eps)
         hidden = int(dim * mlp_ratio)
         # experts > 0: a mixture-of-experts MLP (P20) in place of the dense one
         self.mlp = ExpertChoiceMLP(dim, hidden, experts, expert_top_k) if experts else MLP(dim, hidden)
@@ -95,9 +98,9 @@ class AdaLNBlock(nn.Module):
 class AdaLNFinal(nn.Module):
     """Modulated LayerNorm then a linear map to the output width; outputs 0 at init. [B, T, D] -> [B, T, O]."""
 
-    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None) -> None:
+    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None, *, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
         self.modulation = _modulation(cond_dim or dim, dim, 2)
         self.linear = nn.Linear(dim, out_dim)
         self.zero_init()

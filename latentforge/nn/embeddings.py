@@ -30,6 +30,42 @@ class GridPositionEmbedding(nn.Module):
         return out.reshape(math.prod(self.grid), -1)
 
 
+def sincos_2d(grid: tuple[int, int], dim: int) -> Tensor:
+    """MAE's and DiT's fixed 2D sine-cosine positions, [H*W, D] float32 in raster order.
+
+    Token (h, w) gets [enc(w), enc(h)]: the first half of the channels encodes the column, the
+    second the row (DiT's code calls the halves "h" and "w", but its meshgrid puts w first), with
+    enc(x) = [sin(x omega), cos(x omega)], omega_i = 10000^(-i / (D/4)), computed in float64.
+    """
+    if len(grid) != 2 or dim % 4:
+        raise ValueError(f"sin-cos positions need a 2D grid and a width divisible by 4, got {tuple(grid)}, {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [D/4]
+
+    def enc(x: Tensor) -> Tensor:
+        angles = x.to(torch.float64)[:, None] * omega[None]                              # [M, D/4]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)                           # [M, D/2]
+
+    H, W = grid
+    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")        # [H, W] each
+    return torch.cat([enc(cols.reshape(-1)), enc(rows.reshape(-1))], dim=-1).float()     # [H*W, D]
+
+
+class SinCosPositionEmbedding(nn.Module):
+    """Fixed 2D sine-cosine positions (`sincos_2d`) for an (H, W) grid: [H*W, D], no parameters.
+
+    The table is a saved buffer, so a checkpoint's own table (DiT stores one) loads as given.
+    """
+
+    def __init__(self, grid: tuple[int, int], dim: int) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        self.register_buffer("table", sincos_2d(self.grid, dim))
+
+    def forward(self) -> Tensor:
+        return self.table
+
+
 class TimestepEmbedding(nn.Module):
     """Diffusion time -> [B, D]: sinusoidal features of `scale * t`, then an MLP (DiT).
 
@@ -38,11 +74,14 @@ class TimestepEmbedding(nn.Module):
     in bf16, sin(1000 t) for nearby t would round to the same value.
     """
 
-    def __init__(self, dim: int, scale: float = 1.0, freq_dim: int = 256, max_period: float = 10000.0) -> None:
+    def __init__(self, dim: int, scale: float = 1.0, freq_dim: int = 256, max_period: float = 10000.0,
+                 freq_shift: float = 0.0) -> None:
         super().__init__()
         self.scale = scale
         half = freq_dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        # freq_shift 1 spaces the exponents over half - 1 steps instead of half: diffusers' DiT port
+        # (CombinedTimestepLabelEmbeddings, downscale_freq_shift=1); DiT itself uses 0
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - freq_shift))
         self.register_buffer("freqs", freqs, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * half, dim), nn.SiLU(), nn.Linear(dim, dim))
 
