@@ -1,5 +1,10 @@
 """Small fixtures the generator tests share (imported as `from helpers import ...`)."""
 
+import contextlib
+import sys
+import types
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -86,3 +91,36 @@ def entropy_reference(logits: np.ndarray) -> tuple[float, float]:
     p /= p.sum(1, keepdims=True)
     mean_p = p.mean(0)
     return float(-(p * np.log(p)).sum(1).mean()), float(-(mean_p * np.log(mean_p)).sum())
+
+
+TORCHVISION_MODULES = ("torchvision", "torchvision.models", "torchvision.models.inception", "torchvision.datasets",
+                       "torchvision.transforms", "torchvision.transforms.functional")
+
+
+@contextlib.contextmanager
+def torchvision_stand_in() -> Iterator[types.ModuleType]:
+    """Empty `torchvision` modules in sys.modules while a reference library is imported, removed after.
+
+    torchvision from PyPI cannot import beside the CPU torch, yet torch-fidelity, clean-fid, lpips
+    (and torchmetrics' FID, through torch-fidelity) import it at module level for parts the tests
+    never use (data sets, VGG downloads). The stand-in lets them import; a test that needs one of
+    torchvision's pieces puts the piece on the yielded module, so what is compared stays visible.
+    """
+    stand_in = {name: types.ModuleType(name) for name in TORCHVISION_MODULES}
+    tv = stand_in["torchvision"]
+    tv.__version__ = "0.0"
+    tv.models, tv.datasets, tv.transforms = (stand_in[f"torchvision.{k}"] for k in ("models", "datasets", "transforms"))
+    tv.models.inception = stand_in["torchvision.models.inception"]
+    tv.transforms.functional = stand_in["torchvision.transforms.functional"]
+    for name in ("CIFAR10", "CIFAR100", "STL10"):  # subclassed by torch-fidelity's data sets
+        setattr(tv.datasets, name, type(name, (), {}))
+    saved = {k: sys.modules.get(k) for k in stand_in}
+    sys.modules.update(stand_in)
+    try:
+        yield tv
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from helpers import torchvision_stand_in
 from scipy.spatial.distance import cdist
 
 from latentforge.eval.distribution import (
@@ -67,6 +68,10 @@ def test_fid_matches_scipy(shift, scale):
 
 
 def test_fid_matches_torchmetrics():
+    # torchmetrics' FID imports torch-fidelity when it is installed, which imports torchvision: import
+    # it first beside the stand-in (torchmetrics then finds it loaded, and no torchvision after)
+    with torchvision_stand_in():
+        import torch_fidelity  # noqa: F401
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     class Identity(torch.nn.Module):  # the features are given; torchmetrics only adds them up

@@ -51,21 +51,22 @@ def probe_features(data_config: Any, device: str | torch.device = "cpu", progres
                             {"test_accuracy": info.get("test_accuracy"), "dim": probe.config.feature_dim})
 
 
-def inception_features(path: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureExtractor:
+def inception_features(path: str | os.PathLike, device: str | torch.device = "cpu",
+                       resize: str = "pytorch-fid") -> FeatureExtractor:
     from latentforge.eval.inception import FEATURES, InceptionFeatures
 
-    extractor = InceptionFeatures.from_file(path, device)
+    extractor = InceptionFeatures.from_file(path, device, resize=resize)
     variant = "pytorch-fid" if extractor.model.fid else "torchvision"
     return FeatureExtractor("inception", str(path), file_hash(path), extractor,
-                            {"variant": variant, "dim": FEATURES})
+                            {"variant": variant, "dim": FEATURES, "resize": resize})
 
 
 def image_features(dataset: Any, inception_weights: str | None, device: str | torch.device,
-                   progress: bool) -> FeatureExtractor | None:
-    """Inception when the user gives its weights, else the data set's probe; None when neither
-    exists (photos without Inception weights)."""
+                   progress: bool, resize: str = "pytorch-fid") -> FeatureExtractor | None:
+    """Inception when the user gives its weights (resized by `resize`'s convention), else the data
+    set's probe; None when neither exists (photos without Inception weights)."""
     if inception_weights:
-        return inception_features(inception_weights, device)
+        return inception_features(inception_weights, device, resize)
     if has_probe(dataset.config):
         return probe_features(dataset.config, device, progress)
     return None
@@ -109,8 +110,10 @@ FEATURES: dict[str, Callable[..., FeatureExtractor | None]] = {"image": image_fe
 
 
 def pick_features(dataset: Any, inception_weights: str | None = None, device: str | torch.device = "cpu",
-                  progress: bool = True) -> FeatureExtractor | None:
+                  progress: bool = True, inception_resize: str = "pytorch-fid") -> FeatureExtractor | None:
     """The feature network for `dataset`'s modality; None when it has none: distribution metrics
     are then left out."""
     make = FEATURES.get(dataset.modality.name)
+    if make is image_features:
+        return make(dataset, inception_weights, device, progress, inception_resize)
     return None if make is None else make(dataset, inception_weights, device, progress)

@@ -14,14 +14,36 @@ Either may also come as `.safetensors`, inside a {"state_dict": ...} wrapper or 
 "module." prefix DataParallel adds. `torch.load` runs with `weights_only=True`: a file that
 needs pickle is refused.
 
-Images are resized to 299x299 (bilinear, as pytorch-fid does) and scaled to [-1, 1], the
-input range both weight files were trained with; the features are the 2048 channels after
-global average pooling of the last block.
+Images are uint8 [N, H, W, 3] (generated images are quantised before anything: latentforge
+rounds, `round((x + 1) * 127.5)`; ADM's sampler truncates, `uint8((x + 1) * 127.5)`), resized
+to 299x299 and scaled for the network by one of three conventions (`resize=`), each the one a
+reference tool uses, so its numbers can be matched exactly:
+
+| resize          | used by                                    | resize                                   | scale           |
+|-----------------|--------------------------------------------|------------------------------------------|-----------------|
+| "pytorch-fid"   | pytorch-fid, clean-fid "legacy_pytorch"    | torch bilinear, half-pixel centres, on   | x/127.5 - 1     |
+|   (default)     |                                            |   floats, no antialias                   |                 |
+| "tf1"           | TF FID / ADM evaluator (the TF graph's own | TensorFlow 1 bilinear: source = out *    | (x - 128) / 128 |
+|                 |   ResizeBilinear), torch-fidelity          |   in/out, no half-pixel offset           |                 |
+| "clean-fid"     | clean-fid "clean"                          | PIL bicubic per channel on float32       | (x - 128) / 128 |
+|                 |                                            |   (antialiased when shrinking), clip     |                 |
+
+Outputs (`InceptionFeatures.outputs`), all float64:
+* pool [N, 2048]: global average of the last block, FID's features (TF: `pool_3`).
+* spatial [N, 2023]: sFID's features (Nash et al. 2021, ADM's evaluator): the first 7 channels of
+  TF's `mixed_6/conv`, flattened in TF's (H, W, C) order, 17 x 17 x 7. `mixed_6` is the seventh
+  mixed block, torchvision's `Mixed_6d` (torch-fidelity's weight converter maps
+  `mixed_6/conv` -> `Mixed_6d.branch1x1`), and `mixed_6/conv` its 1x1 branch after batch norm
+  and ReLU, which is the first 192 channels of `Mixed_6d`'s output.
+* logits [N, classes] and logits_unbiased (pool @ fc.weight.T, no bias): the Inception Score's
+  classifier. ADM and the original improved-GAN code feed the softmax `pool_3 @ W` without the
+  bias; torch-fidelity calls that `logits_unbiased`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +53,10 @@ from torch import Tensor, nn
 
 FEATURES = 2048
 FID_CLASSES = 1008  # pytorch-fid's port of the TensorFlow graph
+SIZE = 299
+SPATIAL_CHANNELS = 7  # ADM's evaluator keeps mixed_6/conv[..., :7]
+SPATIAL = SPATIAL_CHANNELS * 17 * 17  # 2023
+RESIZES = ("pytorch-fid", "tf1", "clean-fid")
 
 
 class ConvBN(nn.Module):
@@ -194,15 +220,22 @@ class InceptionV3(nn.Module):
         self.Mixed_7c = BlockE(2048, "max" if fid else "avg")
         self.fc = nn.Linear(FEATURES, num_classes)
 
-    def features(self, x: Tensor) -> Tensor:
-        """x: [B, 3, 299, 299] in [-1, 1] -> [B, 2048]."""
+    def taps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: [B, 3, 299, 299] in [-1, 1] -> pool [B, 2048], spatial [B, 17, 17, 7] (TF's
+        mixed_6/conv[..., :7]: Mixed_6d's first channels are its 1x1 branch, concatenated first)."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, 2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, 2)
         for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
             x = getattr(self, f"Mixed_{name}")(x)
-        return x.mean((2, 3))
+            if name == "6d":
+                spatial = x[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1)  # [B, 17, 17, 7], TF's NHWC
+        return x.mean((2, 3)), spatial
+
+    def features(self, x: Tensor) -> Tensor:
+        """x: [B, 3, 299, 299] in [-1, 1] -> [B, 2048]."""
+        return self.taps(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x))
@@ -251,25 +284,92 @@ def load_inception(path: str | os.PathLike) -> InceptionV3:
     return model.eval()
 
 
-class InceptionFeatures:
-    """uint8 images [N, H, W, 3] -> Inception pool features float64 [N, 2048]."""
+def resize_tf1_bilinear(x: Tensor, size: int = SIZE) -> Tensor:
+    """TensorFlow 1's ResizeBilinear (align_corners=False): output pixel i samples the input at
+    i * in/out, with no half-pixel offset, so the image shifts by up to half a pixel against
+    torch's bilinear. x: float [B, C, H, W] -> [B, C, size, size]. Rows are blended first, then
+    columns, in float32 coordinates, as TF and torch-fidelity do (so the result matches bit for bit)."""
+    def axis(n_in: int) -> tuple[Tensor, Tensor, Tensor]:
+        src = torch.arange(size, dtype=x.dtype, device=x.device) * torch.tensor(n_in / size, dtype=torch.float32)
+        lo = src.long()
+        return lo, (lo + 1).clamp_max(n_in - 1), src - lo.to(src.dtype)
+    lo_x, hi_x, dx = axis(x.shape[3])
+    lo_y, hi_y, dy = axis(x.shape[2])
+    rows = x[..., lo_x] + (x[..., hi_x] - x[..., lo_x]) * dx  # [B, C, H, size]
+    top, bottom = rows[:, :, lo_y], rows[:, :, hi_y]
+    return top + (bottom - top) * dy[:, None]  # [B, C, size, size]
 
-    def __init__(self, model: InceptionV3, device: str | torch.device = "cpu", batch_size: int = 50) -> None:
+
+def resize_pil_bicubic(images: np.ndarray, size: int = SIZE) -> Tensor:
+    """clean-fid's "clean" resize: each channel as a float32 PIL image, bicubic (PIL filters
+    with a support widened by the scale when shrinking, i.e. antialiased), clipped to [0, 255].
+    uint8 [B, H, W, 3] -> float32 [B, 3, size, size] in [0, 255]."""
+    from PIL import Image
+
+    out = np.empty((len(images), 3, size, size), np.float32)
+    for i, image in enumerate(images):
+        for c in range(3):
+            channel = Image.fromarray(image[:, :, c].astype(np.float32))  # mode "F"
+            out[i, c] = np.asarray(channel.resize((size, size), resample=Image.BICUBIC))
+    return torch.from_numpy(out.clip(0, 255))
+
+
+def prepare(images: np.ndarray, resize: str = "pytorch-fid", device: str | torch.device = "cpu") -> Tensor:
+    """uint8 [B, H, W, 3] -> the network's input [B, 3, 299, 299], by a reference's convention
+    (the table in the module docstring)."""
+    if resize == "clean-fid":
+        return (resize_pil_bicubic(images).to(device) - 128) / 128
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()  # [B, 3, H, W] in [0, 255]
+    if resize == "tf1":
+        return (resize_tf1_bilinear(x) - 128) / 128
+    if resize == "pytorch-fid":
+        x = F.interpolate(x / 255, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        return 2 * x - 1
+    raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+
+
+@dataclass
+class InceptionOutputs:
+    """What the paper metrics read from one pass of the network, float64 on the CPU."""
+    pool: Tensor              # [N, 2048]  FID, KID, precision/recall
+    spatial: Tensor           # [N, 2023]  sFID: mixed_6/conv[..., :7], (H, W, C) order
+    logits: Tensor            # [N, classes]  fc with its bias
+    logits_unbiased: Tensor   # [N, classes]  pool @ fc.weight.T: the Inception Score's (ADM, torch-fidelity)
+
+
+class InceptionFeatures:
+    """uint8 images [N, H, W, 3] -> Inception pool features float64 [N, 2048] (call), or every
+    output the paper metrics need (`outputs`). `resize`: "pytorch-fid" (default), "tf1" or
+    "clean-fid", the convention of the reference to match (module docstring)."""
+
+    def __init__(self, model: InceptionV3, device: str | torch.device = "cpu", batch_size: int = 50,
+                 resize: str = "pytorch-fid") -> None:
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.resize = resize
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "InceptionFeatures":
-        return cls(load_inception(path), device)
+    def from_file(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                  resize: str = "pytorch-fid") -> "InceptionFeatures":
+        return cls(load_inception(path), device, resize=resize)
 
     @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> Tensor:
+    def outputs(self, images: np.ndarray) -> InceptionOutputs:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
-        out = []
+        pools, spatials = [], []
         for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(images[i:i + self.batch_size]).to(self.device).permute(0, 3, 1, 2).float() / 255
-            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            out.append(self.model.features(2 * x - 1).double().cpu())
-        return torch.cat(out)
+            pool, spatial = self.model.taps(prepare(images[i:i + self.batch_size], self.resize, self.device))
+            pools.append(pool.double().cpu())
+            spatials.append(spatial.reshape(len(spatial), -1).double().cpu())  # [B, 2023]
+        pool = torch.cat(pools)
+        # the classifier in float64: the softmax of IS is sensitive to rounding in its logits
+        weight, bias = self.model.fc.weight.detach().double().cpu(), self.model.fc.bias.detach().double().cpu()
+        unbiased = pool @ weight.T
+        return InceptionOutputs(pool, torch.cat(spatials), unbiased + bias, unbiased)
+
+    def __call__(self, images: np.ndarray) -> Tensor:
+        return self.outputs(images).pool

@@ -29,7 +29,9 @@ import torch
 from latentforge.eval import baselines
 from latentforge.eval.distribution import density_coverage, fid, kid, precision_recall
 from latentforge.eval.diversity import diversity
+from latentforge.eval.inception_score import inception_score
 from latentforge.eval.judges import judge_for
+from latentforge.eval.reference_batch import GaussianStats, evaluate_against_reference, read_reference_batch
 from latentforge.pipeline import condition_tensors
 from latentforge.quantize.base import code_histogram, codebook_stats
 
@@ -138,10 +140,20 @@ def validation_terms(generator, latents: torch.Tensor, cond: dict[str, torch.Ten
 
 
 def set_metrics(features: FeatureExtractor, a: torch.Tensor, fake: np.ndarray, groups: set[str],
-                seed: int) -> dict[str, float]:
-    """The distribution metrics in `groups` (fid, kid, pr) of `fake` examples against real features `a`."""
-    b = features(fake)
+                seed: int, real_spatial: GaussianStats | None = None) -> dict[str, float]:
+    """The distribution metrics in `groups` (fid, kid, pr) of `fake` examples against real features `a`.
+
+    With Inception features `real_spatial` holds the real set's sFID statistics, and the fid group
+    also reports sFID and the Inception Score of `fake`, all from the same network pass."""
     out: dict[str, float] = {}
+    if real_spatial is not None:
+        outputs = features.fn.outputs(fake)
+        b = outputs.pool
+        if "fid" in groups:
+            out["sfid"] = real_spatial.frechet_to_samples(outputs.spatial)
+            out.update(inception_score(outputs.logits_unbiased, splits=min(10, len(fake))))
+    else:
+        b = features(fake)
     if "fid" in groups:
         out["fid"] = fid(a, b)
     if "kid" in groups:
@@ -166,7 +178,7 @@ def real_split(inputs: EvalInputs, split: str, n: int) -> dict[str, np.ndarray]:
 
 
 def distribution_metrics(inputs: EvalInputs, features: FeatureExtractor, groups: set[str], n: int, seed: int,
-                         with_baselines: bool) -> dict[str, Any]:
+                         with_baselines: bool, reference_batch: str = "") -> dict[str, Any]:
     """FID/KID/PR of n fresh samples (one per val condition, seeded) against the first n val
     examples, with the floor and the modality's baselines beside them."""
     dataset, modality = inputs.dataset, inputs.modality
@@ -175,12 +187,21 @@ def distribution_metrics(inputs: EvalInputs, features: FeatureExtractor, groups:
     n = len(real)
     train = dataset.examples(inputs.train)
     _say(f"distribution metrics on {n} {modality.noun} a set ({features.name} features)")
-    a = features(real)
+    real_spatial = None
+    if features.name == "inception":  # one pass gives FID's pool features and sFID's spatial ones
+        real_outputs = features.fn.outputs(real)
+        a, real_spatial = real_outputs.pool, GaussianStats.of(real_outputs.spatial)
+    else:
+        a = features(real)
     out: dict[str, Any] = {"features": features.describe(), "n": n, "seed": seed, "reference": "val split",
                            "noun": modality.noun}
     if inputs.pipeline is not None:
         samples, _ = inputs.draw(dataset.conditions(val), n, seed)
-        model = set_metrics(features, a, samples, groups, seed)
+        model = set_metrics(features, a, samples, groups, seed, real_spatial)
+        if reference_batch:  # the papers' protocol: the samples against ADM's reference statistics
+            _say(f"scoring the samples against the reference batch {reference_batch}")
+            model["reference_batch"] = {"file": reference_batch, **evaluate_against_reference(
+                features.fn, read_reference_batch(reference_batch), samples, splits=min(10, len(samples)))}
         model.update(modality.sample_set_metrics(samples, real))
         model.update(baselines.nearest_train_ratio(modality.flat(samples), modality.flat(real), modality.flat(train)))
         out["model"] = model
@@ -188,12 +209,12 @@ def distribution_metrics(inputs: EvalInputs, features: FeatureExtractor, groups:
         out["baselines"] = {}
         try:
             test = dataset.examples(real_split(inputs, "test", n))
-            out["baselines"]["real (test split)"] = {**set_metrics(features, a, test, groups, seed),
+            out["baselines"]["real (test split)"] = {**set_metrics(features, a, test, groups, seed, real_spatial),
                                                      **modality.sample_set_metrics(test, real)}
         except ValueError as err:  # a data set without a test split (a user's folder)
             out["no_floor"] = str(err)
         for name, fake in modality.baselines(train, n, seed).items():
-            out["baselines"][name] = {**set_metrics(features, a, fake, groups, seed),
+            out["baselines"][name] = {**set_metrics(features, a, fake, groups, seed, real_spatial),
                                       **modality.sample_set_metrics(fake, real)}
     return out
 
@@ -220,7 +241,8 @@ def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str
     out: dict[str, Any] = {}
     val_examples = dataset.examples(inputs.val)
     need_features = bool(wanted & set(DISTRIBUTION))
-    features = pick_features(dataset, ecfg.inception_weights or None, device, progress) if need_features else None
+    features = (pick_features(dataset, ecfg.inception_weights or None, device, progress,
+                              getattr(ecfg, "inception_resize", "pytorch-fid")) if need_features else None)
     if need_features and features is None:
         for g in sorted(wanted & set(DISTRIBUTION)):
             skipped[g] = (f"data {dataset.config.name!r} has no probe network"
@@ -272,7 +294,7 @@ def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str
 
     if features is not None:
         out["distribution"] = distribution_metrics(inputs, features, wanted & set(DISTRIBUTION), ecfg.n, ecfg.seed,
-                                                   ecfg.baselines)
+                                                   ecfg.baselines, getattr(ecfg, "reference_batch", ""))
     out["eval"] = {"metrics": [m for m in ecfg.metrics], "n": ecfg.n, "seed": ecfg.seed,
                    "skipped": skipped, "previews": previews}
     return out
