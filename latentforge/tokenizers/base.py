@@ -155,6 +155,11 @@ class Tokenizer(nn.Module):
         if cfg is not None:
             self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
 
+    def last_layer(self) -> Tensor:
+        """The decoder's output weight, where an adaptive GAN weight compares gradient norms."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its decoder's last layer, which the "
+                                  "adaptive GAN weight (discriminator.adaptive) needs")
+
     def before_training(self) -> None:
         """Read the weights the config names by path (a frozen pretrained part) before the first
         training step. A saved tokenizer holds those weights, so loading one never calls this."""

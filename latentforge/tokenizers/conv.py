@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentforge.config import ADDED_LATER
 from latentforge.nn.conv import Downsample, Upsample, conv_levels, group_norm
 from latentforge.quantize.base import Quantized, QuantizerConfig
 from latentforge.quantize.vq import VQConfig
@@ -23,6 +24,7 @@ from latentforge.registry import lookup, register
 from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
 from latentforge.tokenizers.discriminator import DiscriminatorConfig
 from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, image_autoencoder_loss
+from latentforge.tokenizers.perceptual import PerceptualConfig, build_perceptual
 
 
 @dataclass
@@ -37,6 +39,9 @@ class ConvConfig(TokenizerConfig):
     wavelet: WaveletLossConfig | None = None    # P34's frequency-aware loss, added to recon_loss
     discriminator: DiscriminatorConfig | None = None  # patch-GAN hinge terms (from its start_step)
     quantizer: QuantizerConfig = field(default_factory=VQConfig)
+    # a perceptual distance added to recon_loss (LPIPS or the probe distance); its network's weights
+    # are read from the paths it names before training
+    perceptual: PerceptualConfig | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         f = self.downsample_factor
@@ -103,6 +108,14 @@ class ConvTokenizer(Tokenizer):
         self.decoder = Decoder(config)
         self.spec = latent_spec(self.quantizer, (side, side))
         self.build_discriminator()
+        self.perceptual = build_perceptual(config.perceptual)  # frozen; built last: the rest's init is unchanged
+
+    def before_training(self) -> None:
+        if self.perceptual is not None:
+            self.perceptual.load_weights()
+
+    def last_layer(self) -> Tensor:
+        return self.decoder.out[-1].weight
 
     def quantize(self, x: Tensor) -> Quantized:
         """x [B, C, H, W] -> Quantized (z_q [B, h, w, dim], codes [B, h, w], losses, stats)."""

@@ -22,12 +22,13 @@ Shapes: B batch, C image channels, H x W image; logits are [B, 1, h, w] patches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentforge.config import ADDED_LATER
 from latentforge.nn.conv import group_norm
 
 
@@ -40,6 +41,10 @@ class DiscriminatorConfig:
     layers: int = 3           # strided (halving) convolutions; the patch size grows with them
     start_step: int = 0       # steps before this one train without any adversarial term
     weight: float = 0.1       # multiplies g_loss in the tokenizer's objective
+    # VQGAN's adaptive weight: g_loss is further multiplied by `adaptive_weight` (the ratio of the
+    # reconstruction's and the GAN term's gradient norms at the decoder's last layer), so `weight`
+    # is relative to the reconstruction loss's pull instead of an absolute scale
+    adaptive: bool = field(default=False, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         for key, low in (("in_channels", 1), ("channels", 1), ("layers", 1), ("start_step", 0)):
@@ -115,8 +120,27 @@ class PatchDiscriminator(nn.Module):
         return {"g_adv": self.config.weight * hinge_g_loss(self(fake))}
 
 
-def adversarial_terms(discriminator: PatchDiscriminator, real: Tensor, fake: Tensor, step: int) -> dict[str, Tensor]:
-    """Both players' terms, safe to add to one loss: {"g_adv", "d_loss", "logits_real", "logits_fake"}.
+def adaptive_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4) -> Tensor:
+    """VQGAN's balance (taming-transformers, vqperceptual.py `calculate_adaptive_weight`):
+    ||d rec_loss / d last_layer|| / (||d g_loss / d last_layer|| + 1e-4), clamped to [0, max_weight]
+    and detached, so the GAN term's pull on the decoder's output layer scales with the
+    reconstruction's whatever the two losses' magnitudes. Keeps both graphs for the real backward.
+
+    Without autograd (a loss evaluated under no_grad) there is nothing to measure: 0, as VQGAN.
+    """
+    if not (torch.is_grad_enabled() and rec_loss.requires_grad and g_loss.requires_grad):
+        return rec_loss.new_zeros((), dtype=torch.float32)
+    rec_grad, = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
+    g_grad, = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+    ratio = torch.linalg.vector_norm(rec_grad.float()) / (torch.linalg.vector_norm(g_grad.float()) + 1e-4)
+    return ratio.clamp(0.0, max_weight).detach()
+
+
+def adversarial_terms(discriminator: PatchDiscriminator, real: Tensor, fake: Tensor, step: int,
+                      rec_loss: Tensor | None = None, last_layer: Tensor | None = None) -> dict[str, Tensor]:
+    """Both players' terms, safe to add to one loss: {"g_adv", "d_loss", "logits_real", "logits_fake"}
+    (+ "adaptive_weight" when the config is adaptive: then `rec_loss` and `last_layer`, the
+    decoder's output weight, are required).
 
     The generator term reads the discriminator through detached parameters, so its gradient
     reaches the tokenizer only; `d_loss` reads a detached `fake`, so its gradient reaches the
@@ -128,4 +152,10 @@ def adversarial_terms(discriminator: PatchDiscriminator, real: Tensor, fake: Ten
     frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
     frozen.update(dict(discriminator.named_buffers()))
     logits = torch.func.functional_call(discriminator, frozen, (fake,))
+    if discriminator.config.adaptive:
+        if rec_loss is None or last_layer is None:
+            raise ValueError("an adaptive GAN weight needs the reconstruction loss and the decoder's last layer")
+        g_loss = hinge_g_loss(logits)
+        lam = adaptive_weight(rec_loss, g_loss, last_layer)
+        return {"g_adv": discriminator.config.weight * lam * g_loss, "adaptive_weight": lam, **out}
     return {"g_adv": discriminator.config.weight * hinge_g_loss(logits), **out}

@@ -187,8 +187,10 @@ def image_psnr(x_hat: Tensor, x: Tensor) -> Tensor:
 def image_autoencoder_loss(tokenizer, x: Tensor, recon: ReconKind = "l2",
                            wavelet: WaveletLossConfig | None = None, *, x_in: Tensor | None = None,
                            corrupt_latents: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """quantize -> decode -> reconstruction terms (+ P34's wavelet terms) + the bottleneck's terms
-    (+ the patch-GAN terms when the tokenizer has a `discriminator`).
+    """quantize -> decode -> reconstruction terms (+ P34's wavelet terms) (+ a perceptual term when the
+    tokenizer has a `perceptual` loss) + the bottleneck's terms (+ the patch-GAN terms when the tokenizer
+    has a `discriminator`; with an adaptive weight, balanced against the reconstruction terms at the
+    tokenizer's `last_layer()`).
 
     x_in: what the encoder reads when it differs from the target x (P22's masked frames);
     corrupt_latents: applied to the quantized latents before decoding (P22's masked tokens).
@@ -199,6 +201,10 @@ def image_autoencoder_loss(tokenizer, x: Tensor, recon: ReconKind = "l2",
     terms = reconstruction_loss(x_hat, x, recon)
     if wavelet is not None:
         terms.update(wavelet_loss(x_hat, x, wavelet))
+    perceptual = getattr(tokenizer, "perceptual", None)
+    if perceptual is not None:
+        terms["perceptual"] = perceptual.config.weight * perceptual(x_hat, x).mean()
+    rec_loss = sum(terms.values())  # what an adaptive GAN weight balances against (VQGAN's nll_loss)
     terms.update(q.losses)
     stats = {}
     discriminator = getattr(tokenizer, "discriminator", None)
@@ -207,7 +213,10 @@ def image_autoencoder_loss(tokenizer, x: Tensor, recon: ReconKind = "l2",
 
         step = int(tokenizer.train_step)
         tokenizer.train_step += 1
-        adv = adversarial_terms(discriminator, x, x_hat, step)
+        last = tokenizer.last_layer() if discriminator.config.adaptive else None
+        adv = adversarial_terms(discriminator, x, x_hat, step, rec_loss, last)
         terms.update(g_adv=adv["g_adv"], d_loss=adv["d_loss"])
         stats.update(logits_real=adv["logits_real"], logits_fake=adv["logits_fake"])
+        if "adaptive_weight" in adv:
+            stats["adaptive_weight"] = adv["adaptive_weight"]
     return {"loss": sum(terms.values()), **terms, "psnr": image_psnr(x_hat, x), **q.stats, **stats}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from latentforge.config import ADDED_LATER
 from latentforge.nn.embeddings import GridPositionEmbedding
 from latentforge.nn.patches import PatchEmbedding, patchify, unpatchify  # noqa: F401  (re-exported)
 from latentforge.nn.transformer import Transformer, init_transformer_weights
@@ -35,6 +36,7 @@ from latentforge.registry import lookup, register
 from latentforge.tokenizers.base import Tokenizer, TokenizerConfig, latent_spec
 from latentforge.tokenizers.discriminator import DiscriminatorConfig
 from latentforge.tokenizers.losses import ReconKind, WaveletLossConfig, image_autoencoder_loss
+from latentforge.tokenizers.perceptual import PerceptualConfig, build_perceptual
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -56,6 +58,8 @@ class ViTConfig(TokenizerConfig):
     wavelet: WaveletLossConfig | None = None    # P34's frequency-aware loss, added to recon_loss
     discriminator: DiscriminatorConfig | None = None  # patch-GAN hinge terms (from its start_step)
     quantizer: QuantizerConfig = field(default_factory=VQConfig)
+    # a perceptual distance added to recon_loss (tokenizers/perceptual.py), weights read before training
+    perceptual: PerceptualConfig | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.patch < 1:
@@ -154,6 +158,14 @@ class ViTTokenizer(Tokenizer):
         self.decoder = ViTDecoder(config)
         self.spec = latent_spec(self.quantizer, config.grid)
         self.build_discriminator()
+        self.perceptual = build_perceptual(config.perceptual)  # frozen; built last: the rest's init is unchanged
+
+    def before_training(self) -> None:
+        if self.perceptual is not None:
+            self.perceptual.load_weights()
+
+    def last_layer(self) -> Tensor:
+        return self.decoder.to_pixels.weight
 
     @property
     def embed(self) -> nn.Module:
