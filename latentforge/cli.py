@@ -1,4 +1,4 @@
-"""`latentforge` command line: run | train | sample | eval | report | data.
+"""`latentforge` command line: run | train | sample | eval | report | serve | convert | data.
 
     latentforge run configs/shapes_sg2im.yaml [--quick] [--restart] [key.path=value ...]
     torchrun --nproc_per_node 2 -m latentforge.cli train configs/shapes_sg2im.yaml
@@ -6,6 +6,8 @@
     latentforge eval runs/demo [--metrics fid,kid,pr] [--n 1000] [--seed 0] [eval.n=500 ...]
     latentforge eval train-probe shapes
     latentforge report runs/demo
+    latentforge serve runs/demo [--port 7860] [--host 127.0.0.1]
+    latentforge convert sd-vae-ft-ema/ vae/ [scaling_factor=0.18215 ...]
     latentforge data shapes --n 16 --out grid.png [size=64 ...]
 
 Every command that reads a recipe (run, train, sample, eval) takes the same dotted overrides.
@@ -93,7 +95,7 @@ def _eval(args: argparse.Namespace) -> int:
         run.stage_sample()
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(METRIC_GROUPS)
     changes = {"metrics": tuple(metrics)}
-    for key in ("n", "seed", "inception_weights"):
+    for key in ("n", "seed", "inception_weights", "inception_resize", "reference_batch"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     try:
@@ -239,6 +241,33 @@ def _prompts(args: argparse.Namespace, run, pipe, total: int):
     return np.repeat(np.clip(clip, -1, 1)[None], total, axis=0), frames
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """The interactive app: a local web page that samples the run (latentforge.app)."""
+    from latentforge.app.server import serve
+
+    serve(_recipe_of(args.run, args.overrides), host=args.host, port=args.port)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """A peer's weights (diffusers, LDM, taming, LlamaGen, DiT) -> a latentforge model folder."""
+    import yaml
+
+    from latentforge.peers.convert import convert
+
+    overrides = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    try:
+        out = convert(args.source, args.out, **overrides)
+    except (ValueError, TypeError) as err:  # an unknown layout, a pickle-only file, a bad override: say which
+        print(f"latentforge convert: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (config.json, model.safetensors, README.md); load it with latentforge.from_pretrained")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     """A preview of a data set's split, captioned: what a recipe would train on."""
     from latentforge.config import apply_overrides, from_dict
@@ -307,10 +336,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, help="seed of the samples and subsets (default: eval.seed)")
     e.add_argument("--inception-weights", help="Inception-v3 weights file (pytorch-fid or torchvision "
                    "format): standard FID instead of the probe's")
+    e.add_argument("--inception-resize", choices=["pytorch-fid", "tf1", "clean-fid"],
+                   help="with --inception-weights: the resize convention to match (tf1: ADM's evaluator and "
+                   "torch-fidelity; clean-fid; pytorch-fid, the default)")
+    e.add_argument("--reference-batch", help="an ADM reference batch .npz (arr_0 and/or mu, sigma, mu_s, sigma_s): "
+                   "FID, sFID and IS of the samples against it, as the papers report them (with --inception-weights)")
     e.add_argument("--steps", type=int, help="train-probe: training steps (default 2000)")
     e.add_argument("--force", action="store_true", help="train-probe: retrain even if cached")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_eval)
+
+    sv = sub.add_parser("serve", help="a local web page that samples a trained run: conditions, guidance, steps, "
+                        "temperature, seed; the samples and the run's metrics (needs latentforge[app])")
+    sv.add_argument("run", help="run folder, e.g. runs/demo")
+    sv.add_argument("overrides", nargs="*", help="dotted overrides of the run's recipe, e.g. device=cuda")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only; "
+                    "0.0.0.0 opens the page to the network, with no authentication)")
+    sv.set_defaults(func=_serve)
+
+    cv = sub.add_parser("convert", help="a peer's weights from a local path (diffusers AutoencoderKL / VQModel / "
+                        "DiT folders; LDM, taming VQGAN, LlamaGen VQ, facebookresearch DiT files) -> a latentforge "
+                        "model folder; pickle-only files are refused")
+    cv.add_argument("source", help="the peer's folder or weights file (.safetensors, .ckpt, .pt, .pth, .bin)")
+    cv.add_argument("out", help="folder to write")
+    cv.add_argument("overrides", nargs="*", help="config fields the file does not record, e.g. "
+                    "scaling_factor=0.2325 (bare LDM files), heads=12 (DiT widths outside S/B/L/XL)")
+    cv.set_defaults(func=_convert)
 
     rep = sub.add_parser("report", help="rewrite report.html of a run")
     rep.add_argument("run")
@@ -331,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after flags (`run cfg.yaml --quick a.b=1`), which argparse leaves over
-    if args.command in ("run", "train", "sample", "data"):
+    if args.command in ("run", "train", "sample", "serve", "convert", "data"):
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if e not in args.overrides]
     elif args.command == "eval":
