@@ -28,6 +28,7 @@ import torch
 from latentforge.atomic import write_json, write_npz, write_text
 from latentforge.conditioning.caption import CaptionConfig, build_vocab
 from latentforge.config import (
+    ADDED_LATER,
     ConfigError,
     apply_overrides,
     from_dict,
@@ -42,10 +43,11 @@ from latentforge.generators.base import GeneratorConfig
 from latentforge.model_card import write_model_card
 from latentforge.pipeline import Pipeline, SampleConfig, condition_tensors, sampling_options
 from latentforge.registry import lookup
-from latentforge.serialization import from_pretrained, save_pretrained
+from latentforge.serialization import from_pretrained, read_weights, save_pretrained
 from latentforge.tokenizers.base import TokenizerConfig
 from latentforge.train import distributed
 from latentforge.train.batches import StepBatches
+from latentforge.train.repa import REPA, Aligned, RepaConfig, build_encoder
 from latentforge.train.trainer import TrainConfig, Trainer
 
 if TYPE_CHECKING:
@@ -69,6 +71,11 @@ class EvalConfig:
     n: int = 1000                    # examples per set for fid / kid / pr (capped by the val split)
     seed: int = 0                    # samples and subsets of the distribution metrics
     inception_weights: str = ""      # an Inception-v3 weights file: standard FID instead of the probe's
+    # with Inception weights: the resize convention (pytorch-fid | tf1: ADM / torch-fidelity | clean-fid)
+    inception_resize: str = field(default="pytorch-fid", metadata=ADDED_LATER)
+    # an ADM reference batch (.npz: arr_0 and/or mu, sigma, mu_s, sigma_s) the samples are also scored
+    # against (FID, sFID, IS, as the papers report them); needs inception_weights
+    reference_batch: str = field(default="", metadata=ADDED_LATER)
     baselines: bool = True           # floor (real vs real) and trivial models beside fid / kid / pr
     speed_batch: int = 64            # examples per timed sampling call (speed)
 
@@ -79,6 +86,10 @@ class EvalConfig:
                              f"choose from {', '.join(METRIC_GROUPS)}")
         if self.n < 10:
             raise ValueError(f"n must be >= 10, got {self.n}")
+        if self.inception_resize not in ("pytorch-fid", "tf1", "clean-fid"):
+            raise ValueError(f"inception_resize must be pytorch-fid, tf1 or clean-fid, got {self.inception_resize!r}")
+        if self.reference_batch and not self.inception_weights:
+            raise ValueError("reference_batch needs inception_weights: ADM's statistics are Inception features")
 
 
 @dataclass
@@ -93,6 +104,8 @@ class RecipeConfig:
     # null: a tokenizer-only run (data -> tokenizer -> eval -> report)
     generator: GeneratorConfig | None = field(default_factory=lambda: lookup("generator", "autoregressive")[0]())
     generator_train: TrainConfig = field(default_factory=TrainConfig)
+    # REPA (train/repa.py): align an early generator block with a frozen image encoder while training
+    repa: RepaConfig | None = field(default=None, metadata=ADDED_LATER)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     quick: dict = field(default_factory=dict)   # dotted overrides applied by --quick
@@ -206,12 +219,12 @@ class Run:
     def _sections(self, stage: str) -> dict[str, Any]:
         """The config sections a stage depends on: its own and those of every stage before it."""
         own = {"data": ["data"], "tokenizer": ["tokenizer", "tokenizer_train"],
-               "generator": ["generator", "generator_train"], "sample": ["sample"], "eval": ["eval"]}
+               "generator": ["generator", "generator_train", "repa"], "sample": ["sample"], "eval": ["eval"]}
         c = identity(self.cfg)
         for key in ("tokenizer_train", "generator_train"):
             c[key] = getattr(self.cfg, key).identity()
         upto = STAGES[: STAGES.index(stage) + 1]
-        return {k: c[k] for s in upto for k in own.get(s, [])}
+        return {k: c[k] for s in upto for k in own.get(s, []) if k in c}  # c lacks fields left at ADDED_LATER defaults
 
     def fingerprint(self, stage: str) -> str:
         sections = self._sections(stage)
@@ -281,7 +294,8 @@ class Run:
         return load_split(self.dir, split)
 
     def _train(self, stage: str, model: torch.nn.Module, tcfg: TrainConfig, batch_fn: Callable | StepBatches,
-               loss_fn: Callable | None = None) -> None:
+               loss_fn: Callable | None = None, save: torch.nn.Module | None = None) -> None:
+        """Train `model`; save `save` (default: the model itself; a part of it when training wraps it)."""
         folder = self.dir / stage / "train"
         folder.mkdir(parents=True, exist_ok=True)
         main = distributed.current().main
@@ -293,7 +307,7 @@ class Run:
         if main:  # with EMA on, the model now holds the averaged weights: those are saved
             training = {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "warmup", "weight_decay",
                                                       "grad_clip", "accumulate", "seed")}
-            save_pretrained(model, self.dir / stage, data=self.card_data(),
+            save_pretrained(model if save is None else save, self.dir / stage, data=self.card_data(),
                             extra={"precision": trainer.precision.name, "ema_decay": tcfg.ema_decay,
                                    "training": training})
 
@@ -352,12 +366,46 @@ class Run:
         cond = self.condition("train", model)
         if model.latent_norm is not None:  # continuous latents: learn in unit-variance units
             model.latent_norm.fit(codes)
+        if cfg.repa is not None:
+            self.train_aligned(model, codes, cond)
+            return
         batches = StepBatches({"codes": codes, **cond}, cfg.generator_train.batch_size, cfg.generator_train.seed)
 
         def loss_fn(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return model.loss(batch["codes"], model.encode_condition(batch))
 
         self._train("generator", model, cfg.generator_train, batches, loss_fn)
+
+    def repa_encoder(self) -> tuple[torch.nn.Module, int]:
+        """REPA's frozen encoder and its channels: from `repa.encoder_weights`, else the data's probe."""
+        rc = self.cfg.repa
+        path = rc.encoder_weights
+        if not path:
+            if rc.encoder != "probe":
+                raise ConfigError(f"repa.encoder {rc.encoder!r} needs repa.encoder_weights (a weights file)")
+            from latentforge.eval.probe import load_probe, probe_dir
+            from latentforge.serialization import WEIGHTS_NAME
+
+            load_probe(self.cfg.data, progress=self.progress)  # trained once per data set, then cached
+            path = str(probe_dir(self.cfg.data) / WEIGHTS_NAME)
+        return build_encoder(rc, read_weights(path))
+
+    def train_aligned(self, model: torch.nn.Module, codes: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
+        """The generator stage with REPA: each batch also holds its clean images (the same rows as the
+        latents), the projector trains beside the generator, and the generator alone is saved."""
+        cfg = self.cfg
+        encoder, dim = self.repa_encoder()
+        aligned = Aligned(model, REPA(cfg.repa, model, encoder, dim))
+        images = self.dataset.examples(self.load_split("train"))  # memory-mapped; row i is latent i's image
+        to_model = self.modality.to_model
+
+        def convert(rows: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return {k: to_model(v) if k == "images" else torch.as_tensor(np.asarray(v)) for k, v in rows.items()}
+
+        batches = StepBatches({"codes": codes, **cond, "images": images}, cfg.generator_train.batch_size,
+                              cfg.generator_train.seed, convert=convert)
+        self._train("generator", aligned, cfg.generator_train, batches, aligned.loss, save=model)
+        aligned.repa.detach_hook()
 
     def pipeline(self) -> Pipeline:
         return Pipeline.from_run(self.dir, self.modality, self.device)

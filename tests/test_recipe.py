@@ -218,3 +218,34 @@ def test_fingerprints_ignore_run_time_switches_and_survive_new_defaults():
     for switch in ("simvq=true", "entropy_weight=0.01", "kmeans_usage=true"):
         changed = fingerprints(f"tokenizer.quantizer.{switch}")
         assert changed[0] != fingerprints()[0] and changed[1] != fingerprints()[1], switch
+
+
+@pytest.mark.slow
+def test_eval_with_inception_weights_reports_sfid_is_and_a_reference_batch(run_dir, tmp_path):
+    """Paper metrics in a run's eval: sFID and IS beside FID, and the samples scored against an ADM
+    reference batch. The batch holds the very val images the eval compares with, so its FID and sFID
+    must equal the eval's own."""
+    import torch
+    from test_inception import _random_state
+
+    from latentforge.eval.inception import FID_CLASSES, InceptionFeatures, InceptionV3
+    from latentforge.eval.reference_batch import write_reference_batch
+    from latentforge.recipes import load_split
+
+    weights = tmp_path / "pt_inception.pth"
+    torch.save(_random_state(InceptionV3(FID_CLASSES, fid=True)), weights)
+    run = Run(load_recipe("configs/shapes_sg2im.yaml", [f"out_dir={run_dir.parent}", "name=tiny", *TINY]))
+    real = run.dataset.examples(load_split(run_dir, "val"))[:10]
+    ref = tmp_path / "ref.npz"
+    write_reference_batch(ref, np.ascontiguousarray(real), InceptionFeatures.from_file(weights, resize="tf1"))
+    assert main(["eval", str(run_dir), "--no-progress", "--metrics", "fid", "--n", "10", "--inception-weights",
+                 str(weights), "--inception-resize", "tf1", "--reference-batch", str(ref), "eval.baselines=false"]) == 0
+    dist = json.loads((run_dir / "metrics.json").read_text())["distribution"]
+    assert dist["features"]["name"] == "inception" and dist["features"]["resize"] == "tf1"
+    model = dist["model"]
+    assert model["sfid"] > 0 and 1.0 <= model["is"] <= 1008
+    against = model["reference_batch"]
+    assert against["reference_statistics"] == "stored" and against["resize"] == "tf1"
+    assert against["fid"] == pytest.approx(model["fid"], rel=1e-6)
+    assert against["sfid"] == pytest.approx(model["sfid"], rel=1e-6)
+    assert against["is"] == pytest.approx(model["is"], rel=1e-9)
