@@ -322,7 +322,7 @@ class Run:
         examples = self.dataset.examples(split)  # memory-mapped, in the stored layout
         tcls = lookup("tokenizer", cfg.tokenizer.name)[1]
         torch.manual_seed(cfg.tokenizer_train.seed)  # the initial weights follow the seed, not what ran before
-        model = tcls(cfg.tokenizer)
+        model = tcls(self.perceptual_weights_filled(cfg.tokenizer))
         model.before_training()
         key, to_model = cfg.tokenizer.layout, self.modality.to_model
         extra = type(cfg.tokenizer).batch_keys
@@ -335,6 +335,24 @@ class Run:
                               convert=lambda rows: {key: to_model(rows[key]),
                                                     **{k: torch.as_tensor(np.asarray(rows[k])) for k in extra}})
         self._train("tokenizer", model, cfg.tokenizer_train, batches)
+
+    def perceptual_weights_filled(self, tcfg: TokenizerConfig) -> TokenizerConfig:
+        """The tokenizer config with a probe perceptual loss's empty weights path set to the data set's
+        own probe (trained once and cached): the offline default. The recipe's config is left as it is,
+        so the stage's fingerprint does not change."""
+        perceptual = getattr(tcfg, "perceptual", None)
+        if perceptual is None or perceptual.kind != "probe" or perceptual.backbone_weights:
+            return tcfg
+        from latentforge.eval.probe import has_probe, load_probe, probe_dir
+        from latentforge.serialization import WEIGHTS_NAME
+
+        if not has_probe(self.cfg.data):
+            raise ConfigError(f"tokenizer.perceptual.kind 'probe' needs a probe network, and data "
+                              f"{self.cfg.data.name!r} has none: set tokenizer.perceptual.backbone_weights to a "
+                              "probe's model.safetensors (e.g. the Shapes probe's) or use kind 'lpips'")
+        load_probe(self.cfg.data, progress=self.progress)
+        path = str(probe_dir(self.cfg.data) / WEIGHTS_NAME)
+        return dataclasses.replace(tcfg, perceptual=dataclasses.replace(perceptual, backbone_weights=path))
 
     def stage_encode(self) -> None:
         tok = from_pretrained(self.dir / "tokenizer", self.device)

@@ -266,3 +266,25 @@ def test_adaptive_gan_weight_in_the_tokenizer_objective(kind):
     torch.manual_seed(0)
     plain = _with_gan(kind).train()
     assert "adaptive_weight" not in plain.loss({"image": x})
+
+
+@pytest.mark.slow
+def test_recipe_fills_a_probe_losss_weights_with_the_datas_probe(shapes_probe, tmp_path):
+    """`perceptual.kind: probe` with no weights path: the tokenizer stage reads the data set's cached
+    probe (the offline default), and the recipe's fingerprint stays that of the config as written."""
+    from test_recipe import TINY
+
+    from latentforge.eval.probe import probe_dir
+    from latentforge.recipes import Run, load_recipe
+    from latentforge.serialization import read_json
+
+    overrides = [f"out_dir={tmp_path}", "name=p", *TINY, "tokenizer.perceptual={kind: probe, weight: 0.1}",
+                 "generator=null"]
+    run = Run(load_recipe("configs/shapes_sg2im.yaml", overrides), progress=False)
+    before = run.fingerprint("tokenizer")
+    run.stage_data()
+    run.stage_tokenizer()
+    saved = read_json(tmp_path / "p" / "tokenizer" / "config.json")["config"]["perceptual"]
+    assert saved["backbone_weights"] == str(probe_dir(run.cfg.data) / "model.safetensors")
+    assert run.fingerprint("tokenizer") == before
+    assert run.cfg.tokenizer.perceptual.backbone_weights == ""
