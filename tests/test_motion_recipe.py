@@ -63,3 +63,18 @@ def test_data_command_previews_motion(tmp_path):
     out = tmp_path / "clips.png"
     assert main(["data", "stickfigure", "--n", "3", "--out", str(out), "window=16", "val_size=4"]) == 0
     assert (tmp_path / "clips.gif").is_file() and (tmp_path / "clips_strip.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_app_samples_a_motion_run_as_animations(motion_run, tmp_path):
+    """`latentforge serve`'s sampler on a motion run: skeleton animations, drawn for an action."""
+    from latentforge.app.sampler import RunSampler, SampleRequest
+    from latentforge.cli import _recipe_of
+
+    sampler = RunSampler(_recipe_of(str(motion_run)))
+    condition = sampler.examples()[0][1]
+    result = sampler.sample(SampleRequest(condition, n=2, cfg_scale=1.5, steps=None, temperature=1.0, seed=0),
+                            tmp_path / "app")
+    assert result.samples.ndim == 4 and result.samples.shape[0] == 2 and result.samples.shape[-1] == 3  # [N, T, J, 3]
+    assert [p.suffix for p in result.pictures] == [".gif", ".png"] and all(p.is_file() for p in result.pictures)
+    assert result.captions[0] and not result.clips

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from test_report_browser import _chromium
 
+from latentforge.app.sampler import RequestError
 from latentforge.cli import _recipe_of, build_parser, main
 
 SHAPES = [
@@ -280,3 +281,25 @@ def test_without_gradio_the_message_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)
     with pytest.raises(ConfigError, match=r"pip install latentforge\[app\]"):
         _gradio()
+
+
+@pytest.mark.slow
+def test_the_sampler_draws_point_sets_for_a_class(tmp_path):
+    """A 3D run (point-set tokenizer + MAR, class-conditioned) through the app's sampler: point sets
+    of the data's size, shown as a rendered picture."""
+    from latentforge.app.sampler import RunSampler, SampleRequest
+
+    tiny = ["data.points=128", "data.queries=128", "data.train_size=32", "data.val_size=8", "tokenizer.dim=32",
+            "tokenizer.heads=2", "tokenizer.depth=1", "tokenizer.decode_grid=16", "tokenizer_train.steps=2",
+            "tokenizer_train.batch_size=8", "generator.dim=32", "generator.depth=1", "generator.heads=2",
+            "generator.head_width=32", "generator.head_depth=1", "generator.conditioner.dim=32",
+            "generator_train.steps=2", "generator_train.batch_size=8"]
+    assert main(["train", "configs/shapes3d_mar.yaml", "--no-progress", f"out_dir={tmp_path}", "name=p", *tiny]) == 0
+    sampler = RunSampler(_recipe_of(str(tmp_path / "p")))
+    assert sampler.classes() and all(json.loads(text)["class"] in sampler.classes() for _, text in sampler.examples())
+    result = sampler.sample(SampleRequest('{"class": "torus"}', n=2, cfg_scale=2.0, steps=None, temperature=1.0,
+                                          seed=0), tmp_path / "app")
+    assert result.samples.shape == (2, 128, 3) and np.isfinite(result.samples).all()
+    assert [p.suffix for p in result.pictures] == [".png"] and result.pictures[0].is_file()
+    with pytest.raises(RequestError, match="torus"):  # a class of another data set is named, with the choices
+        sampler.check(SampleRequest('{"class": "dragon"}', n=1, cfg_scale=2.0, steps=None, temperature=1.0, seed=0))

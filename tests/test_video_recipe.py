@@ -70,3 +70,19 @@ def test_the_video_report_plays_its_clips_in_headless_chromium(video_run):
     assert images[0][3] == "data:image/gif;"                      # the samples animate
     assert {"metric-generator-motion_exact", "metric-tokenizer-temporal_error"} <= set(rows)
     assert problems == []
+
+
+@pytest.mark.slow
+def test_the_app_samples_a_video_run_as_animations(video_run, tmp_path):
+    """`latentforge serve`'s sampler on a video run: clips shown as an animation and a filmstrip."""
+    from latentforge.app.sampler import RunSampler, SampleRequest
+    from latentforge.cli import _recipe_of
+
+    sampler = RunSampler(_recipe_of(str(video_run)))
+    examples = sampler.examples()
+    condition = examples[0][1] if examples else ""
+    result = sampler.sample(SampleRequest(condition, n=2, cfg_scale=1.5, steps=None, temperature=1.0, seed=0),
+                            tmp_path / "app")
+    assert result.samples.ndim == 5 and result.samples.dtype == np.uint8  # [N, T, H, W, 3]
+    assert {p.suffix for p in result.pictures} >= {".gif"} and all(p.is_file() for p in result.pictures)
+    assert not result.clips
