@@ -33,7 +33,7 @@ from latentforge.app.graph_builder import add_builder
 from latentforge.app.sampler import RequestError, RunSampler, SampleRequest
 from latentforge.config import ConfigError
 from latentforge.recipes import Run
-from latentforge.report.html import _distribution_table, _metrics_table
+from latentforge.report.html import distribution_table, metrics_table
 
 MAX_PICTURES = 4       # picture slots: a modality's preview draws one (image grids) or two (a GIF and a filmstrip)
 MAX_CLIPS = 8          # audio players on the page: the first clips of a request get one each
@@ -151,7 +151,7 @@ def _metrics_html(metrics: dict[str, Any]) -> str:
     if not tables:
         return "<p><em>no metrics.json in this run: `latentforge eval RUN` writes it</em></p>"
     dist = metrics.get("distribution")
-    return "<h3>Metrics</h3>" + _metrics_table(tables) + (_distribution_table(dist) if dist else "")
+    return "<h3>Metrics</h3>" + metrics_table(tables) + (distribution_table(dist) if dist else "")
 
 
 def launch(run: Run, host: str = "127.0.0.1", port: int | None = 7860) -> Served:

@@ -72,7 +72,7 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
+def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
     rows = ["<tr><th>stage</th><th>metric</th><th>value</th><th>target</th></tr>"]
     for stage, values in metrics.items():
         for key, value in values.items():
@@ -92,7 +92,7 @@ _DIRECTION = {"fid": "lower", "kid": "lower", "precision": "higher", "recall": "
               "density": "≈ 1", "coverage": "higher", "nearest_train_ratio": "≈ 1 (≪ 1: copies)"}
 
 
-def _distribution_table(dist: dict[str, Any]) -> str:
+def distribution_table(dist: dict[str, Any]) -> str:
     """The model's FID/KID/PR beside the floor (real vs real) and the trivial baselines."""
     columns = ([("model", dist["model"])] if "model" in dist else []) + list(dist.get("baselines", {}).items())
     keys = [k for k in _DIRECTION if any(k in values for _, values in columns)]
@@ -137,7 +137,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     recon_files = metrics.get("eval", {}).get("previews", {}).get("reconstructions")
     tables = {k: v for k, v in metrics.items() if k in ("tokenizer", "generator")}
     dist = metrics.get("distribution")
-    distribution = (_distribution_table(dist) if dist else
+    distribution = (distribution_table(dist) if dist else
                     "<p><em>no FID / KID / precision-recall: run <code>latentforge eval "
                     f"{html.escape(str(run))}</code></em></p>")
     left_out = metrics.get("eval", {}).get("skipped", {})
@@ -148,7 +148,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 <style>{CSS}</style></head><body>
 <h1>latentforge run <code>{html.escape(run.name)}</code></h1>
 <h2>Metrics</h2>
-{_metrics_table(tables) if tables else "<p><em>no metrics yet: run the eval stage</em></p>"}
+{metrics_table(tables) if tables else "<p><em>no metrics yet: run the eval stage</em></p>"}
 {skipped}
 <h2>Sample quality</h2>
 {distribution}
