@@ -45,6 +45,8 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tokenizer_fit import fit  # noqa: E402
+
 from latentforge.atomic import write_json, write_text  # noqa: E402
 from latentforge.config import from_dict  # noqa: E402
 from latentforge.eval.distribution import fid  # noqa: E402
@@ -54,7 +56,6 @@ from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer  # noqa: E402
 from latentforge.tokenizers.losses import band_psnr  # noqa: E402
 from latentforge.tokenizers.perceptual import PerceptualConfig, PerceptualLoss  # noqa: E402
 from latentforge.train.precision import cpu_model  # noqa: E402
-from latentforge.train.trainer import TrainConfig, build_optimizer, lr_at  # noqa: E402
 
 # benchmarks/tokenizers.py's "VQ 1024" (ours), so rows compare with its photos numbers
 VQ = {"name": "vq", "codebook_size": 1024, "dim": 8, "codebook_update": "ema", "ema_decay": 0.8,
@@ -98,27 +99,17 @@ def train(extra: dict, data: Tensor, steps: int, batch: int, seed: int) -> tuple
     # row trains on the same random stream (k-means samples, dead-code revival): rows i and iii are
     # then identical until the GAN starts.
     torch.manual_seed(seed)
-    tcfg = TrainConfig(steps=steps, batch_size=batch, lr=2e-3, warmup=20)
-    opt = build_optimizer(model, tcfg)
-    order = torch.Generator().manual_seed(seed)
-    times, lambdas, log = [], [], []
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tcfg)
-        x = data[torch.randint(len(data), (batch,), generator=order)]
-        t = time.perf_counter()
-        out = model.loss({"image": x})
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
+    lambdas, log = [], []
+
+    def on_step(step: int, out: dict[str, Tensor]) -> None:
         if "adaptive_weight" in out:
             lambdas.append(float(out["adaptive_weight"]))
         if step % 50 == 0 or step == steps - 1:
             entry = {k: round(float(v.detach()), 5) for k, v in out.items() if v.dim() == 0}
             log.append({"step": step, **entry})
             print(f"  step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items()), flush=True)
+
+    times = fit(model, data, steps, batch, seed, on_step)
     info = {"step_ms": 1000 * statistics.median(times[5:] or times), "log": log}
     if lambdas:
         info["adaptive_weight"] = {"mean": statistics.mean(lambdas), "min": min(lambdas), "max": max(lambdas),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tokenizer_fit import fit
 from torch import Tensor
 
 from latentforge.atomic import write_json
@@ -36,7 +37,6 @@ from latentforge.registry import register
 from latentforge.tokenizers.conv import ConvConfig, ConvTokenizer, Decoder, Encoder
 from latentforge.tokenizers.losses import band_psnr
 from latentforge.train.precision import cpu_model
-from latentforge.train.trainer import TrainConfig, build_optimizer, lr_at
 
 # --- the peer's bottlenecks behind our interface ------------------------------------------
 
@@ -195,21 +195,7 @@ def train_and_measure(quantizer: dict, train: Tensor, val: Tensor, steps: int, b
     torch.manual_seed(seed)
     model.encoder.load_state_dict(Encoder(cfg).state_dict())
     model.decoder.load_state_dict(Decoder(cfg).state_dict())
-    tcfg = TrainConfig(steps=steps, batch_size=batch, lr=2e-3, warmup=20)
-    opt = build_optimizer(model, tcfg)
-    order = torch.Generator().manual_seed(seed)
-    times = []
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tcfg)
-        x = train[torch.randint(len(train), (batch,), generator=order)]
-        t = time.perf_counter()
-        out = model.loss({"image": x})
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
+    times = fit(model, train, steps, batch, seed)
     model.eval()
     recon, codes = [], []
     with torch.no_grad():
