@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+from helpers import torchvision_stand_in
 from safetensors.torch import save_file
 from torch import nn
 
@@ -30,26 +31,16 @@ def _reference_lpips(net: str, features: nn.Sequential, monkeypatch) -> nn.Modul
     """The lpips package's own LPIPS on the given backbone (its package heads).
 
     lpips builds its backbone with `torchvision.models.vgg16(pretrained=...).features`, and
-    torchvision cannot be imported beside this torch (it is installed without it). The stand-in
-    `torchvision.models` below hands lpips the same architecture, written out independently here
-    rather than taken from latentforge, holding the weights under test."""
-    pytest.importorskip("scipy")
-    pytest.importorskip("tqdm")
-
-    def build(pretrained: bool = False, **_) -> types.SimpleNamespace:
-        return types.SimpleNamespace(features=features)
-
-    models = types.ModuleType("torchvision.models")
-    models.vgg16, models.alexnet = build, build
-    tv = types.ModuleType("torchvision")
-    tv.models = models
-    monkeypatch.setitem(sys.modules, "torchvision", tv)
-    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    torchvision cannot be imported beside this torch (it is installed without it). The stand-in's
+    `vgg16` / `alexnet` hand lpips the same architecture, written out independently here rather
+    than taken from latentforge, holding the weights under test."""
     for name in [m for m in sys.modules if m == "lpips" or m.startswith("lpips.")]:
         monkeypatch.delitem(sys.modules, name)  # re-import against the stand-in
-    import lpips
+    with torchvision_stand_in() as tv:
+        tv.models.vgg16 = tv.models.alexnet = lambda pretrained=False, **_: types.SimpleNamespace(features=features)
+        import lpips
 
-    return lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
+        return lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
 
 
 def _test_vgg() -> nn.Sequential:
@@ -75,8 +66,7 @@ def _test_alexnet() -> nn.Sequential:
 
 @pytest.mark.parametrize("net,side", [("vgg", 32), ("alex", 64)])
 def test_lpips_matches_the_lpips_package(net, side, tmp_path, monkeypatch):
-    if lpips_package_heads(net) is None:
-        pytest.skip("the lpips package is not installed")
+    assert lpips_package_heads(net) is not None  # the dev install brings the lpips package (Makefile)
     torch.manual_seed(0)
     reference_features = _test_vgg() if net == "vgg" else _test_alexnet()
     # The user's torchvision file: {"features.N.weight", ..., "classifier...": ...}
