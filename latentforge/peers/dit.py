@@ -154,6 +154,23 @@ class _Keys:
 
     def __init__(self, state: dict[str, Tensor], path: Path, layout: str) -> None:
         self.state, self.path, self.layout = dict(state), path, layout
+        self.mapped: Mapped = {}
+
+    def put(self, ours: str, theirs: str, value: Tensor | None = None) -> None:
+        """Map the peer's `theirs` (taken as it is, or `value` computed from it) to our `ours`."""
+        self.mapped[ours] = (theirs, self.take(theirs) if value is None else value)
+
+    def put_label_table(self, source: str, table: Tensor) -> None:
+        """DiT's label table [K + 1, D]: rows 0..K-1 the classes, the last the null class."""
+        self.mapped["conditioner.embed.weight"] = (source, table[:-1])
+        self.mapped["conditioner.null_token"] = (source, table[-1:][None])
+
+    def put_final(self, modulation: str, linear: str, p: int, channels: int) -> None:
+        """The final layer: its adaLN modulation as it is, and the epsilon rows of its output linear."""
+        for kind in ("weight", "bias"):
+            self.put(f"final.modulation.1.{kind}", f"{modulation}.{kind}")
+            source = f"{linear}.{kind}"
+            self.put(f"final.linear.{kind}", source, _eps_rows(self.take(source), p, channels, source, self.path))
 
     def take(self, key: str) -> Tensor:
         if key not in self.state:
@@ -169,10 +186,7 @@ class _Keys:
 
 def _from_facebook(state: dict[str, Tensor], path: Path) -> tuple[dict, Mapped]:
     keys = _Keys(state, path, "facebookresearch")
-    m: Mapped = {}
-
-    def put(ours: str, theirs: str, value: Tensor | None = None) -> None:
-        m[ours] = (theirs, keys.take(theirs) if value is None else value)
+    put, m = keys.put, keys.mapped
 
     conv = keys.take("x_embedder.proj.weight")
     D, C, p = conv.shape[0], conv.shape[1], conv.shape[-1]
@@ -188,18 +202,14 @@ def _from_facebook(state: dict[str, Tensor], path: Path) -> tuple[dict, Mapped]:
         for kind in ("weight", "bias"):
             put(f"time_emb.mlp.{i}.{kind}", f"t_embedder.mlp.{i}.{kind}")
     table = keys.take("y_embedder.embedding_table.weight")  # [K + 1, D]: the last row is the null class
-    m["conditioner.embed.weight"] = ("y_embedder.embedding_table.weight", table[:-1])
-    m["conditioner.null_token"] = ("y_embedder.embedding_table.weight", table[-1:][None])
+    keys.put_label_table("y_embedder.embedding_table.weight", table)
     depth = _depth(list(keys.state), "blocks.", path)
     for i in range(depth):
         for ours, theirs in (("attn.qkv", "attn.qkv"), ("attn.proj", "attn.proj"), ("mlp.fc", "mlp.fc1"),
                              ("mlp.proj", "mlp.fc2"), ("modulation.1", "adaLN_modulation.1")):
             for kind in ("weight", "bias"):
                 put(f"blocks.{i}.{ours}.{kind}", f"blocks.{i}.{theirs}.{kind}")
-    for kind in ("weight", "bias"):
-        put(f"final.modulation.1.{kind}", f"final_layer.adaLN_modulation.1.{kind}")
-        source = f"final_layer.linear.{kind}"
-        put(f"final.linear.{kind}", source, _eps_rows(keys.take(source), p, C, source, path))
+    keys.put_final("final_layer.adaLN_modulation.1", "final_layer.linear", p, C)
     keys.done()
     fields = _dit_fields(dim=D, depth=depth, channels=C, patch=p, side=side * p, classes=table.shape[0] - 1,
                          hidden=m["blocks.0.mlp.fc.weight"][1].shape[0], mlp_norm_eps=None, time_freq_shift=0.0)
@@ -227,10 +237,7 @@ def _from_diffusers(folder: Path) -> tuple[dict, Mapped]:
         raise ValueError(f"{folder / 'config.json'}: num_embeds_ada_norm is null: not a class-conditional DiT")
     path = next(f for f in files if f.is_file())
     keys = _Keys(read_weights(path), path, "diffusers")
-    m: Mapped = {}
-
-    def put(ours: str, theirs: str, value: Tensor | None = None) -> None:
-        m[ours] = (theirs, keys.take(theirs) if value is None else value)
+    put, m = keys.put, keys.mapped
 
     p, C = cfg["patch_size"], cfg["in_channels"]
     heads, D = cfg["num_attention_heads"], cfg["num_attention_heads"] * cfg["attention_head_dim"]
@@ -251,8 +258,7 @@ def _from_diffusers(folder: Path) -> tuple[dict, Mapped]:
                     raise ValueError(f"{path}: {other} differs from {first}; latentforge's DiT shares one timestep "
                                      "and label embedder across blocks, as the original DiT does")
             if ours == "class":  # [K + 1, D]: the last row is the null class
-                m["conditioner.embed.weight"] = (first, value[:-1])
-                m["conditioner.null_token"] = (first, value[-1:][None])
+                keys.put_label_table(first, value)
             else:
                 m[f"{ours}.{kind}"] = (first, value)
     for i in range(depth):
@@ -264,10 +270,7 @@ def _from_diffusers(folder: Path) -> tuple[dict, Mapped]:
             put(f"blocks.{i}.mlp.fc.{kind}", f"{block}.ff.net.0.proj.{kind}")
             put(f"blocks.{i}.mlp.proj.{kind}", f"{block}.ff.net.2.{kind}")
             put(f"blocks.{i}.modulation.1.{kind}", f"{block}.norm1.linear.{kind}")
-    for kind in ("weight", "bias"):
-        put(f"final.modulation.1.{kind}", f"proj_out_1.{kind}")
-        source = f"proj_out_2.{kind}"
-        put(f"final.linear.{kind}", source, _eps_rows(keys.take(source), p, C, source, path))
+    keys.put_final("proj_out_1", "proj_out_2", p, C)
     keys.done()
     fields = _dit_fields(dim=D, depth=depth, channels=C, patch=p, side=cfg["sample_size"],
                          classes=cfg["num_embeds_ada_norm"], hidden=m["blocks.0.mlp.fc.weight"][1].shape[0],
