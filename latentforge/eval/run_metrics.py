@@ -29,6 +29,7 @@ import torch
 from latentforge.eval import baselines
 from latentforge.eval.distribution import density_coverage, fid, kid, precision_recall
 from latentforge.eval.diversity import diversity
+from latentforge.eval.inception import InceptionOutputs
 from latentforge.eval.inception_score import inception_score
 from latentforge.eval.judges import judge_for
 from latentforge.eval.reference_batch import GaussianStats, evaluate_against_reference, read_reference_batch
@@ -140,14 +141,16 @@ def validation_terms(generator, latents: torch.Tensor, cond: dict[str, torch.Ten
 
 
 def set_metrics(features: FeatureExtractor, a: torch.Tensor, fake: np.ndarray, groups: set[str],
-                seed: int, real_spatial: GaussianStats | None = None) -> dict[str, float]:
+                seed: int, real_spatial: GaussianStats | None = None,
+                outputs: InceptionOutputs | None = None) -> dict[str, float]:
     """The distribution metrics in `groups` (fid, kid, pr) of `fake` examples against real features `a`.
 
     With Inception features `real_spatial` holds the real set's sFID statistics, and the fid group
-    also reports sFID and the Inception Score of `fake`, all from the same network pass."""
+    also reports sFID and the Inception Score of `fake`, all from the same network pass (`outputs`,
+    when the caller has made it already)."""
     out: dict[str, float] = {}
     if real_spatial is not None:
-        outputs = features.fn.outputs(fake)
+        outputs = outputs if outputs is not None else features.fn.outputs(fake)
         b = outputs.pool
         if "fid" in groups:
             out["sfid"] = real_spatial.frechet_to_samples(outputs.spatial)
@@ -197,11 +200,16 @@ def distribution_metrics(inputs: EvalInputs, features: FeatureExtractor, groups:
                            "noun": modality.noun}
     if inputs.pipeline is not None:
         samples, _ = inputs.draw(dataset.conditions(val), n, seed)
-        model = set_metrics(features, a, samples, groups, seed, real_spatial)
+        # one Inception pass over the samples serves the val-split metrics and the reference batch
+        outputs = features.fn.outputs(samples) if real_spatial is not None else None
+        model = set_metrics(features, a, samples, groups, seed, real_spatial, outputs)
         if reference_batch:  # the papers' protocol: the samples against ADM's reference statistics
+            if outputs is None:
+                raise ValueError(f"eval.reference_batch {reference_batch}: ADM batches hold Inception statistics of "
+                                 f"images; this run's distribution features are {features.name!r}")
             _say(f"scoring the samples against the reference batch {reference_batch}")
             model["reference_batch"] = {"file": reference_batch, **evaluate_against_reference(
-                features.fn, read_reference_batch(reference_batch), samples, splits=min(10, len(samples)))}
+                features.fn, read_reference_batch(reference_batch), outputs, splits=min(10, len(samples)))}
         model.update(modality.sample_set_metrics(samples, real))
         model.update(baselines.nearest_train_ratio(modality.flat(samples), modality.flat(real), modality.flat(train)))
         out["model"] = model
@@ -242,7 +250,7 @@ def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str
     val_examples = dataset.examples(inputs.val)
     need_features = bool(wanted & set(DISTRIBUTION))
     features = (pick_features(dataset, ecfg.inception_weights or None, device, progress,
-                              getattr(ecfg, "inception_resize", "pytorch-fid")) if need_features else None)
+                              ecfg.inception_resize) if need_features else None)
     if need_features and features is None:
         for g in sorted(wanted & set(DISTRIBUTION)):
             skipped[g] = (f"data {dataset.config.name!r} has no probe network"
@@ -294,7 +302,7 @@ def evaluate(inputs: EvalInputs, config: Any, progress: bool = True) -> dict[str
 
     if features is not None:
         out["distribution"] = distribution_metrics(inputs, features, wanted & set(DISTRIBUTION), ecfg.n, ecfg.seed,
-                                                   ecfg.baselines, getattr(ecfg, "reference_batch", ""))
+                                                   ecfg.baselines, ecfg.reference_batch)
     out["eval"] = {"metrics": [m for m in ecfg.metrics], "n": ecfg.n, "seed": ecfg.seed,
                    "skipped": skipped, "previews": previews}
     return out
